@@ -1,0 +1,137 @@
+"""Loggers: console progress, atomic result files, and Weights & Biases.
+
+W&B follows its own conventions (``WANDB_MODE``, ``wandb login``): with no
+credentials it runs offline; any W&B error is reported once and the run goes on.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+
+def atomic_write_json(path: str | Path, obj) -> None:
+    """Write JSON to a temporary file in the same folder, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(_jsonable(obj), f, indent=1, allow_nan=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _jsonable(o):
+    if isinstance(o, dict):
+        return {str(k): _jsonable(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_jsonable(v) for v in o]
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None if math.isnan(o) else o
+    return o
+
+
+class Progress:
+    """One progress bar per run: experience, step, ETA, running accuracy."""
+
+    def __init__(self, enabled: bool, desc: str):
+        self.bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=0, desc=desc, unit="step", leave=False, file=sys.stderr, dynamic_ncols=True)
+
+    def start_experience(self, i: int, n_exp: int, steps: int):
+        if self.bar is not None:
+            self.bar.reset(total=steps)
+            self.bar.set_description(f"{self.bar.desc.split(' [')[0]} [exp {i + 1}/{n_exp}]")
+
+    def update(self, n: int = 1, **postfix):
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _wandb_mode() -> str:
+    mode = os.environ.get("WANDB_MODE")
+    if mode:
+        return mode
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.exists() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+class WandbLogger:
+    """One W&B run per platform run. Every call is guarded: a W&B failure disables W&B, never the run."""
+
+    def __init__(self, resolved: dict, run_id: str, out_dir: Path):
+        self.run = None
+        setting = resolved.get("wandb", "auto")
+        if setting in (False, "off", "false", "disabled", None) or os.environ.get("WANDB_MODE") == "disabled":
+            return
+        try:
+            import wandb
+
+            tags = list(resolved.get("tags") or []) + [resolved["strategy"]["name"], resolved["scenario"]["name"]]
+            self.run = wandb.init(project=resolved.get("project") or "cl", group=resolved.get("group"),
+                                  name=resolved.get("name") or run_id, id=None, tags=tags, config=resolved,
+                                  dir=str(out_dir), mode=_wandb_mode(), reinit="create_new",
+                                  settings=wandb.Settings(silent=True, console="off"))
+        except Exception as e:  # pragma: no cover - depends on the environment
+            self._fail(e)
+
+    def _fail(self, e):
+        warnings.warn(f"W&B disabled for this run: {type(e).__name__}: {e}")
+        self.run = None
+
+    def log(self, data: dict, step: int | None = None):
+        if self.run is None:
+            return
+        try:
+            self.run.log(data, step=step)
+        except Exception as e:  # pragma: no cover
+            self._fail(e)
+
+    def finish(self, result: dict):
+        if self.run is None:
+            return
+        try:
+            import wandb
+
+            R = result.get("R") or []
+            if R:
+                T = max(len(r) for r in R)
+                table = wandb.Table(columns=["after_exp"] + [f"task_{j}" for j in range(T)],
+                                    data=[[i] + list(r) + [None] * (T - len(r)) for i, r in enumerate(R)])
+                self.run.log({"R": table})
+            for k, v in (result.get("metrics") or {}).items():
+                if isinstance(v, (int, float)):
+                    self.run.summary[f"final/{k}"] = v
+            self.run.summary["status"] = result.get("status")
+            self.run.finish(exit_code=0 if result.get("status") == "finished" else 1)
+        except Exception as e:  # pragma: no cover
+            self._fail(e)
+        self.run = None
+
+    @property
+    def dir(self) -> str | None:
+        return None if self.run is None else self.run.dir
