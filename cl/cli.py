@@ -47,7 +47,8 @@ def raw_from_args(args) -> dict:
     return raw
 
 
-def print_result_table(results: list[dict], file=sys.stdout) -> None:
+def print_result_table(results: list[dict], file=None) -> None:
+    file = file or sys.stdout
     hdr = f"{'run':<48} {'status':<9} {'avg_acc':>8} {'forget':>7} {'online':>7} {'time_s':>7}"
     print(hdr, file=file)
     print("-" * len(hdr), file=file)

@@ -41,6 +41,7 @@ class Registry:
     kind: str  # "strategy", "scenario", "backbone"
     group: str  # entry point group
     entries: dict[str, Entry] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)  # module -> import error
     _loaded: bool = False
 
     def register(self, name: str, config: type | None = None, description: str | None = None) -> Callable:
@@ -61,7 +62,10 @@ class Registry:
         if hasattr(mod, "__path__"):
             for p in sorted(Path(mod.__path__[0]).glob("*.py")):
                 if not p.name.startswith("_"):
-                    importlib.import_module(f"{pkg}.{p.stem}")
+                    try:
+                        importlib.import_module(f"{pkg}.{p.stem}")
+                    except Exception as e:  # one broken module must not hide the others
+                        self.broken[f"{pkg}.{p.stem}"] = f"{type(e).__name__}: {e}"
         try:
             from importlib.metadata import entry_points
 
@@ -69,7 +73,7 @@ class Registry:
                 try:
                     ep.load()
                 except Exception as e:  # a broken third-party plugin must not break the platform
-                    print(f"warning: could not load {self.group} entry point {ep.name!r}: {e}", file=sys.stderr)
+                    self.broken[f"entry point {ep.name}"] = f"{type(e).__name__}: {e}"
         except Exception:  # pragma: no cover - very old importlib
             pass
 
@@ -85,7 +89,11 @@ class Registry:
         for key, e in self.entries.items():
             if key.endswith("*") and name.startswith(key[:-1]):
                 return e
-        raise unknown(self.kind, name, self.entries)
+        err = unknown(self.kind, name, self.entries)
+        if self.broken:
+            err = ConfigError(f"{err} (could not import: " +
+                              "; ".join(f"{m}: {e}" for m, e in self.broken.items()) + ")")
+        raise err
 
 
 strategies = Registry("strategy", "cl.strategies")
