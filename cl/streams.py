@@ -71,6 +71,16 @@ class Scenario:
         return self.setting == "task"
 
     def preprocess_fn(self, device) -> Callable[[torch.Tensor], torch.Tensor]:
+        fn = self._normalise_fn(device)
+        size = self.meta.get("input_size") if self.modality == "image" else None
+        if not size:
+            return fn
+        # images stay small (uint8) on the device and are resized per batch to the backbone's input size
+        import torch.nn.functional as F
+
+        return lambda x: F.interpolate(fn(x), size=(int(size), int(size)), mode="bilinear", align_corners=False)
+
+    def _normalise_fn(self, device) -> Callable[[torch.Tensor], torch.Tensor]:
         if self.mean is None:
             return default_preprocess
         shape = (1, -1) + (1,) * (len(self.input_shape) - 1)
