@@ -11,6 +11,7 @@ import os
 import platform
 import random
 import resource
+import sys
 import time
 import traceback
 from pathlib import Path
@@ -61,7 +62,14 @@ def build_model(strategy_cls, scfg, resolved, scenario, device) -> torch.nn.Modu
     """The strategy's own ``build_model`` if it has one, else backbone + head."""
     bcfg = section_config(resolved, "backbone")
     input_shape = scenario.input_shape
-    backbone = build_backbone(resolved["backbone"]["name"], bcfg, input_shape)
+    name = resolved["backbone"]["name"]
+    if scenario.modality == "features" and getattr(strategy_cls, "frozen_features", False):
+        name, bcfg = "identity", None  # the frozen backbone already ran (cl.features.featurize)
+    elif ":" in name and hasattr(bcfg, "model") and not bcfg.model:
+        bcfg.model = name.split(":", 1)[1]  # family names such as timm:<model>
+    backbone = build_backbone(name, bcfg, input_shape)
+    if hasattr(backbone, "make_preprocess"):  # pretrained backbones: their own resize / normalisation
+        scenario.preprocess_fn = lambda dev, _b=backbone, _s=scenario: _b.make_preprocess(_s, dev)
     if hasattr(strategy_cls, "build_model"):
         model = strategy_cls.build_model(scfg, backbone, scenario)
     else:
@@ -102,17 +110,83 @@ def _to_device(scenario, device):
 
 def _rng_state():
     st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         st["cuda"] = torch.cuda.get_rng_state_all()
     return st
 
 
 def _set_rng_state(st):
-    torch.set_rng_state(st["torch"])
+    torch.set_rng_state(st["torch"].cpu() if isinstance(st["torch"], torch.Tensor) else st["torch"])
     np.random.set_state(st["numpy"])
     random.setstate(st["random"])
     if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(st["cuda"])
+        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
+
+
+# -- strategy attributes in checkpoints ---------------------------------------------------------------
+_CORE_ATTRS = {"cfg", "model", "optimizer", "info", "device", "augment"}
+
+
+def _live_storages(strategy) -> set:
+    ptrs = set()
+    for t in list(strategy.model.parameters()) + list(strategy.model.buffers()):
+        ptrs.add(t.untyped_storage().data_ptr())
+    return ptrs
+
+
+def _refs_live(v, live: set, model, seen: set, depth: int = 0) -> bool:
+    """Does ``v`` hold the live model, its parameters, an optimiser or a callable bound to the strategy?
+    Such attributes are rebuilt by the strategy itself (setup/state_dict), never restored from pickles."""
+    if depth > 5 or id(v) in seen:
+        return False
+    seen.add(id(v))
+    if isinstance(v, torch.Tensor):
+        return v.numel() > 0 and v.untyped_storage().data_ptr() in live
+    if isinstance(v, torch.nn.Module):
+        return v is model or any(_refs_live(t, live, model, seen, depth + 1)
+                                 for t in list(v.parameters()) + list(v.buffers()))
+    if isinstance(v, (torch.optim.Optimizer, torch.Generator)) or callable(v) and not isinstance(v, type):
+        return True
+    if isinstance(v, dict):
+        return any(_refs_live(x, live, model, seen, depth + 1) for x in v.values())
+    if isinstance(v, (list, tuple, set)):
+        return any(_refs_live(x, live, model, seen, depth + 1) for x in v)
+    if hasattr(v, "__dict__") and not isinstance(v, type):
+        return any(_refs_live(x, live, model, seen, depth + 1) for x in vars(v).values())
+    return False
+
+
+def _strategy_attrs(strategy) -> dict:
+    """The strategy's own attributes that can be restored by value (top-level torch.Generators by state)."""
+    live, out = _live_storages(strategy), {}
+    for k, v in vars(strategy).items():
+        if k in _CORE_ATTRS:
+            continue
+        if isinstance(v, torch.Generator):
+            out[k] = {"__generator_state__": v.get_state()}
+        elif not _refs_live(v, live, strategy.model, set()):
+            out[k] = v
+    return out
+
+
+def _restore_strategy_attrs(strategy, attrs: dict) -> None:
+    for k, v in attrs.items():
+        cur = getattr(strategy, k, None)
+        if isinstance(v, dict) and "__generator_state__" in v:
+            if isinstance(cur, torch.Generator):
+                cur.set_state(v["__generator_state__"].cpu())
+        else:
+            setattr(strategy, k, v)
+
+
+def _picklable(v) -> bool:
+    import io
+
+    try:
+        torch.save(v, io.BytesIO())
+        return True
+    except Exception:
+        return False
 
 
 def peak_memory_mb(device) -> float:
@@ -140,9 +214,34 @@ class Run:
         return self.dir / "checkpoint.pt"
 
     def _save_checkpoint(self, strategy, state: dict) -> None:
+        """Everything needed to continue exactly: the strategy's state_dict (model, optimiser, extra state),
+        its other attributes (lists, buffers, frozen copies... that its state_dict may not cover), the
+        engine state (R, online counters, timings) and every RNG state. Written to a temporary file and
+        renamed, so a kill during the write leaves the previous checkpoint intact."""
         tmp = self.checkpoint_path.with_suffix(".pt.tmp")
-        torch.save({"strategy": strategy.state_dict(), "rng": _rng_state(), "state": state, "config": self.cfg}, tmp)
+        ck = {"run_id": self.id, "config": self.cfg, "strategy": strategy.state_dict(), "rng": _rng_state(),
+              "state": state, "attrs": _strategy_attrs(strategy)}
+        try:
+            torch.save(ck, tmp)
+        except Exception:  # an attribute that does not pickle: keep the ones that do
+            ck["attrs"] = {k: v for k, v in ck["attrs"].items() if _picklable(v)}
+            torch.save(ck, tmp)
         os.replace(tmp, self.checkpoint_path)
+
+    def _load_checkpoint(self, strategy, device) -> dict | None:
+        """The engine state of this run's checkpoint, with strategy and RNGs restored; None if none applies."""
+        try:
+            ck = torch.load(self.checkpoint_path, map_location=device, weights_only=False)
+        except Exception as e:  # a truncated or foreign file: start over rather than fail
+            print(f"warning: ignoring unreadable checkpoint {self.checkpoint_path}: {e}", file=sys.stderr)
+            return None
+        rid = ck.get("run_id") or (make_run_id(ck["config"]) if isinstance(ck.get("config"), dict) else None)
+        if rid != self.id:
+            return None
+        _restore_strategy_attrs(strategy, ck.get("attrs") or {})
+        strategy.load_state_dict(ck["strategy"])
+        _set_rng_state(ck["rng"])
+        return ck["state"]
 
     # -- main -----------------------------------------------------------------------------------
     def execute(self) -> dict:
@@ -167,6 +266,9 @@ class Run:
         model = build_model(strategy_cls, scfg, cfg, scenario, device)
         strategy = strategy_cls(scfg, model, info)
         strategy.setup()
+        if strategy.augment is None and scenario.modality == "image":  # on-device augmentation (cl/augment.py)
+            from .augment import augment_for
+            strategy.augment = augment_for(scenario, device)
         preprocess = scenario.preprocess_fn(device)
         masks = None
         if scenario.task_aware:
@@ -184,12 +286,9 @@ class Run:
                  "per_experience": [], "random_init": None}
         resumed = False
         if pcfg.checkpoint and self.checkpoint_path.exists():
-            ck = torch.load(self.checkpoint_path, map_location=device, weights_only=False)
-            if ck.get("config") == cfg:
-                strategy.load_state_dict(ck["strategy"])
-                _set_rng_state(ck["rng"])
-                state = ck["state"]
-                resumed = True
+            loaded = self._load_checkpoint(strategy, device)
+            if loaded is not None:
+                state, resumed = loaded, True
         wandb = WandbLogger(cfg, self.id, self.dir)
         bar = Progress(self.progress_enabled, f"{cfg['strategy']['name']} on {cfg['scenario']['name']}")
         result = {"run_id": self.id, "config": cfg, "seed": cfg["seed"], "versions": versions(),
@@ -293,6 +392,8 @@ class Run:
                      "train_samples_per_s": state["samples"] / state["train_time"] if state["train_time"] else 0.0,
                      "peak_memory_mb": peak_memory_mb(device),
                      "trainable_params": trainable_parameters(strategy.model)})
+        if hasattr(strategy, "extra_metrics"):  # strategy-specific metrics (e.g. task-id accuracy)
+            mets.update(strategy.extra_metrics())
         return {"R": R, "test_sizes": sizes, "metrics": mets, "per_experience": state["per_experience"],
                 "random_init": state["random_init"],
                 "online": {k: v for k, v in (state.get("online") or {}).items() if k != "correct"} or None}
