@@ -116,3 +116,100 @@ def summary(R, sizes=None, random_init=None) -> dict:
     if random_init is not None:
         out["fwt"] = fwt(R, random_init)
     return out
+
+
+# -- online-stream metrics (methods.md section 11b) ---------------------------------------------
+
+def online_accuracy_curve(per_sample_correct, every: int, window: int | None = None) -> list[tuple[int, float]]:
+    """Prequential accuracy after every ``every`` samples: [(samples seen, accuracy)], the
+    cumulative accuracy, or with ``window`` the accuracy over the last ``window`` samples."""
+    c = np.asarray(per_sample_correct, dtype=float)
+    if every <= 0 or c.size == 0:
+        return []
+    cs = np.concatenate([[0.0], np.cumsum(c)])
+    out = []
+    for m in range(every, len(c) + 1, every):
+        lo = 0 if window is None else max(0, m - window)
+        out.append((m, float((cs[m] - cs[lo]) / (m - lo))))
+    return out
+
+
+def anytime_auc_samples(samples: Sequence[float], accuracies: Sequence[float]) -> float:
+    """Area under the anytime accuracy-vs-samples curve divided by its length (Koh et al. 2022),
+    for evaluation points that need not be evenly spaced: sum_k acc_k (s_k - s_{k-1}) / s_K with
+    s_0 = 0 (each accuracy holds for the samples since the previous point).  With points every
+    Delta-n samples this equals :func:`anytime_auc`, the mean of the accuracies."""
+    s = np.asarray(samples, dtype=float)
+    a = np.asarray(accuracies, dtype=float)
+    if s.size == 0:
+        return 0.0
+    if s.size != a.size:
+        raise ValueError(f"{s.size} sample counts for {a.size} accuracies")
+    widths = np.diff(np.concatenate([[0.0], s]))
+    if (widths < 0).any():
+        raise ValueError("sample counts must be non-decreasing")
+    return float((a * widths).sum() / s[-1]) if s[-1] > 0 else float(a.mean())
+
+
+def _anytime_matrix(A) -> np.ndarray:
+    """Rows: evaluation points; columns: tasks; None/NaN where a task has no seen test data yet."""
+    rows = [[np.nan if v is None else float(v) for v in r] for r in A]
+    if not rows:
+        return np.zeros((0, 0))
+    width = max(len(r) for r in rows)
+    return np.array([r + [np.nan] * (width - len(r)) for r in rows], dtype=float)
+
+
+def anytime_forgetting_per_task(A, k: int | None = None) -> list[float | None]:
+    """Forgetting over the stream from the anytime accuracy matrix ``A`` (row = evaluation point,
+    column = task): f_j = max over earlier points of A[l, j] minus A[k, j] (Chaudhry et al.'s
+    definition with evaluation points in place of task ends).  None for a task evaluated at
+    fewer than two points up to k.  ``k`` defaults to the last point."""
+    A = _anytime_matrix(A)
+    if A.size == 0:
+        return []
+    k = A.shape[0] - 1 if k is None else k
+    out = []
+    for j in range(A.shape[1]):
+        prev = A[:k, j][~np.isnan(A[:k, j])]
+        if prev.size == 0 or np.isnan(A[k, j]):
+            out.append(None)
+        else:
+            out.append(float(prev.max() - A[k, j]))
+    return out
+
+
+def anytime_forgetting(A, k: int | None = None) -> float:
+    """Mean of :func:`anytime_forgetting_per_task` over the tasks where it is defined (0.0 if none)."""
+    f = [v for v in anytime_forgetting_per_task(A, k) if v is not None]
+    return float(np.mean(f)) if f else 0.0
+
+
+def anytime_forgetting_curve(A) -> list[float]:
+    """Average forgetting at every evaluation point of the anytime matrix (forgetting over the stream)."""
+    n = len(A)
+    return [anytime_forgetting(A, k) for k in range(n)]
+
+
+def near_future_pairs(n_batches: int, shift: int) -> list[tuple[int, int]]:
+    """The near-future schedule (CLOC / Hammoud et al. 2023): at step s the model that has learned
+    batches 0..s-1 predicts batch s + shift, then learns batch s.  Returns [(s, s + shift)] for the
+    targets inside the stream; with shift >= 1 a target is never a batch already learned."""
+    if shift < 0:
+        raise ValueError(f"near-future shift must be >= 0, got {shift}")
+    return [(s, s + shift) for s in range(max(0, n_batches - shift))]
+
+
+def realtime_schedule(n_batches: int, cost: float, start: float = 0.0) -> list[bool]:
+    """Real-time accounting (Ghunaim et al. 2023): batch g arrives at time g; a learner whose step
+    costs ``cost`` stream intervals trains on a batch only if it is free when the batch arrives,
+    then is busy until g + cost.  Batches arriving while it is busy are never trained on (they are
+    still predicted).  cost <= 1 trains on every batch; an integer k trains on every k-th batch.
+    ``start`` is the time the learner becomes free (to continue a schedule)."""
+    free, out = start, []
+    for g in range(n_batches):
+        ok = g >= free - 1e-9
+        out.append(ok)
+        if ok:
+            free = g + max(float(cost), 1.0)
+    return out

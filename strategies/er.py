@@ -21,6 +21,8 @@ class ERConfig(StrategyConfig):
 class ER(Strategy):
     """Experience replay, reservoir buffer, replay batch drawn uniformly."""
 
+    graph_safe = True  # no per-step host branch or Python state: the step can be a CUDA graph (cl/graphs.py)
+
     def setup(self):
         self.buffer = ReservoirBuffer(self.cfg.buffer_size, self.device)
 
