@@ -380,7 +380,8 @@ class Run:
                      "avg_inc_acc": M.average_incremental_accuracy(Rm)})
         if state.get("online"):
             data["online_acc"] = state["online"].get("online_acc")
-        wandb.log(data, step=i)
+        # online runs share one W&B step axis with the online points: samples seen
+        wandb.log(data, step=state["samples"] if state.get("online") is not None else i)
 
     def _summarise(self, state, scenario, strategy, device, wall) -> dict:
         R = state["R"]

@@ -152,13 +152,6 @@ class OnlineLoop:
             else:
                 self.sub.append(None)
         self.wandb = wandb
-        self._log = wandb.log
-        if getattr(wandb, "run", None) is not None:
-            # one W&B step axis for the whole online run: samples seen.  The engine logs its
-            # per-experience rows with step=<experience index>; they are re-stepped to the samples
-            # seen at that boundary so they merge with the online points instead of being dropped.
-            orig = wandb.log
-            wandb.log = lambda data, step=None: orig(data, step=st["seen"])
 
     # -- the stream --------------------------------------------------------------------------
     def _order(self, exp, n, dev):
@@ -277,7 +270,7 @@ class OnlineLoop:
                 ts = float(self.times[m - 1 - base])
                 st["online_acc_time_curve"].append((ts, acc))
                 data["stream_time"] = ts
-            self._log(data, step=m)
+            self.wandb.log(data, step=m)
             c["next_log"] += p.log_every
         self.bar.update(0, online_acc=f"{h.total / max(1, h.n):.3f}")
 
@@ -308,7 +301,7 @@ class OnlineLoop:
             ts = float(self.times[m - 1 - st["seen"]]) if 0 <= m - 1 - st["seen"] < len(self.times) else None
             if ts is not None:
                 st["anytime_time"].append((ts, acc))
-        self._log(data, step=m)
+        self.wandb.log(data, step=m)
         st["times"]["anytime"] = st["times"].get("anytime", 0.0) + time.perf_counter() - t0
 
     def _summarise(self) -> None:
