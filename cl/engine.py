@@ -25,7 +25,7 @@ from .config import run_id as make_run_id, section_config
 from .log import Progress, WandbLogger, atomic_write_json
 from .models import Model, build_head, trainable_parameters
 from .registry import scenarios, strategies
-from .strategy import RunInfo
+from .strategy import RunInfo, uses_frozen_features
 
 SYNC_EVERY = 200  # online steps between host reads (progress, non-finite check)
 
@@ -63,7 +63,7 @@ def build_model(strategy_cls, scfg, resolved, scenario, device) -> torch.nn.Modu
     bcfg = section_config(resolved, "backbone")
     input_shape = scenario.input_shape
     name = resolved["backbone"]["name"]
-    if scenario.modality == "features" and getattr(strategy_cls, "frozen_features", False):
+    if scenario.modality == "features" and uses_frozen_features(strategy_cls, scfg):
         name, bcfg = "identity", None  # the frozen backbone already ran (cl.features.featurize)
     elif ":" in name and hasattr(bcfg, "model") and not bcfg.model:
         bcfg.model = name.split(":", 1)[1]  # family names such as timm:<model>
@@ -253,7 +253,7 @@ class Run:
         scfg = section_config(cfg, "strategy")
         strategy_cls = strategies.get(cfg["strategy"]["name"]).obj
         scenario = scenarios.get(cfg["scenario"]["name"]).obj(section_config(cfg, "scenario"), cfg["seed"])
-        if getattr(strategy_cls, "frozen_features", False):
+        if uses_frozen_features(strategy_cls, scfg):
             from .features import featurize  # the feature cache (pretrained frozen backbones)
 
             scenario = featurize(scenario, cfg, device)

@@ -38,6 +38,13 @@ class StrategyConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     head: str = "linear"  # linear | cosine
+    frozen_backbone: bool = False  # train on cached features of the frozen backbone (any strategy)
+
+
+def uses_frozen_features(strategy_cls, cfg) -> bool:
+    """Does this run train on cached features of a frozen backbone? Strategies built for it say so
+    (``frozen_features = True``); any other strategy can be run that way with ``frozen_backbone=True``."""
+    return bool(getattr(strategy_cls, "frozen_features", False) or getattr(cfg, "frozen_backbone", False))
 
 
 def register(name: str, config=None, description: str | None = None):

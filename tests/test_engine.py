@@ -144,3 +144,23 @@ def test_failing_run_never_overwrites_a_finished_result(tmp_path):
 
 def test_registry_holds_the_builtins():
     assert {"finetune", "joint", "er"} <= set(strategies.names())
+
+
+def test_any_strategy_can_train_on_frozen_backbone_features(tmp_path, monkeypatch):
+    """strategy.frozen_backbone=true: the engine hands cached features of the frozen backbone to ER,
+    whose own model is then the head on an identity backbone."""
+    import strategies.er as er_mod
+
+    monkeypatch.setenv("CL_CACHE", str(tmp_path / "cache"))
+    built = []
+    orig = er_mod.ER.setup
+
+    def spy(self):
+        built.append((type(self.model.backbone).__name__, self.info.input_shape))
+        orig(self)
+
+    monkeypatch.setattr(er_mod.ER, "setup", spy)
+    res = run(tiny({"name": "er", "frozen_backbone": True}, backbone={"name": "mlp", "hidden": 24}), tmp_path)
+    assert res["status"] == "finished"
+    assert built == [("Identity", (24,))]  # features of the 24-unit frozen MLP, not the 16-d inputs
+    assert list((tmp_path / "cache").rglob("*.npy"))  # computed once and stored in the feature cache
