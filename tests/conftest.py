@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+
 
 
 def tiny(strategy="finetune", scenario="gaussian", backbone="mlp", protocol="offline", **kw):
@@ -29,3 +29,25 @@ def tiny(strategy="finetune", scenario="gaussian", backbone="mlp", protocol="off
 @pytest.fixture
 def tiny_cfg():
     return tiny
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One intra-op thread per test: the models here are tiny, and on a 2-core machine that is shared
+    (CI, a sweep running beside the tests) two OpenMP threads can be 10x slower than one."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def restore_registry():
+    """Strategies registered by a test (plugin files) do not leak into other test modules."""
+    from cl.registry import strategies
+
+    strategies.names()  # load the built-in ones first
+    before = dict(strategies.entries)
+    yield
+    strategies.entries.clear()
+    strategies.entries.update(before)

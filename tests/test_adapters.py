@@ -8,15 +8,6 @@ from cl.backbones.small import ResNetConfig, resnet18r
 from cl.backbones.timm_models import SmallViTConfig, vit_tiny
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """This 2-core machine is shared: one intra-op thread avoids OpenMP oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def vit():
     torch.manual_seed(0)

@@ -10,15 +10,6 @@ from cl.backbones.timm_models import (EffNetLite0Config, TimmConfig, create_timm
 from cl.registry import ConfigError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """This 2-core machine is shared: one intra-op thread avoids OpenMP oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def ncm_accuracy(ftr, ytr, fte, yte):
     classes = sorted(set(ytr.tolist()))
     mu = torch.stack([ftr[ytr == c].mean(0) for c in classes])

@@ -1,7 +1,6 @@
 import json
 from dataclasses import dataclass
 
-import pytest
 import torch
 
 from cl.config import resolve

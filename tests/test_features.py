@@ -12,15 +12,6 @@ from cl.registry import scenarios
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """This 2-core machine is shared: one intra-op thread avoids OpenMP oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
 def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("CL_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("CL_FEATURE_CACHE", raising=False)

@@ -16,15 +16,6 @@ from conftest import tiny
 BS = 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on shared cores: two OpenMP threads can be 10x slower than one when the other core is busy."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run(raw, tmp_path, name="r"):
     return Run(resolve(raw), progress=False, out_dir=tmp_path / name).execute()
 

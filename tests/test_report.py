@@ -8,17 +8,6 @@ import pytest
 from cl.report import make_report
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def cfg(strategy, scenario, seed, **strat_fields):
     return {"strategy": {"name": strategy, "lr": 0.1, **strat_fields}, "scenario": {"name": scenario, "n_tasks": 2},
             "backbone": {"name": "mlp"}, "protocol": {"name": "offline", "epochs": 1}, "seed": seed,

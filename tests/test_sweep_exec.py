@@ -14,28 +14,8 @@ from cl.sweep import load_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
+pytestmark = pytest.mark.usefixtures("restore_registry")
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster than two."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def restore_registry():
-    """Test strategies registered from plugin files here do not leak into other test modules."""
-    from cl.registry import strategies
-
-    strategies.names()  # load the built-in ones first
-    before = dict(strategies.entries)
-    yield
-    strategies.entries.clear()
-    strategies.entries.update(before)
 
 PLUGIN = '''
 import time

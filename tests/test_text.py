@@ -9,15 +9,6 @@ from cl.registry import ConfigError
 from cl.text import PAD_ID, attention_mask, tokenize
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """This 2-core machine is shared: one intra-op thread avoids OpenMP oversubscription stalls."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_tokenize_pads_with_zero():
     ids = tokenize(["hello world", "a much longer sentence than the first one"], max_length=8)
     assert ids.dtype == torch.long and ids.shape == (2, 8)
