@@ -15,6 +15,14 @@ import torch  # noqa: E402
 
 
 
+def needs_shared(*names):
+    """Skip a test when the shared data folder (``../shared/data``) lacks these files (CI has them)."""
+    from cl.data import shared_data_dir
+
+    missing = [n for n in names if not (shared_data_dir() / n).exists()]
+    return pytest.mark.skipif(bool(missing), reason=f"shared data missing: {', '.join(missing)}")
+
+
 def tiny(strategy="finetune", scenario="gaussian", backbone="mlp", protocol="offline", **kw):
     """A raw config for a run that takes well under a second."""
     raw = {"strategy": strategy if isinstance(strategy, dict) else {"name": strategy},

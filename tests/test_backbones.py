@@ -8,6 +8,7 @@ import torch
 from cl.backbones.timm_models import (EffNetLite0Config, TimmConfig, create_timm, efficientnet_lite0,
                                       SmallViTConfig, vit_tiny)
 from cl.registry import ConfigError
+from conftest import needs_shared
 
 
 def ncm_accuracy(ftr, ytr, fte, yte):
@@ -22,6 +23,7 @@ def _subset(x, y, k):
     return x[idx], y[idx]
 
 
+@needs_shared("cifar10-jpeg.tar.gz")
 def test_efficientnet_lite0_pretrained_beats_random_on_cifar10():
     from scenarios.cifar import load_cifar10
 

@@ -7,6 +7,7 @@ import torch
 
 from cl.registry import ConfigError
 from cl.text import PAD_ID, attention_mask, tokenize
+from conftest import needs_shared
 
 
 def test_tokenize_pads_with_zero():
@@ -23,6 +24,7 @@ def clinc():
     return clinc150(Clinc150Config(train_per_class=4, test_per_class=3), 0)
 
 
+@needs_shared("clinc150.json", "clinc150_domains.json")
 def test_clinc150_scenario(clinc):
     assert len(clinc) == 10 and clinc.n_classes == 150 and clinc.modality == "text"
     assert all(len(e.classes) == 15 for e in clinc)
@@ -31,6 +33,7 @@ def test_clinc150_scenario(clinc):
     assert clinc[0].train_x.dtype == torch.long
 
 
+@needs_shared("clinc150.json", "clinc150_domains.json")
 def test_minilm_pretrained_beats_random_on_clinc150(clinc):
     from cl.backbones.text import MiniLMConfig, minilm
 
