@@ -62,7 +62,7 @@ def mlp():
 
 
 def hand_loop(n_per_exp, bs, device) -> float:
-    """Plain PyTorch ER: device data, device reservoir (batched draw, AML style), CE(new) + CE(replay)."""
+    """Plain PyTorch ER: device data, device reservoir (batched draw), one forward, CE(new) + CE(replay)."""
     torch.manual_seed(0)
     x, y = make_data(n_per_exp)
     x, y = x.to(device), y.to(device)
@@ -81,10 +81,12 @@ def hand_loop(n_per_exp, bs, device) -> float:
             idx = perm[i:i + bs]
             xb, yb = ex[idx].float() / 255, ey[idx]
             opt.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(model(xb), yb)
-            if seen:
+            if seen:  # one forward over [incoming; replay], as the engine's ER and Avalanche's Replay do
                 r = torch.randint(0, min(seen, BUFFER), (bs,), device=device)
-                loss = loss + F.cross_entropy(model(bx[r]), by[r])
+                logits = model(torch.cat([xb, bx[r]]))
+                loss = F.cross_entropy(logits[:len(yb)], yb) + F.cross_entropy(logits[len(yb):], by[r])
+            else:
+                loss = F.cross_entropy(model(xb), yb)
             loss.backward()
             opt.step()
             b = len(yb)

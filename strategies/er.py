@@ -2,9 +2,13 @@
 
 Loss variant (b) of the online-CL code bases: CE_mean(incoming) + CE_mean(replay).
 The buffer stores the raw (non-augmented) samples and is updated after the step.
+By default the incoming and replayed samples go through the model in one forward pass (half the kernel
+launches of two passes: what matters at batch 10); with BatchNorm this normalises them together, as
+mammoth and Avalanche do. ``single_forward=false`` runs two passes.
 """
 from dataclasses import dataclass
 
+import torch
 import torch.nn.functional as F
 
 from cl.buffers import ReservoirBuffer
@@ -15,6 +19,7 @@ from cl.strategy import Strategy, StrategyConfig, register
 class ERConfig(StrategyConfig):
     buffer_size: int = 500  # total samples (not per class)
     replay_batch_size: int = 10
+    single_forward: bool = True  # one forward pass over [incoming; replay]
 
 
 @register("er", ERConfig)
@@ -27,11 +32,15 @@ class ER(Strategy):
         self.buffer = ReservoirBuffer(self.cfg.buffer_size, self.device)
 
     def loss(self, x, y, t=None):
-        loss = super().loss(x, y, t)
         mem = self.buffer.sample(self.cfg.replay_batch_size)
-        if mem:
-            loss = loss + super().loss(mem["x"], mem["y"], t)
-        return loss
+        if not mem:
+            return super().loss(x, y, t)
+        if not self.cfg.single_forward:
+            return super().loss(x, y, t) + super().loss(mem["x"], mem["y"], t)
+        both = torch.cat([x, mem["x"]])
+        logits = self.model(self.augment(both) if self.augment is not None else both).float()
+        b = len(y)
+        return F.cross_entropy(logits[:b], y) + F.cross_entropy(logits[b:], mem["y"])
 
     def after_step(self, x, y, t=None):
         self.buffer.add(x=x, y=y)

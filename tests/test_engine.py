@@ -1,6 +1,7 @@
 import json
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 from cl.config import resolve
@@ -163,3 +164,31 @@ def test_any_strategy_can_train_on_frozen_backbone_features(tmp_path, monkeypatc
     assert res["status"] == "finished"
     assert built == [("Identity", (24,))]  # features of the 24-unit frozen MLP, not the 16-d inputs
     assert list((tmp_path / "cache").rglob("*.npy"))  # computed once and stored in the feature cache
+
+
+def test_er_single_forward_equals_two_passes_without_batchnorm():
+    """With no BatchNorm, one forward over [incoming; replay] gives the same loss and gradients as two."""
+    from cl.config import section_config
+    from cl.engine import build_model
+    from cl.registry import scenarios
+    from cl.strategy import RunInfo
+    from strategies.er import ER
+
+    grads = []
+    for single in (True, False):
+        torch.manual_seed(0)
+        cfg = resolve(tiny({"name": "er", "single_forward": single}))
+        scfg = section_config(cfg, "strategy")
+        sc = scenarios.get("gaussian").obj(section_config(cfg, "scenario"), 0)
+        info = RunInfo(n_classes=10, input_shape=sc.input_shape, device=torch.device("cpu"), seed=0)
+        s = ER(scfg, build_model(ER, scfg, cfg, sc, "cpu"), info)
+        s.setup()
+        s.buffer.add(x=sc[0].train_x[:20], y=sc[0].train_y[:20])
+        s.model.observe(sc[0].train_y)
+        torch.manual_seed(1)  # the same replay draw in both modes
+        loss = s.loss(sc[0].train_x[20:30], sc[0].train_y[20:30])
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in s.model.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    for a, b in zip(grads[0][1], grads[1][1]):
+        assert torch.allclose(a, b, atol=1e-6)
