@@ -75,11 +75,14 @@ class L2PModel(nn.Module):
         self.last_index = None
         self.last_key_loss = None
 
+    def _plain_features(self, x):
+        return self.backbone(x)
+
     @torch.no_grad()
     def query(self, x):
         was = self.backbone.training
         self.backbone.eval()  # the query is the frozen, un-prompted feature (no dropout)
-        q = self.backbone(x)
+        q = self._plain_features(x)
         self.backbone.train(was)
         return q
 
@@ -126,22 +129,12 @@ class KeyedLoraPool(nn.Module):
             p.requires_grad_(True)
 
 
-class L2LModel(nn.Module):
-    def __init__(self, backbone, pool: KeyedLoraPool, head):
-        super().__init__()
-        self.backbone, self.pool, self.head = backbone, pool, head
-        self.batchwise = False
-        self.last_index = None
-        self.last_key_loss = None
+class L2LModel(L2PModel):
+    """L2P's model with a pool of LoRA adapters: the query runs with every adapter off."""
 
-    @torch.no_grad()
-    def query(self, x):
-        was = self.backbone.training
-        self.backbone.eval()
+    def _plain_features(self, x):
         with self.pool.lora.disabled():
-            q = self.backbone(x)
-        self.backbone.train(was)
-        return q
+            return self.backbone(x)
 
     def forward(self, x):
         q = self.query(x)
@@ -159,9 +152,6 @@ class L2LModel(nn.Module):
             return self.head(self.backbone(xg).float())
 
         return grouped_apply(x, code, run)
-
-    def observe(self, y):
-        self.head.observe(y)
 
 
 @register("l2p", L2PConfig)
