@@ -23,6 +23,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
+from .log import atomic_write_json
 from .registry import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -118,13 +119,6 @@ def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
         raise
 
 
-def _atomic_write_json(path: Path, obj) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f)
-    os.replace(tmp, path)
-
-
 def cached_arrays(key: str, build: Callable[[], tuple[dict, dict]], use_cache: bool = True):
     """Arrays cached under ``cache_dir()/key``: ``build()`` returns ``(arrays, meta)`` once;
     later calls memory-map the ``.npy`` files (copy-on-write) and read ``meta`` back.
@@ -146,7 +140,7 @@ def cached_arrays(key: str, build: Callable[[], tuple[dict, dict]], use_cache: b
     d.mkdir(parents=True, exist_ok=True)
     for k, a in arrays.items():
         _atomic_save_npy(d / f"{k}.npy", np.ascontiguousarray(a))
-    _atomic_write_json(meta_path, {**meta, "_arrays": list(arrays)})
+    atomic_write_json(meta_path, {**meta, "_arrays": list(arrays)})
     return arrays, meta
 
 
