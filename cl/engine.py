@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from . import metrics as M
-from .backbones import build_backbone
+from .backbones import backbone_spec, build_backbone
 from .config import run_id as make_run_id, section_config
 from .log import Progress, WandbLogger, atomic_write_json
 from .models import Model, build_head, trainable_parameters
@@ -60,13 +60,10 @@ def versions() -> dict:
 
 def build_model(strategy_cls, scfg, resolved, scenario, device) -> torch.nn.Module:
     """The strategy's own ``build_model`` if it has one, else backbone + head."""
-    bcfg = section_config(resolved, "backbone")
     input_shape = scenario.input_shape
-    name = resolved["backbone"]["name"]
+    name, bcfg = backbone_spec(resolved)
     if scenario.modality == "features" and uses_frozen_features(strategy_cls, scfg):
         name, bcfg = "identity", None  # the frozen backbone already ran (cl.features.featurize)
-    elif ":" in name and hasattr(bcfg, "model") and not bcfg.model:
-        bcfg.model = name.split(":", 1)[1]  # family names such as timm:<model>
     backbone = build_backbone(name, bcfg, input_shape)
     if hasattr(backbone, "make_preprocess"):  # pretrained backbones: their own resize / normalisation
         scenario.preprocess_fn = lambda dev, _b=backbone, _s=scenario: _b.make_preprocess(_s, dev)

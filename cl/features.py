@@ -72,17 +72,6 @@ def sample_hashes(x: torch.Tensor, text: bool = False) -> np.ndarray:
     return out
 
 
-def _backbone(resolved: dict):
-    from .backbones import build_backbone
-    from .config import section_config
-
-    name = resolved["backbone"]["name"]
-    bcfg = section_config(resolved, "backbone")
-    if ":" in name and hasattr(bcfg, "model") and not bcfg.model:
-        bcfg.model = name.split(":", 1)[1]
-    return name, bcfg
-
-
 def _describe_preprocessing(backbone, scenario) -> dict:
     pp = getattr(backbone, "preprocessing", None)
     if pp is not None:
@@ -218,10 +207,10 @@ def featurize(scenario, resolved_cfg: dict, device, use_cache: bool | None = Non
     if use_cache is None:
         use_cache = os.environ.get("CL_FEATURE_CACHE", "1").lower() not in ("0", "false", "no", "off")
     device = torch.device(device) if not isinstance(device, torch.device) else device
-    name, bcfg = _backbone(resolved_cfg)
-    if backbone is None:
-        from .backbones import build_backbone
+    from .backbones import backbone_spec, build_backbone
 
+    name, bcfg = backbone_spec(resolved_cfg)
+    if backbone is None:
         backbone = build_backbone(name, bcfg, scenario.input_shape)
     backbone = backbone.to(device).eval()
     if hasattr(backbone, "make_preprocess"):

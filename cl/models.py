@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .registry import ConfigError, unknown
+from .registry import unknown
 from .heads import HEADS
 
 
