@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from benchmarks.common import machine, table  # noqa: E402
-from cl.augment import Augment  # noqa: E402
+from cl.data.augment import Augment  # noqa: E402
 from scenarios.cifar import CIFAR_MEAN, CIFAR_STD, load_cifar10  # noqa: E402
 
 MEAN, STD = CIFAR_MEAN[10], CIFAR_STD[10]
@@ -47,7 +47,7 @@ def sync(device):
 
 
 def run_device_resident(x, y, device, bs, n_batches, warmup=5):
-    from cl.streams import Scenario
+    from cl.core.streams import Scenario
 
     sc = Scenario("cifar10", [], 10, (3, 32, 32), list(range(10)), mean=MEAN, std=STD)
     pre = sc.preprocess_fn(device)
@@ -151,7 +151,7 @@ def main(argv=None):
     for w in workers:
         rows.append({"runner": f"DataLoader (tensors, {w} workers)",
                      "batches/s": run_loader(TensorDataset(xtr, ytr, tfm), device, a.batch_size, a.batches, w)})
-    from cl.data import shared_data_dir
+    from cl.data.cache import shared_data_dir
 
     tar = shared_data_dir() / "cifar10-jpeg.tar.gz"
     if not a.no_jpeg and tar.exists():

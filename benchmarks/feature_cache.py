@@ -1,7 +1,7 @@
 """Benchmark: the feature cache, and pretrained-backbone speed on a GPU.
 
 CPU part (always): four frozen-backbone strategies x three seeds on split CIFAR-10 with the pretrained
-EfficientNet-Lite0, run through the engine (``cl.engine.Run``) twice: with the feature cache off
+EfficientNet-Lite0, run through the engine (``cl.train.engine.Run``) twice: with the feature cache off
 (``CL_FEATURE_CACHE=0``: every run encodes the images again) and on (a fresh cache folder: the first
 run encodes, the other eleven read the memory-mapped features).  Accuracies must agree; the table gives
 wall times side by side.
@@ -58,9 +58,9 @@ def machine() -> str:
 
 
 def cpu_part(args) -> tuple[list[str], dict]:
-    from cl.config import resolve
-    from cl.engine import Run
-    from cl.registry import strategies
+    from cl.core.config import resolve
+    from cl.train.engine import Run
+    from cl.core.registry import strategies
 
     names = [s for s in args.strategies if s in STRATEGIES]
     avail = set(strategies.names())
@@ -125,9 +125,9 @@ def _rate(fn, n_images, warmup, iters, sync):
 def gpu_part(args) -> list[str]:
     import timm
 
-    from cl.adapters import LoraSet
-    from cl.backbones.timm_models import TimmConfig, create_timm
-    from cl.features import extract
+    from cl.models.adapters import LoraSet
+    from cl.models.backbones.timm_models import TimmConfig, create_timm
+    from cl.models.features import extract
 
     dev = torch.device(args.gpu_device)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
@@ -226,7 +226,7 @@ def main(argv=None):
         rows, info = cpu_part(args)
         lines += ["## Feature cache: 4 frozen-backbone strategies x 3 seeds, split CIFAR-10 (5 tasks), EfficientNet-Lite0", "",
                   f"{args.train_per_class} train / {args.test_per_class} test images per class, resized to "
-                  f"{args.input_size} px, device {args.device}; wall time per run through `cl.engine.Run` "
+                  f"{args.input_size} px, device {args.device}; wall time per run through `cl.train.engine.Run` "
                   f"(scenario, featurize, training, evaluation).", ""] + rows + [""]
     gpu_ok = (args.gpu_device != "cuda" or torch.cuda.is_available()) and not args.skip_gpu
     lines += ["## GPU: ViT-B/16 frozen forward, LoRA step, full fine-tuning", ""]

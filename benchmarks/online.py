@@ -46,9 +46,9 @@ BS, REPLAY_BS, BUFFER, LR, N_TASKS = 10, 10, 500, 0.1, 5
 def make_stream(n: int, data: str, seed: int = 0):
     """(x uint8 (n,3,32,32), y long (n,)) ordered by task: 5 tasks x 2 classes, n/5 samples each."""
     if data == "cifar10":
-        import cl.registry as R
+        import cl.core.registry as R
         import scenarios  # noqa: F401  (registers the datasets)
-        from cl.config import resolve, section_config
+        from cl.core.config import resolve, section_config
 
         cfg = resolve({"scenario": {"name": "split-cifar10"}})
         sc = R.scenarios.get("split-cifar10").obj(section_config(cfg, "scenario"), seed)
@@ -65,9 +65,9 @@ def make_stream(n: int, data: str, seed: int = 0):
 
 
 def build_model(kind: str, device):
-    from cl.backbones import build_backbone
-    from cl.backbones.small import MLPConfig, ResNetConfig
-    from cl.models import Model, build_head
+    from cl.models.backbones import build_backbone
+    from cl.models.backbones.small import MLPConfig, ResNetConfig
+    from cl.models.model import Model, build_head
 
     if kind == "mlp":
         bb = build_backbone("mlp", MLPConfig(hidden=256, layers=2), (3, 32, 32))
@@ -117,7 +117,7 @@ def run_plain(model, x, y, device):
 
 
 def _er_strategy(model, device):
-    from cl.strategy import RunInfo
+    from cl.core.strategy import RunInfo
     from strategies.er import ER, ERConfig
 
     s = ER(ERConfig(lr=LR, buffer_size=BUFFER, replay_batch_size=REPLAY_BS), model,
@@ -127,7 +127,7 @@ def _er_strategy(model, device):
 
 
 def run_platform_step(model, x, y, device, graphs=False):
-    from cl import graphs as G
+    from cl.train import graphs as G
 
     s = _er_strategy(model, device)
     step = G.train_step_fn(s, graphs)
@@ -145,10 +145,10 @@ def run_platform_step(model, x, y, device, graphs=False):
 
 def run_platform_online(kind, x, y, device, graphs=False):
     """The full engine: online protocol (test-then-train) on a registered in-memory scenario."""
-    from cl.config import resolve
-    from cl.engine import Run
-    from cl.registry import scenarios
-    from cl.streams import Experience, Scenario
+    from cl.core.config import resolve
+    from cl.train.engine import Run
+    from cl.core.registry import scenarios
+    from cl.core.streams import Experience, Scenario
 
     name = "bench-online-stream"
     if name not in scenarios.entries:

@@ -3,7 +3,7 @@
 Workload: MLP 3072-256-10 on 3x32x32 inputs, 5 class-incremental experiences of 2 classes,
 reservoir buffer of 500, replay batch = batch size, one epoch, SGD lr 0.01; batch sizes 10 and 128.
   1. a hand-written PyTorch loop (data and buffer on the device),
-  2. this platform's engine (`cl.engine.Run` with strategy `er`),
+  2. this platform's engine (`cl.train.engine.Run` with strategy `er`),
   3. Avalanche 0.6.0's `Replay` strategy.
 Prints training samples/s (evaluation excluded) and the ratios.
 
@@ -28,10 +28,10 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 warnings.filterwarnings("ignore")
 
 from benchmarks.common import machine, table  # noqa: E402
-from cl.config import resolve  # noqa: E402
-from cl.engine import Run  # noqa: E402
-from cl.registry import scenarios  # noqa: E402
-from cl.streams import class_incremental  # noqa: E402
+from cl.core.config import resolve  # noqa: E402
+from cl.train.engine import Run  # noqa: E402
+from cl.core.registry import scenarios  # noqa: E402
+from cl.core.streams import class_incremental  # noqa: E402
 
 BUFFER, LR, HIDDEN = 500, 0.01, 256
 

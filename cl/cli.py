@@ -6,9 +6,9 @@ import importlib
 import json
 import sys
 
-from .registry import ConfigError, backbones, config_fields, load_plugin_file, scenarios, strategies
+from cl.core.registry import ConfigError, backbones, config_fields, load_plugin_file, scenarios, strategies
 
-EXTRA_COMMANDS = ("sweep", "report")  # modules cl.<name> that provide add_cli(subparsers)
+EXTRA_COMMANDS = ("sweeps.sweep", "sweeps.report")  # modules cl.<name> that provide add_cli(subparsers)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +31,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def raw_from_args(args) -> dict:
-    from .config import load_yaml
+    from cl.core.config import load_yaml
 
     raw = load_yaml(args.file) if args.file else {}
     for sec in ("strategy", "scenario", "backbone", "protocol"):
@@ -61,8 +61,8 @@ def print_result_table(results: list[dict], file=None) -> None:
 
 
 def cmd_run(args) -> int:
-    from .config import apply_overrides, resolve, run_id
-    from .engine import Run
+    from cl.core.config import apply_overrides, resolve, run_id
+    from cl.train.engine import Run
 
     for f in args.plugin:
         load_plugin_file(f)
@@ -97,7 +97,7 @@ def cmd_list(args) -> int:
                 for fname, default, typ in config_fields(e.config):
                     print(f"      {fname} = {default!r}")
     if not args.kind:
-        from .config import ProtocolConfig
+        from cl.core.config import ProtocolConfig
 
         print("protocols:\n  offline                  epochs per experience\n"
               "  online                   one pass, test-then-train")

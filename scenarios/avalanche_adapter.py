@@ -10,7 +10,7 @@ From the CLI, any factory that returns a benchmark::
     cl run -s er -d avalanche:SplitCIFAR100 --set scenario.kwargs='{n_experiences: 10}'
 
 Each experience's dataset is read once, in its order, with its *eval* transforms (augmentation then runs on
-the device, see :mod:`cl.augment`), into tensors.  Labels are renumbered to the order in which classes first
+the device, see :mod:`cl.data.augment`), into tensors.  Labels are renumbered to the order in which classes first
 appear in the train stream (``Scenario.class_order[k]`` is Avalanche's class id of label ``k``).  Task
 labels: when the train stream has more than one task label, the scenario is task-incremental and the
 per-sample task labels go to ``train_t`` / ``test_t``.  A test stream with one experience (as in NI
@@ -24,8 +24,8 @@ from dataclasses import dataclass, make_dataclass
 
 import torch
 
-from cl.registry import ConfigError, scenarios
-from cl.streams import Experience, Scenario
+from cl.core.registry import ConfigError, scenarios
+from cl.core.streams import Experience, Scenario
 
 #: factories of avalanche.benchmarks.classic registered as ``avalanche:<Name>`` (imported lazily)
 CLASSIC = ["CLEAR", "CLStream51", "CORe50", "EndlessCLSim", "OpenLORIS", "PermutedMNIST", "RotatedMNIST",
@@ -55,13 +55,13 @@ def _dataset_tensors(ds, batch_size: int = 1024):
 
 
 def _shards(y, n, seed=0):
-    from cl.settings import _shards as sh
+    from cl.data.settings import _shards as sh
 
     return sh(y, n, torch.Generator().manual_seed(seed))
 
 
 def from_avalanche(benchmark, name: str = "avalanche", batch_size: int = 1024) -> Scenario:
-    """Convert an Avalanche benchmark into a :class:`~cl.streams.Scenario` (see the module doc)."""
+    """Convert an Avalanche benchmark into a :class:`~cl.core.streams.Scenario` (see the module doc)."""
     if not hasattr(benchmark, "train_stream") or not hasattr(benchmark, "test_stream"):
         raise ConfigError(f"{name}: expected an Avalanche CLScenario with train_stream and test_stream, "
                           f"got {type(benchmark).__name__}")
@@ -172,10 +172,10 @@ def avalanche_benchmark(cfg: AvalancheConfig, seed: int):
     except TypeError as e:
         raise ConfigError(f"avalanche: {cfg.factory}(**{kw}) failed: {e}") from None
     sc = from_avalanche(bm, name=f"avalanche:{cfg.factory.rpartition('.')[2] or cfg.factory}")
-    from cl.settings import AUGMENTS
+    from cl.data.settings import AUGMENTS
 
     if cfg.augment not in AUGMENTS:
-        from cl.registry import unknown
+        from cl.core.registry import unknown
 
         raise unknown("augment", cfg.augment, AUGMENTS)
     sc.meta["augment"] = cfg.augment

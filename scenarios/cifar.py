@@ -8,7 +8,7 @@ Layouts accepted for CIFAR-10 (``root`` may point at any of them, or at a folder
     automatically in ``../shared/data`` next to the project root.
 CIFAR-100: ``cifar-100-python/{train,test,meta}`` (or ``cifar-100-python.tar.gz``), or an ImageFolder.
 
-Decoded arrays are cached once (see :mod:`cl.data`), so a second run memory-maps them.
+Decoded arrays are cached once (see :mod:`cl.data.cache`), so a second run memory-maps them.
 """
 from __future__ import annotations
 
@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cl.data import (IMAGE_EXTS, cached_arrays, decode_image, find_root, list_images, source_key, to_tensor)
-from cl.registry import ConfigError
-from cl.settings import SettingConfig, build_setting, register_family
+from cl.data.cache import (IMAGE_EXTS, cached_arrays, decode_image, find_root, list_images, source_key, to_tensor)
+from cl.core.registry import ConfigError
+from cl.data.settings import SettingConfig, build_setting, register_family
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR_MEAN = {10: (0.4914, 0.4822, 0.4465), 100: (0.5071, 0.4865, 0.4409)}
@@ -44,7 +44,7 @@ _TARBALLS = {10: ["cifar10-jpeg.tar.gz", "cifar-10-python.tar.gz"], 100: ["cifar
 
 
 def _detect(n: int):
-    """A check for :func:`cl.data.find_root`: returns (kind, path) or a 'missing ...' string."""
+    """A check for :func:`cl.data.cache.find_root`: returns (kind, path) or a 'missing ...' string."""
 
     def check(p: Path):
         if p.is_file():

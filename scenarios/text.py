@@ -1,6 +1,6 @@
 """Text scenarios: CLINC150 (10 domain tasks x 15 intents) and user CSV / JSONL files.
 
-Samples are token ids (``int64 [N, L]``, pad 0; :func:`cl.text.tokenize`, the MiniLM tokenizer),
+Samples are token ids (``int64 [N, L]``, pad 0; :func:`cl.models.text.tokenize`, the MiniLM tokenizer),
 ``modality="text"``; use them with ``-b minilm`` (LoRA, prompts) or a frozen-feature strategy
 (``-s linear-probe -b minilm``: the feature cache encodes them once).
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from cl.registry import ConfigError, scenarios
-from cl.streams import class_incremental, seeded_class_order, stratified_split
-from cl.text import tokenize
+from cl.core.registry import ConfigError, scenarios
+from cl.core.streams import class_incremental, seeded_class_order, stratified_split
+from cl.models.text import tokenize
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 

@@ -34,7 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .heads import MaskedHead
+from cl.models.heads import MaskedHead
 
 LOG2PI = math.log(2 * math.pi)
 

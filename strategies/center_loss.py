@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cl.strategy import register
+from cl.core.strategy import register
 from strategies.er import ER, ERConfig
 
 

@@ -1,11 +1,11 @@
 """CoLoR / S-LoRA: one LoRA adapter and one head per task on a frozen pretrained backbone, task
 identification by k-means keys (Wistuba et al. 2023/2024; methods.md sections 5 and 6b).
 
-Training task t: a fresh LoRA adapter (peft, through :class:`cl.adapters.LoraSet`; B = 0 so the
+Training task t: a fresh LoRA adapter (peft, through :class:`cl.models.adapters.LoraSet`; B = 0 so the
 untrained adapter is the identity) and a fresh linear head, trained alone with CE over task t's
 classes; everything else is frozen.  After task t: k-means (k = 5) on the L2-normalised features of
 t's training data from the **frozen** backbone (adapters disabled) gives t's keys
-(:class:`cl.task_keys.TaskKeys`).  Test: t_hat = task of the nearest key; the batch is grouped by
+(:class:`cl.models.task_keys.TaskKeys`).  Test: t_hat = task of the nearest key; the batch is grouped by
 t_hat and each group runs with its adapter and head.
 
 * ``mode=class`` (class-incremental): head t scores task t's classes only; the prediction is head
@@ -32,9 +32,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cl.registry import unknown
-from cl.strategy import Strategy, StrategyConfig, make_optimizer, register
-from cl.task_keys import TaskKeys, batched, by_length, freeze_batchnorm, grouped_apply, model_preprocess, \
+from cl.core.registry import unknown
+from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
+from cl.models.task_keys import TaskKeys, batched, by_length, freeze_batchnorm, grouped_apply, model_preprocess, \
     remember_preprocess, trim_padding
 
 
@@ -273,7 +273,7 @@ class CoLoR(TaskKeyedExperts):
 
     @classmethod
     def attach_experts(cls, cfg, model, n_tasks):
-        from cl.adapters import LoraSet
+        from cl.models.adapters import LoraSet
 
         lora = LoraSet(model.backbone, r=cfg.r, alpha=cfg.alpha, dropout=cfg.lora_dropout, targets=cfg.targets)
         for t in range(n_tasks):
@@ -320,8 +320,8 @@ class FinetuneLoRA(Strategy):
 
     @classmethod
     def build_model(cls, cfg, backbone, scenario):
-        from cl.adapters import LoraSet
-        from cl.models import Model, build_head
+        from cl.models.adapters import LoraSet
+        from cl.models.model import Model, build_head
 
         lora = LoraSet(backbone, r=cfg.r, alpha=cfg.alpha, targets=cfg.targets)
         lora.add("shared")

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cl.buffers import ReservoirBuffer
-from cl.strategy import Strategy, StrategyConfig, register
+from cl.models.buffers import ReservoirBuffer
+from cl.core.strategy import Strategy, StrategyConfig, register
 
 
 @dataclass

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from strategies.er import ER, ERConfig
-from cl.strategy import register
+from cl.core.strategy import register
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Fine-tuning: learn each experience with cross-entropy and nothing else (the lower bound)."""
-from cl.strategy import Strategy, StrategyConfig, register
+from cl.core.strategy import Strategy, StrategyConfig, register
 
 
 @register("finetune", StrategyConfig)

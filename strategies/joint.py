@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cl.strategy import Strategy, StrategyConfig, register
+from cl.core.strategy import Strategy, StrategyConfig, register
 
 
 @dataclass

@@ -37,9 +37,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from cl.kalman import KalmanHead
-from cl.models import Model
-from cl.strategy import Strategy, StrategyConfig, make_optimizer, register
+from strategies._kalman_filter import KalmanHead
+from cl.models.model import Model
+from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
 
 
 @dataclass
@@ -87,7 +87,7 @@ class Kalman(Strategy):
 
     @classmethod
     def build_model(cls, cfg, backbone, scenario):
-        from cl.registry import unknown
+        from cl.core.registry import unknown
 
         for key, choices in (("gamma_objective", ("mc", "gaussian")), ("finetune_loss", ("gaussian", "mc")),
                              ("hyper_optimizer", ("sgd", "adam")), ("dtype", ("float64", "float32"))):

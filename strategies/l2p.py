@@ -2,7 +2,7 @@
 entries, Wistuba et al. 2024; methods.md section 5a).
 
 **L2P** (``l2p``): a frozen pretrained backbone, a prompt pool of ``pool_size`` (M) prompts of
-``length`` (L_p) tokens with learnable keys (:class:`cl.adapters.PromptPool`, uniform init), and a linear
+``length`` (L_p) tokens with learnable keys (:class:`cl.models.adapters.PromptPool`, uniform init), and a linear
 classifier over all classes.
 * Query q(x): the frozen backbone's feature **without prompts** (a second forward pass, no gradient).
 * Select the top-N keys by cosine similarity; concatenate their prompts (N * L_p tokens) after the
@@ -17,7 +17,7 @@ classifier over all classes.
   Adam, lr 0.03 (the official CIFAR config), optimiser re-initialised per task.
 
 **L2L** (``l2l``): the same selection, but every pool entry is a LoRA adapter (peft, via
-:class:`cl.adapters.LoraSet`) paired with a learnable key; the selected adapters act together (their
+:class:`cl.models.adapters.LoraSet`) paired with a learnable key; the selected adapters act together (their
 updates summed -- [RECALL], unverified) and the classifier reads the backbone's own pooled feature.
 Samples of a batch that select different adapter sets are run in groups (one host read per step);
 ``top_k`` defaults to 1 to keep the number of groups small.  Works on CNNs too (LoRA on convolutions).
@@ -31,10 +31,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cl.heads import IncrementalLinear
-from cl.registry import ConfigError
-from cl.strategy import Strategy, StrategyConfig, make_optimizer, register
-from cl.task_keys import by_length, freeze_batchnorm, grouped_apply, trim_padding
+from cl.models.heads import IncrementalLinear
+from cl.core.registry import ConfigError
+from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
+from cl.models.task_keys import by_length, freeze_batchnorm, grouped_apply, trim_padding
 
 
 @dataclass
@@ -160,7 +160,7 @@ class L2P(Strategy):
 
     @classmethod
     def build_model(cls, cfg, backbone, scenario):
-        from cl.adapters import PromptPool
+        from cl.models.adapters import PromptPool
 
         dim = getattr(backbone, "prompt_dim", None)
         if dim is None:
@@ -220,7 +220,7 @@ class L2L(L2P):
 
     @classmethod
     def build_model(cls, cfg, backbone, scenario):
-        from cl.adapters import LoraSet
+        from cl.models.adapters import LoraSet
 
         lora = LoraSet(backbone, r=cfg.r, alpha=cfg.alpha, targets=cfg.targets)
         for i in range(cfg.pool_size):

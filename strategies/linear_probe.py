@@ -1,7 +1,7 @@
 """Linear probe: a linear head trained with SGD on frozen (cached) backbone features.
 
 The strategy-independent way to run a frozen pretrained backbone: ``frozen_features = True`` makes
-the engine encode the scenario once through the feature cache (``cl.features``), and this strategy
+the engine encode the scenario once through the feature cache (``cl.models.features``), and this strategy
 learns only a growing linear head (cross-entropy, optionally on L2-normalised features), offline or
 online.  Example: ``cl run -s linear-probe -d split-cifar10 -b efficientnet-lite0``.
 """
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cl.models import Model, build_head
-from cl.strategy import Strategy, StrategyConfig, register
+from cl.models.model import Model, build_head
+from cl.core.strategy import Strategy, StrategyConfig, register
 
 
 @dataclass

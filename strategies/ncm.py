@@ -1,7 +1,7 @@
 """Nearest-class-mean classifier on frozen features (Janson et al. 2022; SimpleCIL; methods.md section 7).
 
 Exemplar-free and task-free: every incoming batch adds its features to running
-class sums (``cl.prototypes.PrototypeHead``); nothing is trained.  Defaults follow
+class sums (``cl.models.prototypes.PrototypeHead``); nothing is trained.  Defaults follow
 Janson et al. (L2-normalised features, Euclidean distance to the means);
 ``metric=cosine normalize=false`` gives SimpleCIL's raw-mean prototypes with cosine logits.
 """
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from cl.models import Model
-from cl.prototypes import PrototypeHead
-from cl.strategy import Strategy, StrategyConfig, register
+from cl.models.model import Model
+from cl.models.prototypes import PrototypeHead
+from cl.core.strategy import Strategy, StrategyConfig, register
 
 
 @dataclass

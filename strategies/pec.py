@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cl.heads import MaskedHead
-from cl.strategy import Strategy, StrategyConfig, register
+from cl.models.heads import MaskedHead
+from cl.core.strategy import Strategy, StrategyConfig, register
 
 DEFAULTS = {"mlp": dict(width=10, d_out=99, teacher_mult=500, lr=0.01, pool=0),
             "cnn": dict(width=60, d_out=743, teacher_mult=100, lr=3e-4, pool=5)}
@@ -183,7 +183,7 @@ class PEC(Strategy):
 
     @classmethod
     def build_model(cls, cfg, backbone, scenario):
-        from cl.registry import unknown
+        from cl.core.registry import unknown
 
         if cfg.arch not in ("auto", "mlp", "cnn"):
             raise unknown("pec arch", cfg.arch, ("auto", "mlp", "cnn"))

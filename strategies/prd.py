@@ -18,7 +18,7 @@ Prototypes are rows of one (n_classes, d) parameter in the encoder space (the co
 linear layer per task, stacked) with their own optimiser group (``proto_lr`` 0.01, no momentum,
 no weight decay).  Prediction: cosine of the feature to the prototypes of the seen classes
 (class-IL); in a task-aware scenario the engine restricts the logits to the task's classes
-(task-IL).  ``tune=lora`` trains a single shared LoRA adapter (cl.adapters) instead of the whole
+(task-IL).  ``tune=lora`` trains a single shared LoRA adapter (cl.models.adapters) instead of the whole
 encoder -- a platform option, not part of the paper.
 """
 from __future__ import annotations
@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cl.heads import cosine_logits
-from cl.strategy import Strategy, StrategyConfig, register
-from cl.task_keys import by_length, freeze_batchnorm, trim_padding
+from cl.models.heads import cosine_logits
+from cl.core.strategy import Strategy, StrategyConfig, register
+from cl.models.task_keys import by_length, freeze_batchnorm, trim_padding
 
 
 @dataclass
@@ -119,14 +119,14 @@ class PRD(Strategy):
     @classmethod
     def build_model(cls, cfg: PRDConfig, backbone, scenario):
         if cfg.tune == "lora":
-            from cl.adapters import LoraSet
+            from cl.models.adapters import LoraSet
 
             lora = LoraSet(backbone, r=cfg.lora_r, alpha=cfg.lora_alpha)
             lora.add("shared")
             lora.switch("shared")
             backbone._prd_lora = lora  # keep a handle; the LoRA weights live inside the backbone
         elif cfg.tune != "full":
-            from cl.registry import unknown
+            from cl.core.registry import unknown
 
             raise unknown("prd tune", cfg.tune, ("full", "lora"))
         return PRDModel(backbone, scenario.n_classes, cfg.projection_hidden, cfg.projection_size)
@@ -142,7 +142,7 @@ class PRD(Strategy):
             g.pop("momentum")
         opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.optimizer)
         if opt is None:
-            from cl.registry import unknown
+            from cl.core.registry import unknown
 
             raise unknown("optimizer", cfg.optimizer, ("sgd", "adam", "adamw"))
         return opt(groups, lr=cfg.lr)

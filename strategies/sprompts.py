@@ -4,7 +4,7 @@ One prompt P_s (``length`` = 10 tokens) and one linear head per task / domain on
 backbone; only those two are trained, with plain CE on the task's data, the network kept in eval()
 mode (dropout off, as the official code does).  Prompts sit right after the class token, after the
 position embeddings (ViT) / word embeddings (MiniLM), input layer only
-(``backbone(x, prompts=P)``, see :mod:`cl.adapters`); the feature is the backbone's own pooling.
+(``backbone(x, prompts=P)``, see :mod:`cl.models.adapters`); the feature is the backbone's own pooling.
 
 Task keys: k-means (k = 5) on L2-normalised frozen features (no prompt) of each task's training data;
 at test time the nearest key picks the prompt and head.  The official code measures the distance with
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from cl.registry import ConfigError
-from cl.strategy import register
+from cl.core.registry import ConfigError
+from cl.core.strategy import register
 from strategies.color import TaskKeyedConfig, TaskKeyedExperts
 
 
@@ -43,7 +43,7 @@ class SPrompts(TaskKeyedExperts):
 
     @classmethod
     def attach_experts(cls, cfg, model, n_tasks):
-        from cl.adapters import Prompt
+        from cl.models.adapters import Prompt
 
         dim = getattr(model.backbone, "prompt_dim", None)
         if dim is None:

@@ -5,7 +5,7 @@
   AdaptFormer branch parallel to each block's MLP, a = scale * Up(Dropout(ReLU(Down(x)))),
   Down: d -> 64, Up: 64 -> d, Up and biases zero-initialised (the untrained adapter is the identity);
   on timm ViT blocks x <- x + MLP(LN2(x)) + a(x), on BERT layers (MiniLM) the branch is added to the
-  FFN output before its LayerNorm.  ``adapter=lora``: one shared LoRA adapter (cl.adapters), the
+  FFN output before its LayerNorm.  ``adapter=lora``: one shared LoRA adapter (cl.models.adapters), the
   fallback for CNNs (EfficientNet-Lite0).
 * Cosine classifier, one row per class, logits s * cos(h, w_c) with s = 20; the session loss is a
   local CE over the current session's classes only.
@@ -31,9 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cl.heads import cosine_logits
-from cl.strategy import Strategy, StrategyConfig, register
-from cl.task_keys import batched, by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
+from cl.models.heads import cosine_logits
+from cl.core.strategy import Strategy, StrategyConfig, register
+from cl.models.task_keys import batched, by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
 
 
 @dataclass
@@ -144,7 +144,7 @@ class SSIATModel(nn.Module):
 
 def make_adapter(backbone, kind: str, cfg):
     """Freeze the backbone and add the shared adapter; returns the AdaptFormer list or None (LoRA)."""
-    from cl.adapters import detect_family
+    from cl.models.adapters import detect_family
 
     if kind == "auto":
         try:
@@ -156,12 +156,12 @@ def make_adapter(backbone, kind: str, cfg):
             p.requires_grad_(False)
         return attach_adaptformer(backbone, cfg.bottleneck, cfg.adapter_scale, cfg.adapter_dropout)
     if kind == "lora":
-        from cl.adapters import LoraSet
+        from cl.models.adapters import LoraSet
 
         lora = LoraSet(backbone, r=cfg.lora_r, alpha=cfg.lora_alpha)
         lora.add("shared")
         return None
-    from cl.registry import unknown
+    from cl.core.registry import unknown
 
     raise unknown("ssiat adapter", kind, ("auto", "adaptformer", "lora"))
 

@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from cl.heads import IncrementalLinear, cosine_logits
-from cl.models import Model
-from cl.strategy import register
+from cl.models.heads import IncrementalLinear, cosine_logits
+from cl.models.model import Model
+from cl.core.strategy import register
 from strategies.er import ER, ERConfig
 
 
@@ -36,7 +36,7 @@ class UER(ER):
     @classmethod
     def build_model(cls, cfg, backbone, scenario):
         if cfg.infer not in ("dot", "cosine"):
-            from cl.registry import unknown
+            from cl.core.registry import unknown
 
             raise unknown("uer infer mode", cfg.infer, ("dot", "cosine"))
         return Model(backbone, IncrementalLinear(backbone.out_dim, scenario.n_classes, bias=False))

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 def needs_shared(*names):
     """Skip a test when the shared data folder (``../shared/data``) lacks these files (CI has them)."""
-    from cl.data import shared_data_dir
+    from cl.data.cache import shared_data_dir
 
     missing = [n for n in names if not (shared_data_dir() / n).exists()]
     return pytest.mark.skipif(bool(missing), reason=f"shared data missing: {', '.join(missing)}")
@@ -52,7 +52,7 @@ def one_thread():
 @pytest.fixture
 def restore_registry():
     """Strategies registered by a test (plugin files) do not leak into other test modules."""
-    from cl.registry import strategies
+    from cl.core.registry import strategies
 
     strategies.names()  # load the built-in ones first
     before = dict(strategies.entries)

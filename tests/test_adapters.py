@@ -3,9 +3,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cl.adapters import LoraSet, Prompt, PromptPool, detect_family, lora_targets
-from cl.backbones.small import ResNetConfig, resnet18r
-from cl.backbones.timm_models import SmallViTConfig, vit_tiny
+from cl.models.adapters import LoraSet, Prompt, PromptPool, detect_family, lora_targets
+from cl.models.backbones.small import ResNetConfig, resnet18r
+from cl.models.backbones.timm_models import SmallViTConfig, vit_tiny
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_lora_bert_and_cnn_families():
 
 
 def test_lora_keeps_outside_modules_trainable(vit):
-    from cl.models import Model, build_head
+    from cl.models.model import Model, build_head
 
     torch.manual_seed(1)
     b = vit_tiny(SmallViTConfig(depth=1, embed_dim=32, num_heads=2), (3, 32, 32))
@@ -105,7 +105,7 @@ def test_lora_keeps_outside_modules_trainable(vit):
     lora = LoraSet(m.backbone, r=2)
     lora.add("x")
     head = sum(p.numel() for p in m.head.parameters())
-    from cl.models import trainable_parameters
+    from cl.models.model import trainable_parameters
 
     assert trainable_parameters(m) == head + lora.trainable_parameters("x")
     with pytest.raises(KeyError):
@@ -136,7 +136,7 @@ def test_prompts_and_pool(vit):
 
 
 def test_peft_prompt_tuning_text():
-    from cl.adapters import peft_prompt_tuning
+    from cl.models.adapters import peft_prompt_tuning
 
     pm = peft_prompt_tuning(tiny_bert(), n_tokens=4)
     n = sum(p.numel() for p in pm.parameters() if p.requires_grad)

@@ -4,8 +4,8 @@ import warnings
 import pytest
 import torch
 
-from cl.config import resolve, section_config
-from cl.registry import ConfigError, scenarios
+from cl.core.config import resolve, section_config
+from cl.core.registry import ConfigError, scenarios
 
 warnings.filterwarnings("ignore")
 av = pytest.importorskip("avalanche")

@@ -5,9 +5,9 @@ import time
 import pytest
 import torch
 
-from cl.backbones.timm_models import (EffNetLite0Config, TimmConfig, create_timm, efficientnet_lite0,
+from cl.models.backbones.timm_models import (EffNetLite0Config, TimmConfig, create_timm, efficientnet_lite0,
                                       SmallViTConfig, vit_tiny)
-from cl.registry import ConfigError
+from cl.core.registry import ConfigError
 from conftest import needs_shared
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from cl.buffers import ReservoirBuffer
+from cl.models.buffers import ReservoirBuffer
 
 
 def test_fills_in_order_then_stays_at_capacity():

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cl.cli import main
-from cl.wandb_files import read_run, run_files
+from cl.train.wandb_files import read_run, run_files
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["-d", "gaussian", "-b", "mlp", "--set", "backbone.hidden=16", "-q"]
@@ -66,7 +66,7 @@ def test_list_shows_fields(capsys):
 
 PLUGIN = '''
 from dataclasses import dataclass
-from cl.strategy import Strategy, StrategyConfig, register
+from cl.core.strategy import Strategy, StrategyConfig, register
 
 @dataclass
 class MineConfig(StrategyConfig):

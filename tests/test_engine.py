@@ -4,10 +4,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from cl.config import resolve
-from cl.engine import Run
-from cl.registry import strategies
-from cl.strategy import Strategy, StrategyConfig, register
+from cl.core.config import resolve
+from cl.train.engine import Run
+from cl.core.registry import strategies
+from cl.core.strategy import Strategy, StrategyConfig, register
 from conftest import tiny
 
 
@@ -89,10 +89,10 @@ def test_er_replays_only_after_the_first_step():
             return orig(self, x, y, t)
 
     cfg = resolve(tiny("er"))
-    from cl.engine import build_model
-    from cl.registry import scenarios
-    from cl.config import section_config
-    from cl.strategy import RunInfo
+    from cl.train.engine import build_model
+    from cl.core.registry import scenarios
+    from cl.core.config import section_config
+    from cl.core.strategy import RunInfo
 
     sc = scenarios.get("gaussian").obj(section_config(cfg, "scenario"), 0)
     info = RunInfo(n_classes=10, input_shape=sc.input_shape, device=torch.device("cpu"), seed=0)
@@ -168,10 +168,10 @@ def test_any_strategy_can_train_on_frozen_backbone_features(tmp_path, monkeypatc
 
 def test_er_single_forward_equals_two_passes_without_batchnorm():
     """With no BatchNorm, one forward over [incoming; replay] gives the same loss and gradients as two."""
-    from cl.config import section_config
-    from cl.engine import build_model
-    from cl.registry import scenarios
-    from cl.strategy import RunInfo
+    from cl.core.config import section_config
+    from cl.train.engine import build_model
+    from cl.core.registry import scenarios
+    from cl.core.strategy import RunInfo
     from strategies.er import ER
 
     grads = []

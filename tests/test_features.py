@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from cl import features as FC
-from cl.config import resolve
-from cl.registry import scenarios
+from cl.models import features as FC
+from cl.core.config import resolve
+from cl.core.registry import scenarios
 
 
 @pytest.fixture(autouse=True)
@@ -27,7 +27,7 @@ def cfg(seed=0, backbone=VIT, strategy="linear-probe", **scen):
 
 
 def scen(c):
-    return scenarios.get(c["scenario"]["name"]).obj(__import__("cl.config").config.section_config(c, "scenario"),
+    return scenarios.get(c["scenario"]["name"]).obj(__import__("cl.core.config").core.config.section_config(c, "scenario"),
                                                     c["seed"])
 
 
@@ -81,7 +81,7 @@ def test_cache_invalidated_by_preprocessing_and_weights(cache):
 
 
 def test_concurrent_fill_is_safe(cache):
-    from cl.backbones.small import Identity
+    from cl.models.backbones.small import Identity
 
     x = torch.randint(0, 255, (40, 1, 4, 4), dtype=torch.uint8)
     calls = []
@@ -120,7 +120,7 @@ def test_concurrent_fill_is_safe(cache):
 
 
 def test_linear_probe_run_through_engine(tmp_path):
-    from cl.engine import Run
+    from cl.train.engine import Run
 
     raw = {"strategy": {"name": "linear-probe", "lr": 0.1}, "scenario": "split-digits", "backbone": VIT,
            "protocol": {"name": "offline", "epochs": 2}, "wandb": "off", "out": str(tmp_path / "res")}
@@ -132,7 +132,7 @@ def test_linear_probe_run_through_engine(tmp_path):
 
 def test_engine_uses_backbone_preprocessing(tmp_path):
     """A non-frozen run with a ViT built for 16 px on 8 px digits: the engine resizes to the backbone."""
-    from cl.engine import Run
+    from cl.train.engine import Run
 
     raw = {"strategy": "finetune", "scenario": {"name": "split-digits", "n_tasks": 5}, "backbone": VIT,
            "protocol": {"name": "offline", "epochs": 1, "batch_size": 64}, "wandb": "off", "out": str(tmp_path)}

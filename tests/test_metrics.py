@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from cl import metrics as M
+from cl.core import metrics as M
 
 # R[i][j]: accuracy on experience j after training on 0..i
 R = np.array([

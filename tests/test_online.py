@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-import cl.metrics as M
-from cl.config import resolve
-from cl.engine import Run
-from cl.registry import scenarios
-from cl.strategy import Strategy, StrategyConfig, register
-from cl.streams import Experience, Scenario
+import cl.core.metrics as M
+from cl.core.config import resolve
+from cl.train.engine import Run
+from cl.core.registry import scenarios
+from cl.core.strategy import Strategy, StrategyConfig, register
+from cl.core.streams import Experience, Scenario
 from conftest import tiny
 
 BS = 10
@@ -227,9 +227,9 @@ def test_realtime_known_cost_skips_the_right_batches(tmp_path):
 def test_realtime_measured_cost(tmp_path, monkeypatch):
     """C is measured as the strategy's step time over the reference step's (on a fake clock here,
     so the schedule is exact): (1 s + 1 ms) / 1 ms = 1001 stream intervals, so one batch of 12 is learned."""
-    import cl.online
+    import cl.train.online
 
-    monkeypatch.setattr(cl.online, "time", FakeClock)
+    monkeypatch.setattr(cl.train.online, "time", FakeClock)
     res = run(fab_cfg("test-online-slow", {"realtime": True, "realtime_reference": "sgd"}), tmp_path)
     m = res["metrics"]
     assert m["realtime_cost"] == 1001 and m["realtime_cost_measured"] == pytest.approx(1001, rel=1e-6)
@@ -251,7 +251,7 @@ def test_task_free_streams_run(tmp_path, boundaries):
 
 
 def test_graph_option_is_the_eager_path_on_cpu(tmp_path):
-    from cl import graphs
+    from cl.train import graphs
     from strategies.er import ER
 
     raw = tiny("er", protocol={"name": "online", "eval_every": 100, "log_every": 50})
@@ -265,10 +265,10 @@ def test_graph_option_is_the_eager_path_on_cpu(tmp_path):
 
 
 def test_graph_helpers_fall_back_on_cpu():
-    from cl import graphs
-    from cl.models import Model
-    from cl.heads import IncrementalLinear
-    from cl.strategy import RunInfo
+    from cl.train import graphs
+    from cl.models.model import Model
+    from cl.models.heads import IncrementalLinear
+    from cl.core.strategy import RunInfo
 
     model = Model(torch.nn.Flatten(), IncrementalLinear(4, 3))
     s = Strategy(StrategyConfig(), model, RunInfo(n_classes=3, input_shape=(4,), device=torch.device("cpu"), seed=0))
@@ -280,7 +280,7 @@ def test_graph_helpers_fall_back_on_cpu():
 
 
 def test_online_metrics_logged_with_samples_as_step(tmp_path, monkeypatch):
-    import cl.engine as E
+    import cl.train.engine as E
 
     logged = []
 
@@ -306,7 +306,7 @@ def test_online_metrics_logged_with_samples_as_step(tmp_path, monkeypatch):
 
 def test_er_buffer_step_has_no_host_branch_on_size():
     """The reservoir draws against a device-side counter: sampling a growing buffer stays uniform."""
-    from cl.buffers import ReservoirBuffer
+    from cl.models.buffers import ReservoirBuffer
 
     torch.manual_seed(0)
     buf = ReservoirBuffer(50)
@@ -351,9 +351,9 @@ def test_resumed_run_continues_the_online_curves(tmp_path):
 
 def test_realtime_er_against_the_er_reference_costs_one(tmp_path, monkeypatch):
     """With the default reference (the ER step itself) ER's measured cost rounds to 1: it sees every batch."""
-    import cl.online
+    import cl.train.online
 
-    monkeypatch.setattr(cl.online, "time", FakeClock)  # every timed step reads the clock twice: equal times
+    monkeypatch.setattr(cl.train.online, "time", FakeClock)  # every timed step reads the clock twice: equal times
     res = run(fab_cfg("er", {"realtime": True}), tmp_path)
     m = res["metrics"]
     assert m["realtime_cost"] == 1 and m["trained_batches"] == 12 and m["skipped_batches"] == 0
@@ -388,7 +388,7 @@ class Emulation:
         pass
 
     def _record(self, graph, fn):
-        from cl.buffers import ReservoirBuffer
+        from cl.models.buffers import ReservoirBuffer
 
         s = self.s
         tensors = list(s.model.state_dict(keep_vars=True).values())
@@ -410,7 +410,7 @@ class Emulation:
 def test_graph_capture_bookkeeping_matches_eager(tmp_path, monkeypatch):
     """With capture emulated, the graphed online run (warm-up, capture per batch shape, replays, host
     counters of the buffer) gives exactly the eager run's online accuracy, curves and R."""
-    from cl import graphs
+    from cl.train import graphs
 
     class Step(Emulation, graphs.GraphedTrainStep):
         pass

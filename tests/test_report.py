@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from cl.report import make_report
+from cl.sweeps.report import make_report
 
 
 def cfg(strategy, scenario, seed, **strat_fields):

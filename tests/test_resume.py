@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from cl.config import resolve
-from cl.engine import Run
-from cl.registry import strategies
+from cl.core.config import resolve
+from cl.train.engine import Run
+from cl.core.registry import strategies
 from conftest import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,7 @@ def test_checkpoint_of_another_config_is_ignored(tmp_path):
 
 PLUGIN = '''
 import os, signal
-from cl.strategy import register
+from cl.core.strategy import register
 from strategies.er import ER, ERConfig
 
 @register("test-kill-er", ERConfig)
@@ -114,8 +114,8 @@ def test_sigkill_mid_experience_then_resume_matches(tmp_path):
     # the uninterrupted reference, in this process with one thread like the subprocess
     import torch
 
-    from cl.config import apply_overrides
-    from cl.registry import load_plugin_file
+    from cl.core.config import apply_overrides
+    from cl.core.registry import load_plugin_file
 
     load_plugin_file(plugin)
     raw = {"strategy": "test-kill-er", "scenario": "gaussian", "backbone": "mlp", "wandb": "off", "out": str(out)}

@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from cl.config import resolve, section_config
-from cl.data import DatasetNotFound, cache_dir, shared_data_dir
-from cl.registry import ConfigError, scenarios
+from cl.core.config import resolve, section_config
+from cl.data.cache import DatasetNotFound, cache_dir, shared_data_dir
+from cl.core.registry import ConfigError, scenarios
 
 
 @pytest.fixture(autouse=True)
@@ -373,7 +373,7 @@ def test_cloc_time_ordered(tmp_path):
 
 # -- CLI smoke: a fabricated folder through the engine, with on-device augmentation ---------------------------------
 def test_cli_run_image_folder_with_augment(tmp_path):
-    from cl.engine import Run
+    from cl.train.engine import Run
 
     write_class_folder(tmp_path / "mine", ["a", "b", "c", "d"], n=6, hw=8)
     raw = {"strategy": {"name": "er"}, "scenario": {"name": "image-folder", "root": str(tmp_path / "mine"),
@@ -386,7 +386,7 @@ def test_cli_run_image_folder_with_augment(tmp_path):
 
 
 def test_dataset_backed_streaming_path(tmp_path):
-    from cl.data import ImagePathDataset, decode_paths_cached, image_folder_index, materialize, streaming_loader
+    from cl.data.cache import ImagePathDataset, decode_paths_cached, image_folder_index, materialize, streaming_loader
 
     write_class_folder(tmp_path / "big", ["a", "b"], n=5, hw=12)
     paths, labels, names = image_folder_index(tmp_path / "big")

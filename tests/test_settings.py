@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from cl.registry import ConfigError
-from cl.settings import (SettingConfig, build_setting, gradual_weights, named_class_order, rotate_images,
+from cl.core.registry import ConfigError
+from cl.data.settings import (SettingConfig, build_setting, gradual_weights, named_class_order, rotate_images,
                          stochastic_task_sizes)
 
 
@@ -194,7 +194,7 @@ def test_subsampling_and_input_size():
 
 # -- augmentation ---------------------------------------------------------------------------------------
 def test_random_crop_is_a_shifted_window():
-    from cl.augment import random_crop
+    from cl.data.augment import random_crop
 
     torch.manual_seed(0)
     x = torch.rand(32, 3, 8, 8)
@@ -209,7 +209,7 @@ def test_random_crop_is_a_shifted_window():
 
 
 def test_augment_kinds_shapes_and_ranges():
-    from cl.augment import Augment, augment_for, colour_jitter, make_augment
+    from cl.data.augment import Augment, augment_for, colour_jitter, make_augment
 
     torch.manual_seed(0)
     x = torch.rand(32, 3, 16, 16)

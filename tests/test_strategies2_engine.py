@@ -1,4 +1,4 @@
-"""Smoke runs of the issue-6 strategies through cl.engine.Run on tiny data: a small random ViT at 32 px,
+"""Smoke runs of the issue-6 strategies through cl.train.engine.Run on tiny data: a small random ViT at 32 px,
 MiniLM on a tiny text stream, and CoLoR with LoRA on EfficientNet-Lite0's convolutions."""
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from cl.config import resolve
-from cl.engine import Run
-from cl.registry import scenarios
-from cl.streams import class_incremental
+from cl.core.config import resolve
+from cl.train.engine import Run
+from cl.core.registry import scenarios
+from cl.core.streams import class_incremental
 
 VIT = {"name": "vit-tiny", "depth": 2, "embed_dim": 48, "num_heads": 3, "patch_size": 8, "img_size": 32}
 
@@ -48,7 +48,7 @@ TEXTS = {
 @scenarios.register("s2-tiny-text")
 def tiny_text(cfg, seed):
     """Four intents, two tasks, MiniLM token ids (tests only)."""
-    from cl.text import tokenize
+    from cl.models.text import tokenize
 
     texts = [t for c in range(4) for t in TEXTS[c]]
     y = torch.arange(4).repeat_interleave(4)

@@ -11,12 +11,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cl.backbones import build_backbone
-from cl.config import section_config
-from cl.registry import backbones, strategies
-from cl.strategy import RunInfo
-from cl.streams import Scenario
-from cl.task_keys import TaskKeys, grouped_apply, kmeans
+from cl.models.backbones import build_backbone
+from cl.core.config import section_config
+from cl.core.registry import backbones, strategies
+from cl.core.strategy import RunInfo
+from cl.core.streams import Scenario
+from cl.models.task_keys import TaskKeys, grouped_apply, kmeans
 from strategies.prd import prototype_loss, relation_distillation, supcon_loss
 from strategies.ssiat import semantic_drift
 

@@ -2,10 +2,10 @@
 import torch
 import torch.nn.functional as F
 
-from cl.config import resolve, section_config
-from cl.engine import build_model
-from cl.registry import scenarios, strategies
-from cl.strategy import RunInfo
+from cl.core.config import resolve, section_config
+from cl.train.engine import build_model
+from cl.core.registry import scenarios, strategies
+from cl.core.strategy import RunInfo
 from conftest import tiny
 
 

@@ -2,7 +2,7 @@
 import torch
 import torch.nn.functional as F
 
-from cl.prototypes import PrototypeHead
+from cl.models.prototypes import PrototypeHead
 from test_strategies_er_family import make
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from cl.kalman import KalmanHead
+from strategies._kalman_filter import KalmanHead
 from test_strategies_er_family import make
 
 

@@ -1,8 +1,8 @@
-"""Smoke runs of every Strategies-I strategy through cl.engine.Run on a tiny scenario."""
+"""Smoke runs of every Strategies-I strategy through cl.train.engine.Run on a tiny scenario."""
 import pytest
 
-from cl.config import resolve
-from cl.engine import Run
+from cl.core.config import resolve
+from cl.train.engine import Run
 from conftest import tiny
 
 CASES = {

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cl.config import ID_EXCLUDE, resolve, run_id
-from cl.registry import ConfigError
-from cl.sweep import load_sweep
+from cl.core.config import ID_EXCLUDE, resolve, run_id
+from cl.core.registry import ConfigError
+from cl.sweeps.sweep import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

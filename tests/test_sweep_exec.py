@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cl.sweep import load_sweep, run_sweep
+from cl.sweeps.sweep import load_sweep, run_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.usefixtures("restore_registry")
 
 PLUGIN = '''
 import time
-from cl.strategy import register
+from cl.core.strategy import register
 from strategies.er import ER, ERConfig
 
 @register("test-slow-er", ERConfig)
@@ -88,8 +88,8 @@ def reference(tmp_path, plugin):
     """The uninterrupted sweep, in this process (one thread, as each of the two local workers)."""
     import torch
 
-    from cl.executors import LocalExecutor
-    from cl.registry import load_plugin_file
+    from cl.sweeps.executors import LocalExecutor
+    from cl.core.registry import load_plugin_file
 
     load_plugin_file(plugin)
     (tmp_path / "ref_cfg").mkdir()
@@ -166,9 +166,9 @@ def test_crashing_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
 
 def test_ray_executor_matches_local(tmp_path):
     pytest.importorskip("ray")
-    from cl.executors import LocalExecutor, RayExecutor
+    from cl.sweeps.executors import LocalExecutor, RayExecutor
 
-    from cl.registry import load_plugin_file
+    from cl.core.registry import load_plugin_file
 
     f, plugin = sweep_file(tmp_path, tmp_path / "ray", strategies="[finetune, er]", seeds="[0, 1]")
     load_plugin_file(plugin)  # the file has overrides for a test strategy
@@ -190,8 +190,8 @@ def test_ray_executor_matches_local(tmp_path):
 
 
 def test_lost_local_worker_is_replaced_and_its_run_resumes(tmp_path, monkeypatch, capsys):
-    from cl.executors import LocalExecutor
-    from cl.registry import load_plugin_file
+    from cl.sweeps.executors import LocalExecutor
+    from cl.core.registry import load_plugin_file
 
     f, plugin = sweep_file(tmp_path, tmp_path / "out", strategies="[test-die-once]", seeds="[0]")
     load_plugin_file(plugin)

@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from cl.registry import ConfigError
-from cl.text import PAD_ID, attention_mask, tokenize
+from cl.core.registry import ConfigError
+from cl.models.text import PAD_ID, attention_mask, tokenize
 from conftest import needs_shared
 
 
@@ -35,7 +35,7 @@ def test_clinc150_scenario(clinc):
 
 @needs_shared("clinc150.json", "clinc150_domains.json")
 def test_minilm_pretrained_beats_random_on_clinc150(clinc):
-    from cl.backbones.text import MiniLMConfig, minilm
+    from cl.models.backbones.text import MiniLMConfig, minilm
 
     sc = clinc[:3]  # 45 intents, 4 train / 3 test sentences each
     xtr = torch.cat([e.train_x for e in sc]); ytr = torch.cat([e.train_y for e in sc])

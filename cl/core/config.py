@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from .registry import ConfigError, backbones, scenarios, strategies, unknown
+from cl.core.registry import ConfigError, backbones, scenarios, strategies, unknown
 
 RUN_KEYS = {"seed": 0, "device": "auto", "out": "results", "wandb": "auto", "project": "cl",
             "group": None, "tags": [], "name": None}

@@ -57,7 +57,7 @@ class Registry:
         if self._loaded:
             return
         self._loaded = True
-        pkg = {"strategy": "strategies", "scenario": "scenarios", "backbone": "cl.backbones"}[self.kind]
+        pkg = {"strategy": "strategies", "scenario": "scenarios", "backbone": "cl.models.backbones"}[self.kind]
         mod = importlib.import_module(pkg)
         if hasattr(mod, "__path__"):
             for p in sorted(Path(mod.__path__[0]).glob("*.py")):

@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .registry import strategies, unknown
+from cl.core.registry import strategies, unknown
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .registry import ConfigError
+from cl.core.registry import ConfigError
 
 
 @dataclass

@@ -22,7 +22,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .registry import ConfigError, unknown
+from cl.core.registry import ConfigError, unknown
 
 KINDS = ("none", "crop_flip", "crop_flip_jitter", "pcr")
 

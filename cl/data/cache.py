@@ -4,7 +4,7 @@ Root resolution (:func:`find_root`): an explicit ``root`` (CLI / YAML) wins; els
 per-dataset environment variable (e.g. ``CL_DATA_CIFAR10``); else ``$CL_DATA``
 (the folder itself or a sub-folder named after the dataset); else the shared data
 folder ``../shared/data`` next to the project root, found automatically.  When
-nothing matches, :class:`DatasetNotFound` (a :class:`~cl.registry.ConfigError`)
+nothing matches, :class:`DatasetNotFound` (a :class:`~cl.core.registry.ConfigError`)
 names every path tried, what was missing and the layout expected.
 
 Decoded arrays are cached once under :func:`cache_dir` (``$CL_CACHE`` or
@@ -23,8 +23,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .log import atomic_write_json
-from .registry import ConfigError
+from cl.train.loggers import atomic_write_json
+from cl.core.registry import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")

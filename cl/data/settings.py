@@ -7,7 +7,7 @@ Every dataset scenario takes a config derived from :class:`SettingConfig` and ca
     cl run -s er -d split-cifar10 --set scenario.setting=task
     cl run -s er -d split-cifar10 -p online --set scenario.boundaries=blurry --set scenario.blurry_share=0.1
 
-Conventions (see :mod:`cl.streams`): one :class:`Experience` per task, labels renumbered to the
+Conventions (see :mod:`cl.core.streams`): one :class:`Experience` per task, labels renumbered to the
 class order, ``train_t`` / ``test_t`` hold per-sample task ids where the setting has them.
 
 * ``setting="class"``: disjoint classes per task, no task id.  ``"task"``: the same split with task ids
@@ -35,8 +35,8 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from .registry import ConfigError, scenarios, unknown
-from .streams import Experience, Scenario, class_incremental, seeded_class_order, split_classes
+from cl.core.registry import ConfigError, scenarios, unknown
+from cl.core.streams import Experience, Scenario, class_incremental, seeded_class_order, split_classes
 
 SETTINGS = ("class", "task", "domain", "data")
 BOUNDARIES = ("visible", "hidden", "blurry", "gradual")
@@ -53,7 +53,7 @@ ORDER_ALIASES = {"pycil": "icarl", "podnet": "icarl", "der": "icarl", "ucir": "i
 
 @dataclass
 class SettingConfig:
-    """Fields shared by the dataset scenarios (see :mod:`cl.settings`)."""
+    """Fields shared by the dataset scenarios (see :mod:`cl.data.settings`)."""
 
     n_tasks: int = 5
     setting: str = "class"  # class | task | domain | data

@@ -6,7 +6,7 @@ LoRA: one named adapter per task
 --------------------------------
 ::
 
-    from cl.adapters import LoraSet
+    from cl.models.adapters import LoraSet
 
     lora = LoraSet(model.backbone, family=None, r=8, alpha=16, dropout=0.0, targets=None)
     lora.add("task0")              # new adapter, made active; only its parameters are trainable
@@ -39,7 +39,7 @@ against the full module names.
 
 Prompt tokens
 -------------
-Backbones from :mod:`cl.backbones.timm_models` (ViTs) and :mod:`cl.backbones.text` (MiniLM) accept
+Backbones from :mod:`cl.models.backbones.timm_models` (ViTs) and :mod:`cl.models.backbones.text` (MiniLM) accept
 ``backbone(x, prompts=P, pool="default" | "prompts")`` where ``P`` is ``[L, D]`` (shared) or
 ``[B, L, D]`` (per sample) with ``D = backbone.prompt_dim``.  The prompt tokens are inserted right
 after the class token (after the patch / word embedding and position embedding; prefix tuning of the

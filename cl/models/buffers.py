@@ -8,7 +8,7 @@ synchronisation and no data-dependent host branch: the stream counter is kept
 twice, on the host (``n_seen``, batch sizes are known there; used by
 ``len()``) and on the device (``count``, used inside the step), so one ``add``
 + ``sample`` sequence is the same kernel sequence at every step and can be
-captured in a CUDA graph (:mod:`cl.graphs`).  Writes of samples that lose the
+captured in a CUDA graph (:mod:`cl.train.graphs`).  Writes of samples that lose the
 draw go to a spare trash row.  Within one batch, if two samples draw the same
 slot the later one wins, as in the sequential algorithm.  Every sample seen so
 far is kept with probability capacity / n.

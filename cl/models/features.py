@@ -200,14 +200,14 @@ def split_features(backbone, xs: list[torch.Tensor], key_parts: dict, preprocess
 def featurize(scenario, resolved_cfg: dict, device, use_cache: bool | None = None, batch_size: int | None = None,
               backbone=None, verbose: bool = True):
     """The scenario with every sample replaced by the frozen backbone's features (cached on disk)."""
-    from .streams import Scenario
+    from cl.core.streams import Scenario
 
     if scenario.modality == "features":
         return scenario
     if use_cache is None:
         use_cache = os.environ.get("CL_FEATURE_CACHE", "1").lower() not in ("0", "false", "no", "off")
     device = torch.device(device) if not isinstance(device, torch.device) else device
-    from .backbones import backbone_spec, build_backbone
+    from cl.models.backbones import backbone_spec, build_backbone
 
     name, bcfg = backbone_spec(resolved_cfg)
     if backbone is None:

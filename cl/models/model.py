@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .registry import unknown
-from .heads import HEADS
+from cl.core.registry import unknown
+from cl.models.heads import HEADS
 
 
 class Model(nn.Module):

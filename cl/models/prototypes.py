@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .heads import MaskedHead, cosine_logits
+from cl.models.heads import MaskedHead, cosine_logits
 
 METRICS = ("euclidean", "cosine")
 
@@ -27,7 +27,7 @@ class PrototypeHead(MaskedHead):
                  scale: float = 1.0):
         super().__init__(n_classes)
         if metric not in METRICS:
-            from .registry import unknown
+            from cl.core.registry import unknown
 
             raise unknown("prototype metric", metric, METRICS)
         self.metric, self.normalize, self.scale = metric, normalize, scale

@@ -169,7 +169,7 @@ def model_preprocess(model, device) -> Callable:
     f = getattr(model, "_preprocess_factory", None)
     if f is not None:
         return f(device)
-    from cl.streams import default_preprocess
+    from cl.core.streams import default_preprocess
 
     return default_preprocess
 

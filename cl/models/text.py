@@ -1,6 +1,6 @@
 """Tokenisation for text scenarios: strings -> padded token ids with the MiniLM (BERT uncased) tokenizer.
 
-Text samples in a :class:`cl.streams.Scenario` (``modality="text"``) are ``int64 [N, L]`` token ids padded
+Text samples in a :class:`cl.core.streams.Scenario` (``modality="text"``) are ``int64 [N, L]`` token ids padded
 with ``PAD_ID`` (0); the attention mask is ``ids != PAD_ID``.  ``L`` is the longest tokenised text of
 the dataset, capped at ``max_length``, so that every batch has the same shape.
 """

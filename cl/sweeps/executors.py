@@ -27,7 +27,7 @@ def _thread_env(threads: int) -> None:
 
 
 def _write_failed(run_dir: Path, rid: str, resolved: dict, error: str, tb: str = "") -> dict:
-    from .log import atomic_write_json
+    from cl.train.loggers import atomic_write_json
 
     rec = {"run_id": rid, "config": resolved, "status": "failed", "error": error, "traceback": tb,
            "seed": resolved.get("seed")}
@@ -44,7 +44,7 @@ def _brief(result: dict) -> dict:
 
 def execute_run(resolved: dict, plugins=(), device: str | None = None, threads: int | None = None) -> dict:
     """Run one resolved config to completion, or record why it failed. Never raises."""
-    from .config import run_id
+    from cl.core.config import run_id
 
     rid = run_id(resolved)
     run_dir = Path(resolved.get("out") or "results") / rid
@@ -53,8 +53,8 @@ def execute_run(resolved: dict, plugins=(), device: str | None = None, threads: 
 
         if threads:
             torch.set_num_threads(int(threads))
-        from .engine import Run
-        from .registry import load_plugin_file
+        from cl.train.engine import Run
+        from cl.core.registry import load_plugin_file
 
         for p in plugins:
             load_plugin_file(p)
@@ -137,9 +137,9 @@ def _preload_modules() -> list[str]:
     """Modules a forkserver imports once: torch, the engine, and every module that registered something."""
     import sys
 
-    from .registry import backbones, scenarios, strategies
+    from cl.core.registry import backbones, scenarios, strategies
 
-    mods = ["torch", "numpy", "cl.executors", "cl.engine", "cl.config"]
+    mods = ["torch", "numpy", "cl.sweeps.executors", "cl.train.engine", "cl.core.config"]
     for reg in (strategies, scenarios, backbones):
         for name in reg.names():
             m = getattr(reg.entries[name].obj, "__module__", None)
@@ -287,7 +287,7 @@ class RayExecutor:
         try:
             import ray  # noqa: F401
         except ImportError:
-            from .registry import ConfigError
+            from cl.core.registry import ConfigError
 
             raise ConfigError("the ray executor needs Ray: pip install 'cl-platform[ray]' (or pip install ray)") from None
         self.address = address
@@ -335,7 +335,7 @@ class RayExecutor:
                     if full is not None:
                         path = Path(spec.config["out"]) / spec.id / "result.json"
                         if not path.exists():  # no shared file system: write the driver's copy
-                            from .log import atomic_write_json
+                            from cl.train.loggers import atomic_write_json
 
                             atomic_write_json(path, full)
                     on_done(spec, rec)
@@ -348,7 +348,7 @@ EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
 
 
 def make_executor(kind: str = "local", **kw):
-    from .registry import unknown
+    from cl.core.registry import unknown
 
     if kind not in EXECUTORS:
         raise unknown("executor", kind, EXECUTORS)

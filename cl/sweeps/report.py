@@ -282,7 +282,7 @@ def log_wandb(runs, tables: dict, images: list[Path], out_dir: Path | None = Non
     try:
         import wandb
 
-        from .log import _wandb_mode
+        from cl.train.loggers import _wandb_mode
 
         cfg = next((r["config"] for r in runs if r.get("config")), {})
         run = wandb.init(project=cfg.get("project") or "cl", group=cfg.get("group"), job_type="report",
@@ -304,7 +304,7 @@ def make_report(root: str | Path, out: str | Path | None = None, wandb: bool | N
                 metric: str = "avg_acc") -> dict:
     root = Path(root)
     if not root.is_dir():
-        from .registry import ConfigError
+        from cl.core.registry import ConfigError
 
         raise ConfigError(f"results folder {str(root)!r} does not exist")
     out = Path(out) if out else root / "report"

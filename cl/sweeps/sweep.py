@@ -20,7 +20,7 @@ A sweep file (see ``docs/sweeps.md``)::
       - {strategy: joint, scenario: split-digits}
 
 ``expand`` turns it into resolved run configs; each run's id comes from its
-resolved config (``cl.config.run_id``), so a rerun skips finished runs and
+resolved config (``cl.core.config.run_id``), so a rerun skips finished runs and
 resumes interrupted ones.  Every error in the file names the file, the line and
 the valid choices, and is raised before any run starts.
 """
@@ -35,8 +35,8 @@ from typing import Any
 
 import yaml
 
-from .config import PROTOCOLS, RUN_KEYS, SECTIONS, ProtocolConfig, apply_overrides, build_dataclass, resolve, run_id
-from .registry import ConfigError, backbones, load_plugin_file, scenarios, strategies, unknown
+from cl.core.config import PROTOCOLS, RUN_KEYS, SECTIONS, ProtocolConfig, apply_overrides, build_dataclass, resolve, run_id
+from cl.core.registry import ConfigError, backbones, load_plugin_file, scenarios, strategies, unknown
 
 TOP_KEYS = ("name", "description", "group", "tags", "out", "paper", "base", "grid", "strategies", "scenarios",
             "exclude", "executor", "report")
@@ -415,7 +415,7 @@ class _Loader:
 
     @staticmethod
     def names_of(entries) -> dict:
-        from .config import DEFAULTS
+        from cl.core.config import DEFAULTS
 
         names = dict(DEFAULTS)
         for sec, fld, v, *_ in entries:
@@ -505,7 +505,7 @@ def run_status(out: str | Path, rid: str) -> str:
 
 
 def write_manifest(sweep: Sweep) -> None:
-    from .log import atomic_write_json
+    from cl.train.loggers import atomic_write_json
 
     atomic_write_json(Path(sweep.out) / "sweep.json", {
         "name": sweep.name, "file": sweep.path, "group": sweep.group, "tags": sweep.tags,
@@ -534,7 +534,7 @@ def print_dry_run(sweep: Sweep, file=None) -> None:
 
 def run_sweep(sweep: Sweep, executor=None, retry_failed: bool = True, log=print, wandb: bool | None = None) -> dict:
     """Run every unfinished run of the sweep on the executor; returns counts and per-run statuses."""
-    from .executors import make_executor
+    from cl.sweeps.executors import make_executor
 
     executor = executor or make_executor("local")
     Path(sweep.out).mkdir(parents=True, exist_ok=True)
@@ -614,7 +614,7 @@ def cmd_sweep(args) -> int:
     if args.dry_run:
         print_dry_run(sweep)
         return 0
-    from .executors import make_executor
+    from cl.sweeps.executors import make_executor
 
     ex = dict(sweep.executor)
     for k in ("executor", "workers", "threads", "address", "gpus_per_run", "cpus_per_run", "max_retries"):
@@ -625,7 +625,7 @@ def cmd_sweep(args) -> int:
     executor = make_executor(kind, plugins=[str(Path(p).resolve()) for p in args.plugin], **ex)
     summary = run_sweep(sweep, executor, retry_failed=not args.skip_failed, log=lambda s: print(s, flush=True))
     if sweep.report and not args.no_report:
-        from .report import make_report
+        from cl.sweeps.report import make_report
 
         rep = make_report(sweep.out, wandb=None if not args.no_wandb else False)
         print()

@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import metrics as M
-from .backbones import backbone_spec, build_backbone
-from .config import run_id as make_run_id, section_config
-from .log import Progress, WandbLogger, atomic_write_json
-from .models import Model, build_head, trainable_parameters
-from .registry import scenarios, strategies
-from .strategy import RunInfo, uses_frozen_features
+import cl.core.metrics as M
+from cl.models.backbones import backbone_spec, build_backbone
+from cl.core.config import run_id as make_run_id, section_config
+from cl.train.loggers import Progress, WandbLogger, atomic_write_json
+from cl.models.model import Model, build_head, trainable_parameters
+from cl.core.registry import scenarios, strategies
+from cl.core.strategy import RunInfo, uses_frozen_features
 
 SYNC_EVERY = 200  # online steps between host reads (progress, non-finite check)
 
@@ -63,7 +63,7 @@ def build_model(strategy_cls, scfg, resolved, scenario, device) -> torch.nn.Modu
     input_shape = scenario.input_shape
     name, bcfg = backbone_spec(resolved)
     if scenario.modality == "features" and uses_frozen_features(strategy_cls, scfg):
-        name, bcfg = "identity", None  # the frozen backbone already ran (cl.features.featurize)
+        name, bcfg = "identity", None  # the frozen backbone already ran (cl.models.features.featurize)
     backbone = build_backbone(name, bcfg, input_shape)
     if hasattr(backbone, "make_preprocess"):  # pretrained backbones: their own resize / normalisation
         scenario.preprocess_fn = lambda dev, _b=backbone, _s=scenario: _b.make_preprocess(_s, dev)
@@ -251,7 +251,7 @@ class Run:
         strategy_cls = strategies.get(cfg["strategy"]["name"]).obj
         scenario = scenarios.get(cfg["scenario"]["name"]).obj(section_config(cfg, "scenario"), cfg["seed"])
         if uses_frozen_features(strategy_cls, scfg):
-            from .features import featurize  # the feature cache (pretrained frozen backbones)
+            from cl.models.features import featurize  # the feature cache (pretrained frozen backbones)
 
             scenario = featurize(scenario, cfg, device)
         _to_device(scenario, device)
@@ -264,7 +264,7 @@ class Run:
         strategy = strategy_cls(scfg, model, info)
         strategy.setup()
         if strategy.augment is None and scenario.modality == "image":  # on-device augmentation (cl/augment.py)
-            from .augment import augment_for
+            from cl.data.augment import augment_for
             strategy.augment = augment_for(scenario, device)
         preprocess = scenario.preprocess_fn(device)
         masks = None
@@ -298,7 +298,7 @@ class Run:
                 if pcfg.fwt and state["random_init"] is None:
                     state["random_init"] = ev(scenario.experiences)
                 if pcfg.name == "online":
-                    from .online import OnlineLoop
+                    from cl.train.online import OnlineLoop
 
                     loop = OnlineLoop(strategy, scenario, pcfg, preprocess, device, ev, bar, wandb, state)
                 else:

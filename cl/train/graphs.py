@@ -36,8 +36,8 @@ import warnings
 
 import torch
 
-from .buffers import ReservoirBuffer
-from .strategy import Strategy
+from cl.models.buffers import ReservoirBuffer
+from cl.core.strategy import Strategy
 
 MAX_GRAPHS = 4
 WARMUP = 3

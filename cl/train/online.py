@@ -9,7 +9,7 @@ At every step (batch ``g`` of the stream):
    later, so it never trains on a batch before predicting it;
 3. the batch is learned (``strategy.train_step``), unless real-time accounting is on and the
    learner is still busy with an earlier batch (Ghunaim et al. 2023: a step that costs C stream
-   intervals trains on a batch only when it is free, see :func:`cl.metrics.realtime_schedule`;
+   intervals trains on a batch only when it is free, see :func:`cl.core.metrics.realtime_schedule`;
    skipped batches are still predicted);
 4. every ``eval_every`` samples: anytime evaluation on the test data of the classes seen so far
    (Koh et al. 2022), giving the anytime curve, A_auc, the anytime accuracy matrix (one row per
@@ -35,9 +35,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import graphs
-from . import metrics as M
-from .registry import ConfigError
+import cl.train.graphs as graphs
+import cl.core.metrics as M
+from cl.core.registry import ConfigError
 
 SYNC_EVERY = 200
 REFERENCES = ("er", "sgd")
@@ -245,7 +245,7 @@ class OnlineLoop:
 
     # -- host reads -----------------------------------------------------------------------------
     def _check_finite(self, losses, i, s):
-        from .engine import NonFiniteLoss
+        from cl.train.engine import NonFiniteLoss
 
         if not torch.isfinite(losses).all().item():
             raise NonFiniteLoss(f"non-finite loss in experience {i} by step {s}: stopping; "

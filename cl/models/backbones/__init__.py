@@ -4,7 +4,7 @@
 (the feature size) mapping a preprocessed batch to features."""
 from __future__ import annotations
 
-from cl.registry import backbones
+from cl.core.registry import backbones
 
 
 def build_backbone(name: str, cfg, input_shape):
@@ -17,7 +17,7 @@ def build_backbone(name: str, cfg, input_shape):
 def backbone_spec(resolved: dict):
     """``(name, config)`` of a resolved run config's backbone; a family name such as ``timm:<model>``
     fills the config's ``model`` field when it is empty."""
-    from cl.config import section_config
+    from cl.core.config import section_config
 
     name = resolved["backbone"]["name"]
     bcfg = section_config(resolved, "backbone")

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cl.registry import backbones
+from cl.core.registry import backbones
 
 
 @dataclass

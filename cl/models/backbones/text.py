@@ -1,9 +1,9 @@
 """Text encoders: all-MiniLM-L6-v2 (sentence-transformers) through HF transformers, with mean pooling.
 
-Input: token ids ``int64 [B, L]`` padded with 0 (see :mod:`cl.text`); output: ``[B, 384]`` sentence
+Input: token ids ``int64 [B, L]`` padded with 0 (see :mod:`cl.models.text`); output: ``[B, 384]`` sentence
 embeddings (mean of the token states over the attention mask; optionally L2-normalised as in
 sentence-transformers).  ``forward(ids, prompts=P, pool="default" | "prompts")`` inserts prompt tokens
-after ``[CLS]`` (prefix embeddings; see :mod:`cl.adapters`).  LoRA: ``LoraSet(backbone)`` targets
+after ``[CLS]`` (prefix embeddings; see :mod:`cl.models.adapters`).  LoRA: ``LoraSet(backbone)`` targets
 ``query`` / ``value`` (family ``bert``).
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cl.registry import ConfigError, backbones
-from cl.text import PAD_ID, minilm_path
+from cl.core.registry import ConfigError, backbones
+from cl.models.text import PAD_ID, minilm_path
 
 
 @dataclass
@@ -52,7 +52,7 @@ class MiniLM(nn.Module):
 
     def forward(self, ids: torch.Tensor, prompts: torch.Tensor | None = None, pool: str = "default") -> torch.Tensor:
         if ids.dtype not in (torch.long, torch.int32, torch.int64):
-            raise TypeError(f"MiniLM takes token ids (int64 [B, L], see cl.text.tokenize), got {ids.dtype}")
+            raise TypeError(f"MiniLM takes token ids (int64 [B, L], see cl.models.text.tokenize), got {ids.dtype}")
         mask = ids != PAD_ID
         if not ids.is_cuda and ids.shape[1] > 1:  # CPU: drop all-padding columns (free here, a sync on GPU)
             keep = int(mask.any(0).nonzero().max()) + 1 if mask.any() else 1

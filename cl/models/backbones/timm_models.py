@@ -4,8 +4,8 @@ and random-init small ViTs for tests of ViT-only methods.
 Every backbone here is a :class:`TimmBackbone`: ``out_dim`` (feature size), ``preprocessing``
 (``dict(input_size=(C, H, W), mean=..., std=...)``: what the pretrained weights expect; the engine
 and the feature cache resize and normalise scenario images to match), ``family`` (``vit`` / ``cnn`` /
-...) for :class:`cl.adapters.LoraSet`, and for ViTs ``prompt_dim`` and ``forward(x, prompts=P,
-pool=...)`` (see :mod:`cl.adapters`).
+...) for :class:`cl.models.adapters.LoraSet`, and for ViTs ``prompt_dim`` and ``forward(x, prompts=P,
+pool=...)`` (see :mod:`cl.models.adapters`).
 
 Weights:
 - ``backbone.weights=/path/file.safetensors|.pth``: a local file (loaded through timm's
@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cl.registry import ConfigError, backbones
+from cl.core.registry import ConfigError, backbones
 
 
 @dataclass

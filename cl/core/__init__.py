@@ -1,0 +1,1 @@
+"""The core contracts: the strategy protocol, registries, typed configs, streams of experiences and metrics."""

@@ -1,0 +1,1 @@
+"""Data: scenario settings and stream transforms, on-device augmentation, decoded-array caches."""

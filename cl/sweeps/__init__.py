@@ -1,0 +1,1 @@
+"""Running many: sweep files, executors (local processes, Ray) and reports."""

@@ -1,0 +1,1 @@
+"""Training: the run lifecycle, the offline and online loops, CUDA graphs, checkpoints and loggers."""
