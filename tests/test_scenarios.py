@@ -195,7 +195,7 @@ def write_mnist(d: Path, gz=True, n=40, nt=20):
 
 
 def test_fashion_mnist_gzipped_idx_and_torchvision_layout(tmp_path, monkeypatch):
-    from scenarios.images import load_mnist_like
+    from scenarios.mnist import load_mnist_like
 
     x, y = write_mnist(tmp_path / "debian", gz=True)
     a = load_mnist_like("fashion-mnist", tmp_path / "debian")
