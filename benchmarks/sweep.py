@@ -74,7 +74,8 @@ def control() -> float:
 
 def run_once(tmp: Path, workers: int, threads: int) -> tuple[float, dict]:
     from cl.sweeps.executors import LocalExecutor
-    from cl.sweeps.sweep import load_sweep, run_sweep
+    from cl.sweeps.runner import run_sweep
+    from cl.sweeps.spec import load_sweep
 
     out = tmp / f"w{workers}t{threads}"
     shutil.rmtree(out, ignore_errors=True)

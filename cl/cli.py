@@ -8,7 +8,7 @@ import sys
 
 from cl.core.registry import ConfigError, backbones, config_fields, load_plugin_file, scenarios, strategies
 
-EXTRA_COMMANDS = ("sweeps.sweep", "sweeps.report")  # modules cl.<name> that provide add_cli(subparsers)
+EXTRA_COMMANDS = ("sweeps.cli", "sweeps.report")  # modules cl.<name> that provide add_cli(subparsers)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from cl.core.config import ID_EXCLUDE, resolve, run_id
 from cl.core.registry import ConfigError
-from cl.sweeps.sweep import load_sweep
+from cl.sweeps.spec import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cl.sweeps.sweep import load_sweep, run_sweep
+from cl.sweeps.runner import run_sweep
+from cl.sweeps.spec import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -22,21 +22,18 @@ A sweep file (see ``docs/sweeps.md``)::
 ``expand`` turns it into resolved run configs; each run's id comes from its
 resolved config (``cl.core.config.run_id``), so a rerun skips finished runs and
 resumes interrupted ones.  Every error in the file names the file, the line and
-the valid choices, and is raised before any run starts.
-"""
+the valid choices, and is raised before any run starts."""
 from __future__ import annotations
 
 import itertools
 import sys
-import time
 from dataclasses import dataclass, field, fields as dc_fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cl.core.config import PROTOCOLS, RUN_KEYS, SECTIONS, ProtocolConfig, apply_overrides, build_dataclass, resolve, run_id
 from cl.core.registry import ConfigError, backbones, load_plugin_file, scenarios, strategies, unknown
+from cl.sweeps.yaml_lines import LDict, LList, SweepError, load_yaml_lines, plain
 
 TOP_KEYS = ("name", "description", "group", "tags", "out", "paper", "base", "grid", "strategies", "scenarios",
             "exclude", "executor", "report")
@@ -45,83 +42,6 @@ NAME_AXES = SECTIONS  # strategy, scenario, backbone, protocol: values are names
 SWEEP_LEVEL_RUN_KEYS = ("out", "group", "tags")  # set by the sweep, not by base/grid
 
 
-class SweepError(ConfigError):
-    """A bad sweep file; the message starts with ``FILE:LINE:``."""
-
-
-# ------------------------------------------------------------------------------------------------
-# YAML with line numbers
-
-
-class LDict(dict):
-    """A mapping that remembers the line of itself and of each key (1-based)."""
-
-    line: int = 0
-    key_lines: dict
-
-    def lineof(self, key) -> int:
-        return self.key_lines.get(key, self.line)
-
-
-class LList(list):
-    line: int = 0
-    item_lines: list
-
-    def lineof(self, i) -> int:
-        return self.item_lines[i] if 0 <= i < len(self.item_lines) else self.line
-
-
-def _convert(node, loader):
-    if isinstance(node, yaml.MappingNode):
-        loader.flatten_mapping(node)
-        d = LDict()
-        d.line, d.key_lines = node.start_mark.line + 1, {}
-        for k_node, v_node in node.value:
-            key = loader.construct_object(k_node, deep=True)
-            d[key] = _convert(v_node, loader)
-            d.key_lines[key] = k_node.start_mark.line + 1
-        return d
-    if isinstance(node, yaml.SequenceNode):
-        lst = LList(_convert(n, loader) for n in node.value)
-        lst.line, lst.item_lines = node.start_mark.line + 1, [n.start_mark.line + 1 for n in node.value]
-        return lst
-    return loader.construct_object(node, deep=True)
-
-
-def load_yaml_lines(path: str | Path):
-    """Parse a YAML file into LDict/LList (plain dict/list subclasses that know their lines)."""
-    path = str(path)
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"sweep file {path!r} does not exist") from None
-    loader = yaml.SafeLoader(text)
-    try:
-        node = loader.get_single_node()
-        data = _convert(node, loader) if node is not None else LDict()
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    finally:
-        loader.dispose()
-    if not isinstance(data, dict):
-        raise SweepError(f"{path}:1: a sweep file is a mapping (keys: {', '.join(TOP_KEYS)})")
-    if not isinstance(data, LDict):
-        data = LDict(data)
-        data.line, data.key_lines = 1, {}
-    return data
-
-
-def plain(obj):
-    """LDict/LList -> dict/list, recursively."""
-    if isinstance(obj, dict):
-        return {k: plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [plain(v) for v in obj]
-    return obj
-
-
-# ------------------------------------------------------------------------------------------------
-# the parsed sweep
 
 
 @dataclass
@@ -228,7 +148,7 @@ class _Loader:
 
     # -- main --------------------------------------------------------------------------------
     def load(self) -> Sweep:
-        data = load_yaml_lines(self.path)
+        data = load_yaml_lines(self.path, TOP_KEYS)
         for k in data:
             if k not in TOP_KEYS:
                 raise self.unknown(data.lineof(k), "sweep key", k, TOP_KEYS)
@@ -487,148 +407,3 @@ def load_sweep(path: str | Path, overrides=(), out: str | None = None, plugins=(
         load_plugin_file(p)
     ld = _Loader(str(path), overrides, out)
     return ld.load()
-
-
-# ------------------------------------------------------------------------------------------------
-# status of runs on disk
-
-
-def run_status(out: str | Path, rid: str) -> str:
-    d = Path(out) / rid
-    if (d / "result.json").exists():
-        return "finished"
-    if (d / "checkpoint.pt").exists():
-        return "partial"
-    if (d / "failed.json").exists():
-        return "failed"
-    return "pending"
-
-
-def write_manifest(sweep: Sweep) -> None:
-    from cl.train.loggers import atomic_write_json
-
-    atomic_write_json(Path(sweep.out) / "sweep.json", {
-        "name": sweep.name, "file": sweep.path, "group": sweep.group, "tags": sweep.tags,
-        "paper": sweep.paper, "description": sweep.description,
-        "runs": [{"id": r.id, "strategy": r.config["strategy"]["name"], "scenario": r.config["scenario"]["name"],
-                  "backbone": r.config["backbone"]["name"], "seed": r.config["seed"], "axes": r.axes}
-                 for r in sweep.runs]})
-
-
-def print_dry_run(sweep: Sweep, file=None) -> None:
-    file = file or sys.stdout
-    print(f"sweep {sweep.name!r} from {sweep.path}: {len(sweep.runs)} runs -> {sweep.out}/ "
-          f"(W&B group {sweep.group!r}, tags {sweep.tags})", file=file)
-    if sweep.excluded or sweep.merged:
-        print(f"  ({sweep.excluded} combinations excluded, {sweep.merged} identical to another run and merged)",
-              file=file)
-    w = max([len(r.id) for r in sweep.runs] + [6])
-    print(f"  {'#':>3}  {'run id':<{w}}  {'status':<8}  run", file=file)
-    for i, r in enumerate(sweep.runs):
-        print(f"  {i + 1:>3}  {r.id:<{w}}  {run_status(sweep.out, r.id):<8}  {r.label}", file=file)
-
-
-# ------------------------------------------------------------------------------------------------
-# running
-
-
-def run_sweep(sweep: Sweep, executor=None, retry_failed: bool = True, log=print, wandb: bool | None = None) -> dict:
-    """Run every unfinished run of the sweep on the executor; returns counts and per-run statuses."""
-    from cl.sweeps.executors import make_executor
-
-    executor = executor or make_executor("local")
-    Path(sweep.out).mkdir(parents=True, exist_ok=True)
-    write_manifest(sweep)
-    statuses, todo = {}, []
-    for r in sweep.runs:
-        st = run_status(sweep.out, r.id)
-        if st == "finished":
-            statuses[r.id] = "skipped"
-        elif st == "failed" and not retry_failed:
-            statuses[r.id] = "failed"
-        else:
-            todo.append(r)
-    n_skip = sum(1 for s in statuses.values() if s == "skipped")
-    log(f"sweep {sweep.name!r}: {len(sweep.runs)} runs, {n_skip} already finished, {len(todo)} to run "
-        f"on {executor.describe()} -> {sweep.out}/")
-    t0 = time.perf_counter()
-    done = [0]
-
-    def on_done(spec: RunSpec, rec: dict):
-        done[0] += 1
-        statuses[spec.id] = rec.get("status", "failed")
-        m = rec.get("metrics") or {}
-        acc = m.get("avg_acc")
-        extra = f"avg_acc {acc:.4f}" if isinstance(acc, (int, float)) else (rec.get("error") or "").splitlines()[0:1]
-        if isinstance(extra, list):
-            extra = extra[0] if extra else ""
-        resumed = " (resumed)" if rec.get("resumed") else ""
-        log(f"[{done[0]}/{len(todo)}] {rec.get('status', 'failed')}{resumed} {spec.id}: {extra} "
-            f"({m.get('wall_time', 0.0):.1f} s)")
-
-    if todo:
-        executor.run(todo, on_done)
-    failed = [rid for rid, s in statuses.items() if s not in ("finished", "skipped")]
-    summary = {"total": len(sweep.runs), "skipped": n_skip, "ran": len(todo), "failed": failed,
-               "statuses": statuses, "wall_time": time.perf_counter() - t0}
-    log(f"sweep {sweep.name!r} done in {summary['wall_time']:.1f} s: "
-        f"{len(todo) - len([f for f in failed if f in {r.id for r in todo}])} finished now, {n_skip} skipped, "
-        f"{len(failed)} failed")
-    for rid in failed:
-        log(f"  failed: {rid} (see {Path(sweep.out) / rid / 'failed.json'})")
-    return summary
-
-
-# ------------------------------------------------------------------------------------------------
-# CLI
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("sweep", help="run a YAML grid of runs (strategies x scenarios x seeds x ...)",
-                       description="Expand a sweep file into runs and run the unfinished ones. "
-                                   "Finished runs are skipped, interrupted ones resume from their checkpoint.")
-    p.add_argument("file", help="sweep file, e.g. runs/quickstart.yaml")
-    p.add_argument("--dry-run", "-n", action="store_true", help="print the expanded runs and their ids, run nothing")
-    p.add_argument("--executor", "-e", choices=("local", "ray"), help="where runs execute (default: local)")
-    p.add_argument("--workers", "-j", type=int,
-                   help="local: worker processes (default: one per visible GPU, 1 on CPU; 0 = in this process); "
-                        "ray on a local instance: CPUs to use")
-    p.add_argument("--threads", type=int, help="torch threads per run (default: CPU cores / workers)")
-    p.add_argument("--address", help="ray: address of an existing cluster (default: start a local Ray instance)")
-    p.add_argument("--gpus-per-run", type=float, help="ray: GPUs per run (default: 1 if the cluster has GPUs)")
-    p.add_argument("--cpus-per-run", type=float, help="ray: CPUs per run (default 1)")
-    p.add_argument("--max-retries", type=int, help="retries of a run whose worker was lost (default 3 ray, 1 local)")
-    p.add_argument("--out", "-o", help="output folder (default: the file's `out`, else results/<name>)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field in every run (as in `cl run --set`)")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
-    p.add_argument("--no-wandb", action="store_true", help="disable W&B for every run")
-    p.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
-    p.add_argument("--no-report", action="store_true", help="do not write/print the report at the end")
-    p.set_defaults(func=cmd_sweep)
-
-
-def cmd_sweep(args) -> int:
-    overrides = list(args.overrides) + (["wandb=off"] if args.no_wandb else [])
-    sweep = load_sweep(args.file, overrides, args.out, args.plugin)
-    if args.dry_run:
-        print_dry_run(sweep)
-        return 0
-    from cl.sweeps.executors import make_executor
-
-    ex = dict(sweep.executor)
-    for k in ("executor", "workers", "threads", "address", "gpus_per_run", "cpus_per_run", "max_retries"):
-        v = getattr(args, k)
-        if v is not None:
-            ex["kind" if k == "executor" else k] = v
-    kind = ex.pop("kind", "local")
-    executor = make_executor(kind, plugins=[str(Path(p).resolve()) for p in args.plugin], **ex)
-    summary = run_sweep(sweep, executor, retry_failed=not args.skip_failed, log=lambda s: print(s, flush=True))
-    if sweep.report and not args.no_report:
-        from cl.sweeps.report import make_report
-
-        rep = make_report(sweep.out, wandb=None if not args.no_wandb else False)
-        print()
-        print(rep["markdown_main"])
-        print(f"report: {rep['path']}")
-    return 1 if summary["failed"] else 0

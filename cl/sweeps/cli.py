@@ -1,0 +1,58 @@
+"""``cl sweep FILE``: expand a sweep file, run what is unfinished, print the report."""
+from __future__ import annotations
+
+from pathlib import Path
+from cl.sweeps.runner import run_sweep
+from cl.sweeps.spec import load_sweep
+from cl.sweeps.status import print_dry_run
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("sweep", help="run a YAML grid of runs (strategies x scenarios x seeds x ...)",
+                       description="Expand a sweep file into runs and run the unfinished ones. "
+                                   "Finished runs are skipped, interrupted ones resume from their checkpoint.")
+    p.add_argument("file", help="sweep file, e.g. runs/quickstart.yaml")
+    p.add_argument("--dry-run", "-n", action="store_true", help="print the expanded runs and their ids, run nothing")
+    p.add_argument("--executor", "-e", choices=("local", "ray"), help="where runs execute (default: local)")
+    p.add_argument("--workers", "-j", type=int,
+                   help="local: worker processes (default: one per visible GPU, 1 on CPU; 0 = in this process); "
+                        "ray on a local instance: CPUs to use")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: CPU cores / workers)")
+    p.add_argument("--address", help="ray: address of an existing cluster (default: start a local Ray instance)")
+    p.add_argument("--gpus-per-run", type=float, help="ray: GPUs per run (default: 1 if the cluster has GPUs)")
+    p.add_argument("--cpus-per-run", type=float, help="ray: CPUs per run (default 1)")
+    p.add_argument("--max-retries", type=int, help="retries of a run whose worker was lost (default 3 ray, 1 local)")
+    p.add_argument("--out", "-o", help="output folder (default: the file's `out`, else results/<name>)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field in every run (as in `cl run --set`)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+    p.add_argument("--no-wandb", action="store_true", help="disable W&B for every run")
+    p.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
+    p.add_argument("--no-report", action="store_true", help="do not write/print the report at the end")
+    p.set_defaults(func=cmd_sweep)
+
+
+def cmd_sweep(args) -> int:
+    overrides = list(args.overrides) + (["wandb=off"] if args.no_wandb else [])
+    sweep = load_sweep(args.file, overrides, args.out, args.plugin)
+    if args.dry_run:
+        print_dry_run(sweep)
+        return 0
+    from cl.sweeps.executors import make_executor
+
+    ex = dict(sweep.executor)
+    for k in ("executor", "workers", "threads", "address", "gpus_per_run", "cpus_per_run", "max_retries"):
+        v = getattr(args, k)
+        if v is not None:
+            ex["kind" if k == "executor" else k] = v
+    kind = ex.pop("kind", "local")
+    executor = make_executor(kind, plugins=[str(Path(p).resolve()) for p in args.plugin], **ex)
+    summary = run_sweep(sweep, executor, retry_failed=not args.skip_failed, log=lambda s: print(s, flush=True))
+    if sweep.report and not args.no_report:
+        from cl.sweeps.report import make_report
+
+        rep = make_report(sweep.out, wandb=None if not args.no_wandb else False)
+        print()
+        print(rep["markdown_main"])
+        print(f"report: {rep['path']}")
+    return 1 if summary["failed"] else 0

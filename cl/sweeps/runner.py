@@ -1,0 +1,54 @@
+"""Running a sweep: every unfinished run on an executor, with one line per run as it ends."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from cl.sweeps.spec import RunSpec, Sweep
+from cl.sweeps.status import run_status, write_manifest
+
+
+def run_sweep(sweep: Sweep, executor=None, retry_failed: bool = True, log=print, wandb: bool | None = None) -> dict:
+    """Run every unfinished run of the sweep on the executor; returns counts and per-run statuses."""
+    from cl.sweeps.executors import make_executor
+
+    executor = executor or make_executor("local")
+    Path(sweep.out).mkdir(parents=True, exist_ok=True)
+    write_manifest(sweep)
+    statuses, todo = {}, []
+    for r in sweep.runs:
+        st = run_status(sweep.out, r.id)
+        if st == "finished":
+            statuses[r.id] = "skipped"
+        elif st == "failed" and not retry_failed:
+            statuses[r.id] = "failed"
+        else:
+            todo.append(r)
+    n_skip = sum(1 for s in statuses.values() if s == "skipped")
+    log(f"sweep {sweep.name!r}: {len(sweep.runs)} runs, {n_skip} already finished, {len(todo)} to run "
+        f"on {executor.describe()} -> {sweep.out}/")
+    t0 = time.perf_counter()
+    done = [0]
+
+    def on_done(spec: RunSpec, rec: dict):
+        done[0] += 1
+        statuses[spec.id] = rec.get("status", "failed")
+        m = rec.get("metrics") or {}
+        acc = m.get("avg_acc")
+        extra = f"avg_acc {acc:.4f}" if isinstance(acc, (int, float)) else (rec.get("error") or "").splitlines()[0:1]
+        if isinstance(extra, list):
+            extra = extra[0] if extra else ""
+        resumed = " (resumed)" if rec.get("resumed") else ""
+        log(f"[{done[0]}/{len(todo)}] {rec.get('status', 'failed')}{resumed} {spec.id}: {extra} "
+            f"({m.get('wall_time', 0.0):.1f} s)")
+
+    if todo:
+        executor.run(todo, on_done)
+    failed = [rid for rid, s in statuses.items() if s not in ("finished", "skipped")]
+    summary = {"total": len(sweep.runs), "skipped": n_skip, "ran": len(todo), "failed": failed,
+               "statuses": statuses, "wall_time": time.perf_counter() - t0}
+    log(f"sweep {sweep.name!r} done in {summary['wall_time']:.1f} s: "
+        f"{len(todo) - len([f for f in failed if f in {r.id for r in todo}])} finished now, {n_skip} skipped, "
+        f"{len(failed)} failed")
+    for rid in failed:
+        log(f"  failed: {rid} (see {Path(sweep.out) / rid / 'failed.json'})")
+    return summary

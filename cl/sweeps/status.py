@@ -1,0 +1,41 @@
+"""The status of a sweep's runs on disk (finished, partial, failed, pending), the sweep manifest and the dry-run listing."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from cl.sweeps.spec import Sweep
+
+
+def run_status(out: str | Path, rid: str) -> str:
+    d = Path(out) / rid
+    if (d / "result.json").exists():
+        return "finished"
+    if (d / "checkpoint.pt").exists():
+        return "partial"
+    if (d / "failed.json").exists():
+        return "failed"
+    return "pending"
+
+
+def write_manifest(sweep: Sweep) -> None:
+    from cl.train.loggers import atomic_write_json
+
+    atomic_write_json(Path(sweep.out) / "sweep.json", {
+        "name": sweep.name, "file": sweep.path, "group": sweep.group, "tags": sweep.tags,
+        "paper": sweep.paper, "description": sweep.description,
+        "runs": [{"id": r.id, "strategy": r.config["strategy"]["name"], "scenario": r.config["scenario"]["name"],
+                  "backbone": r.config["backbone"]["name"], "seed": r.config["seed"], "axes": r.axes}
+                 for r in sweep.runs]})
+
+
+def print_dry_run(sweep: Sweep, file=None) -> None:
+    file = file or sys.stdout
+    print(f"sweep {sweep.name!r} from {sweep.path}: {len(sweep.runs)} runs -> {sweep.out}/ "
+          f"(W&B group {sweep.group!r}, tags {sweep.tags})", file=file)
+    if sweep.excluded or sweep.merged:
+        print(f"  ({sweep.excluded} combinations excluded, {sweep.merged} identical to another run and merged)",
+              file=file)
+    w = max([len(r.id) for r in sweep.runs] + [6])
+    print(f"  {'#':>3}  {'run id':<{w}}  {'status':<8}  run", file=file)
+    for i, r in enumerate(sweep.runs):
+        print(f"  {i + 1:>3}  {r.id:<{w}}  {run_status(sweep.out, r.id):<8}  {r.label}", file=file)
