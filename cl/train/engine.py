@@ -7,11 +7,9 @@ and read once per epoch (offline) or every ``SYNC_EVERY`` steps (online).
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import random
 import resource
-import sys
 import time
 import traceback
 from pathlib import Path
@@ -26,6 +24,8 @@ from cl.train.loggers import Progress, WandbLogger, atomic_write_json
 from cl.models.model import Model, build_head, trainable_parameters
 from cl.core.registry import scenarios, strategies
 from cl.core.strategy import RunInfo, uses_frozen_features
+from cl.train import checkpoint
+from cl.train.evaluate import evaluate
 
 SYNC_EVERY = 200  # online steps between host reads (progress, non-finite check)
 
@@ -74,116 +74,12 @@ def build_model(strategy_cls, scfg, resolved, scenario, device) -> torch.nn.Modu
     return model.to(device)
 
 
-@torch.no_grad()
-def evaluate(strategy, exps, preprocess, batch_size: int, task_aware: bool, device, class_masks=None) -> list[float]:
-    """Accuracy on each experience's test data; one host read at the end."""
-    model = strategy.model
-    was_training = model.training
-    model.eval()
-    correct = []
-    for j, exp in enumerate(exps):
-        c = torch.zeros((), dtype=torch.long, device=device)
-        x_all, y_all = exp.test_x, exp.test_y
-        for i in range(0, len(y_all), batch_size):
-            x = preprocess(x_all[i:i + batch_size])
-            y = y_all[i:i + batch_size]
-            logits = strategy.predict(x, exp.task_id)
-            if task_aware and class_masks is not None:
-                logits = logits.masked_fill(~class_masks[j], float("-inf"))
-            c += (logits.argmax(1) == y).sum()
-        correct.append(c)
-    model.train(was_training)
-    counts = torch.stack(correct).cpu().tolist() if correct else []
-    return [c / max(1, len(e.test_y)) for c, e in zip(counts, exps)]
-
-
 def _to_device(scenario, device):
     for e in scenario.experiences:
         for name in ("train_x", "train_y", "test_x", "test_y", "train_t", "test_t"):
             v = getattr(e, name)
             if isinstance(v, torch.Tensor):
                 setattr(e, name, v.to(device, non_blocking=True))
-
-
-def _rng_state():
-    st = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "random": random.getstate()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        st["cuda"] = torch.cuda.get_rng_state_all()
-    return st
-
-
-def _set_rng_state(st):
-    torch.set_rng_state(st["torch"].cpu() if isinstance(st["torch"], torch.Tensor) else st["torch"])
-    np.random.set_state(st["numpy"])
-    random.setstate(st["random"])
-    if "cuda" in st and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in st["cuda"]])
-
-
-# -- strategy attributes in checkpoints ---------------------------------------------------------------
-_CORE_ATTRS = {"cfg", "model", "optimizer", "info", "device", "augment"}
-
-
-def _live_storages(strategy) -> set:
-    ptrs = set()
-    for t in list(strategy.model.parameters()) + list(strategy.model.buffers()):
-        ptrs.add(t.untyped_storage().data_ptr())
-    return ptrs
-
-
-def _refs_live(v, live: set, model, seen: set, depth: int = 0) -> bool:
-    """Does ``v`` hold the live model, its parameters, an optimiser or a callable bound to the strategy?
-    Such attributes are rebuilt by the strategy itself (setup/state_dict), never restored from pickles."""
-    if depth > 5 or id(v) in seen:
-        return False
-    seen.add(id(v))
-    if isinstance(v, torch.Tensor):
-        return v.numel() > 0 and v.untyped_storage().data_ptr() in live
-    if isinstance(v, torch.nn.Module):
-        return v is model or any(_refs_live(t, live, model, seen, depth + 1)
-                                 for t in list(v.parameters()) + list(v.buffers()))
-    if isinstance(v, (torch.optim.Optimizer, torch.Generator)) or callable(v) and not isinstance(v, type):
-        return True
-    if isinstance(v, dict):
-        return any(_refs_live(x, live, model, seen, depth + 1) for x in v.values())
-    if isinstance(v, (list, tuple, set)):
-        return any(_refs_live(x, live, model, seen, depth + 1) for x in v)
-    if hasattr(v, "__dict__") and not isinstance(v, type):
-        return any(_refs_live(x, live, model, seen, depth + 1) for x in vars(v).values())
-    return False
-
-
-def _strategy_attrs(strategy) -> dict:
-    """The strategy's own attributes that can be restored by value (top-level torch.Generators by state)."""
-    live, out = _live_storages(strategy), {}
-    for k, v in vars(strategy).items():
-        if k in _CORE_ATTRS:
-            continue
-        if isinstance(v, torch.Generator):
-            out[k] = {"__generator_state__": v.get_state()}
-        elif not _refs_live(v, live, strategy.model, set()):
-            out[k] = v
-    return out
-
-
-def _restore_strategy_attrs(strategy, attrs: dict) -> None:
-    for k, v in attrs.items():
-        cur = getattr(strategy, k, None)
-        if isinstance(v, dict) and "__generator_state__" in v:
-            if isinstance(cur, torch.Generator):
-                cur.set_state(v["__generator_state__"].cpu())
-        else:
-            setattr(strategy, k, v)
-
-
-def _picklable(v) -> bool:
-    import io
-
-    try:
-        torch.save(v, io.BytesIO())
-        return True
-    except Exception:
-        return False
 
 
 def peak_memory_mb(device) -> float:
@@ -211,34 +107,10 @@ class Run:
         return self.dir / "checkpoint.pt"
 
     def _save_checkpoint(self, strategy, state: dict) -> None:
-        """Everything needed to continue exactly: the strategy's state_dict (model, optimiser, extra state),
-        its other attributes (lists, buffers, frozen copies... that its state_dict may not cover), the
-        engine state (R, online counters, timings) and every RNG state. Written to a temporary file and
-        renamed, so a kill during the write leaves the previous checkpoint intact."""
-        tmp = self.checkpoint_path.with_suffix(".pt.tmp")
-        ck = {"run_id": self.id, "config": self.cfg, "strategy": strategy.state_dict(), "rng": _rng_state(),
-              "state": state, "attrs": _strategy_attrs(strategy)}
-        try:
-            torch.save(ck, tmp)
-        except Exception:  # an attribute that does not pickle: keep the ones that do
-            ck["attrs"] = {k: v for k, v in ck["attrs"].items() if _picklable(v)}
-            torch.save(ck, tmp)
-        os.replace(tmp, self.checkpoint_path)
+        checkpoint.save(self.checkpoint_path, self.id, self.cfg, strategy, state)
 
     def _load_checkpoint(self, strategy, device) -> dict | None:
-        """The engine state of this run's checkpoint, with strategy and RNGs restored; None if none applies."""
-        try:
-            ck = torch.load(self.checkpoint_path, map_location=device, weights_only=False)
-        except Exception as e:  # a truncated or foreign file: start over rather than fail
-            print(f"warning: ignoring unreadable checkpoint {self.checkpoint_path}: {e}", file=sys.stderr)
-            return None
-        rid = ck.get("run_id") or (make_run_id(ck["config"]) if isinstance(ck.get("config"), dict) else None)
-        if rid != self.id:
-            return None
-        _restore_strategy_attrs(strategy, ck.get("attrs") or {})
-        strategy.load_state_dict(ck["strategy"])
-        _set_rng_state(ck["rng"])
-        return ck["state"]
+        return checkpoint.load(self.checkpoint_path, self.id, strategy, device)
 
     # -- main -----------------------------------------------------------------------------------
     def execute(self) -> dict:
