@@ -55,7 +55,7 @@ def _dataset_tensors(ds, batch_size: int = 1024):
 
 
 def _shards(y, n, seed=0):
-    from cl.data.settings import _shards as sh
+    from cl.data.domains import _shards as sh
 
     return sh(y, n, torch.Generator().manual_seed(seed))
 

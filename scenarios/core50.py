@@ -10,7 +10,7 @@ import torch
 from cl.core.registry import ConfigError, scenarios
 from cl.core.streams import Experience, Scenario
 from cl.data.cache import decode_paths_cached, find_root
-from cl.data.settings import hide_boundaries
+from cl.data.task_free import hide_boundaries
 from scenarios._folders import IMAGENET_MEAN, IMAGENET_STD, _check_augment
 
 # =========================================== CORe50 ===========================================
@@ -110,7 +110,7 @@ def load_core50(cfg: Core50Config, seed: int = 0) -> Scenario:
         setting = "class"
     else:  # NI / NIC: the common test set, split in stratified shards (mean over shards = full test accuracy)
         g = torch.Generator().manual_seed(0)
-        from cl.data.settings import _shards
+        from cl.data.domains import _shards
 
         shards = _shards(yte_r, len(xs), g)
         for t, (x, y) in enumerate(zip(xs, ys)):

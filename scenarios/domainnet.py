@@ -8,7 +8,9 @@ import torch
 
 from cl.core.registry import ConfigError, scenarios
 from cl.data.cache import decode_paths_cached, find_root
-from cl.data.settings import SettingConfig, build_setting, domain_incremental, hide_boundaries, validate
+from cl.data.domains import domain_incremental
+from cl.data.settings import SettingConfig, build_setting, validate
+from cl.data.task_free import hide_boundaries
 from scenarios._folders import IMAGENET_MEAN, IMAGENET_STD
 
 # =========================================== DomainNet ===========================================

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from cl.core.registry import ConfigError
-from cl.data.settings import (SettingConfig, build_setting, gradual_weights, named_class_order, rotate_images,
-                         stochastic_task_sizes)
+from cl.data.domains import rotate_images
+from cl.data.settings import SettingConfig, build_setting, named_class_order
+from cl.data.task_free import gradual_weights, stochastic_task_sizes
 
 
 def fake_images(n_classes=10, per_class=40, test_per_class=10, c=1, hw=8, seed=0):
