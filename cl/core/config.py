@@ -29,6 +29,13 @@ from cl.core.registry import ConfigError, backbones, scenarios, strategies, unkn
 RUN_KEYS = {"seed": 0, "device": "auto", "out": "results", "wandb": "auto", "project": "cl",
             "group": None, "tags": [], "name": None}
 SECTIONS = ("strategy", "scenario", "backbone", "protocol")
+#: the registry that names each plugin section's choices (the protocol section has a fixed set, PROTOCOLS)
+SECTION_REGISTRIES = {"strategy": strategies, "scenario": scenarios, "backbone": backbones}
+
+
+def section_registry(section: str):
+    """The registry of a plugin section (``strategy``, ``scenario``, ``backbone``); None for others."""
+    return SECTION_REGISTRIES.get(section)
 
 
 @dataclass
@@ -140,8 +147,7 @@ def resolve(raw: dict) -> dict:
                 cfg.batch_size = 10 if name == "online" else 32
             out[section] = asdict(cfg)
             continue
-        reg = {"strategy": strategies, "scenario": scenarios, "backbone": backbones}[section]
-        entry = reg.get(name)
+        entry = SECTION_REGISTRIES[section].get(name)
         cfg_cls = entry.config
         if cfg_cls is None:
             if sec:
@@ -162,8 +168,7 @@ def section_config(resolved: dict, section: str):
     name = sec.pop("name")
     if section == "protocol":
         return ProtocolConfig(name=name, **sec)
-    reg = {"strategy": strategies, "scenario": scenarios, "backbone": backbones}[section]
-    cls = reg.get(name).config
+    cls = SECTION_REGISTRIES[section].get(name).config
     return build_dataclass(cls, sec, f"{section} {name!r}") if cls else None
 
 
