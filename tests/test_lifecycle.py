@@ -130,3 +130,29 @@ def test_run_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     assert [n for n, _ in back.online.correct] == [n for n, _ in run.state.online.correct]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(back.online.correct, run.state.online.correct))
     assert res["online"]["cursor"]["batches"] == back.online.cursor.batches
+
+
+def test_future_experiences_are_evaluated_only_when_asked(tmp_path, monkeypatch):
+    """By default row i of R evaluates experiences 0..i (None above the diagonal); eval_future or fwt
+    evaluate every experience, and the evaluated entries are the same numbers either way."""
+    import cl.train.engine as E
+
+    seen = []
+    real = E.evaluate
+    monkeypatch.setattr(E, "evaluate", lambda s, exps, *a: seen.append(len(exps)) or real(s, exps, *a))
+    base = tiny("er", protocol={"name": "offline"})
+    a = Run(resolve(base), progress=False, out_dir=tmp_path / "a").execute()
+    T = len(a["R"])
+    assert seen == list(range(1, T + 1))
+    assert all(a["R"][i][j] is None for i in range(T) for j in range(i + 1, T))
+    assert all(a["R"][i][j] is not None for i in range(T) for j in range(i + 1))
+    seen.clear()
+    b = Run(resolve({**base, "protocol": {"name": "offline", "eval_future": True}}), progress=False,
+            out_dir=tmp_path / "b").execute()
+    assert seen == [T] * T and all(v is not None for r in b["R"] for v in r)
+    assert [[v for v in r if v is not None] for r in a["R"]] == [r[: i + 1] for i, r in enumerate(b["R"])]
+    for k in ("avg_acc", "avg_inc_acc", "forgetting", "bwt"):
+        assert a["metrics"][k] == b["metrics"][k], k
+    c = Run(resolve({**base, "protocol": {"name": "offline", "fwt": True}}), progress=False,
+            out_dir=tmp_path / "c").execute()
+    assert all(v is not None for r in c["R"] for v in r) and "fwt" in c["metrics"]

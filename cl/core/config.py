@@ -57,6 +57,8 @@ class ProtocolConfig:
     graphs: bool = False  # online: capture the train/predict steps as CUDA graphs (static shapes; no-op on CPU)
     shuffle_within_experience: bool = True  # online: shuffle each experience's samples once (seeded)
     fwt: bool = False  # also evaluate the random-init model on every experience (FWT reference)
+    eval_future: bool = False  # after each experience, also evaluate the experiences not trained yet (on with fwt);
+    # otherwise R's upper triangle R[i][j], j > i, is not evaluated: None (null in result.json)
     amp: bool = True  # bf16 autocast on CUDA
     checkpoint: bool = True  # save a checkpoint at every experience boundary
 

@@ -184,18 +184,25 @@ class Run:
         st.train_time += time.perf_counter() - t0
         st.samples += n
 
+    def evaluated(self, i: int) -> list:
+        """The experiences whose test data row i of R evaluates: those trained so far (0..i), or every one
+        when a metric needs the others (``protocol.fwt``) or ``protocol.eval_future`` asks for them."""
+        exps = self.scenario.experiences
+        return exps if self.protocol.eval_future or self.protocol.fwt else exps[: i + 1]
+
     def evaluate(self, i: int) -> list[float]:
-        """Row i of R (accuracy on each experience's test data), recorded and logged."""
+        """Row i of R (accuracy on each experience's test data; None where not evaluated), recorded and logged."""
         st = self.state
         t0 = time.perf_counter()
-        row = self.evaluate_fn(self.scenario.experiences)
+        row = self.evaluate_fn(self.evaluated(i))
+        row += [None] * (len(self.scenario) - len(row))
         st.eval_time += time.perf_counter() - t0
         st.R.append(row)
-        Rm = np.array(st.R)
+        Rm = np.array(st.R, dtype=float)  # None (not evaluated) -> NaN
         f = M.forgetting_per_task(Rm)
         rec = {"experience": i, "avg_acc": M.average_accuracy(Rm), "forgetting": M.average_forgetting(Rm)}
         st.per_experience.append({**rec, "train_time": st.train_time})
-        data = {f"acc/task_{j}": a for j, a in enumerate(row)}
+        data = {f"acc/task_{j}": a for j, a in enumerate(row) if a is not None}  # not the unevaluated entries
         data.update({f"forgetting/task_{j}": v for j, v in enumerate(f)})
         data.update({"avg_acc": rec["avg_acc"], "forgetting": rec["forgetting"],
                      "avg_inc_acc": M.average_incremental_accuracy(Rm)})
@@ -214,7 +221,7 @@ class Run:
         st, device, strategy = self.state, self.device, self.strategy
         result = {**self.header, **error}
         sizes = [len(e.test_y) for e in self.scenario.experiences]
-        mets = M.summary(np.array(st.R), sizes, st.random_init) if st.R else {}
+        mets = M.summary(np.array(st.R, dtype=float), sizes, st.random_init) if st.R else {}
         online = self.loop.result() if self.loop is not None else (st.online.public() if st.online else None)
         if online:
             mets.update({k: v for k, v in online.items() if not isinstance(v, (list, dict))})

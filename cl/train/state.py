@@ -74,7 +74,7 @@ class OnlineState:
 class RunState:
     """What a run has computed so far; a checkpoint holds it, a resume continues from it."""
 
-    R: list = field(default_factory=list)  #: R[i][j]: accuracy on experience j's test data after training on i
+    R: list = field(default_factory=list)  #: R[i][j]: accuracy on experience j's test data after training on i (None: not evaluated)
     next_exp: int = 0  #: the experience to train next
     train_time: float = 0.0  #: seconds in training (hooks included), summed over experiences
     eval_time: float = 0.0  #: seconds in the evaluations after each experience
