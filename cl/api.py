@@ -55,7 +55,11 @@ class Metrics:
 class Timings:
     """Seconds and rates of one run."""
 
-    wall_time: float = 0.0  #: the run's lifecycle from the first evaluation or training step to the end
+    wall_time: float = 0.0  #: everything the run waited for: setup (data, encoding, model), training, evaluation
+    setup_time: float = 0.0  #: loading the scenario, encoding it with a frozen backbone, building model and strategy
+    encode_time: float = 0.0  #: encoding with the frozen backbone (feature-cache reads included; 0 if none)
+    feature_cache: str | None = None  #: frozen backbones: hit | miss | partial | off
+    run_time: float = 0.0  #: from the first evaluation or training step to the end (wall_time before 13.9)
     train_time: float = 0.0  #: training, the strategy's boundary hooks included
     eval_time: float = 0.0  #: evaluation after each experience
     train_samples_per_s: float = 0.0

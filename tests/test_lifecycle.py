@@ -156,3 +156,18 @@ def test_future_experiences_are_evaluated_only_when_asked(tmp_path, monkeypatch)
     c = Run(resolve({**base, "protocol": {"name": "offline", "fwt": True}}), progress=False,
             out_dir=tmp_path / "c").execute()
     assert all(v is not None for r in c["R"] for v in r) and "fwt" in c["metrics"]
+
+
+def test_encoding_time_and_cache_hit_are_reported_and_in_wall_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("CL_CACHE", str(tmp_path / "cache"))
+    raw = tiny({"name": "er", "frozen_backbone": True}, backbone={"name": "mlp", "hidden": 24})
+    first = Run(resolve(raw), progress=False, out_dir=tmp_path / "a").execute()["metrics"]
+    again = Run(resolve(raw), progress=False, out_dir=tmp_path / "b").execute()["metrics"]
+    assert first["feature_cache"] == "miss" and first["features_computed"] > 0 and first["encode_time"] > 0
+    assert again["feature_cache"] == "hit" and again["features_computed"] == 0
+    for m in (first, again):
+        assert m["setup_time"] >= m["encode_time"]
+        assert m["wall_time"] >= m["setup_time"] + m["run_time"] - 1e-6
+        assert m["run_time"] >= m["train_time"] + m["eval_time"] - 1e-6
+    plain = Run(resolve(tiny("er")), progress=False, out_dir=tmp_path / "c").execute()["metrics"]
+    assert plain["encode_time"] == 0.0 and "feature_cache" not in plain

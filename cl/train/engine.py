@@ -88,6 +88,15 @@ def _to_device(scenario, device):
                 setattr(e, name, v.to(device, non_blocking=True))
 
 
+def encoding_report(seconds: float, stats: dict) -> dict:
+    """What encoding the scenario with the frozen backbone cost: seconds (cache reads included), seconds of
+    backbone compute, and whether the feature cache was hit (hit | miss | partial | off)."""
+    hits, misses = stats.get("hits", 0), stats.get("misses", 0)
+    cache = "off" if not hits and not misses else "hit" if not misses else "miss" if not hits else "partial"
+    return {"encode_time": seconds, "encode_compute_time": stats.get("compute_s", 0.0),
+            "features_computed": stats.get("computed", 0), "feature_cache": cache}
+
+
 def peak_memory_mb(device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -126,10 +135,13 @@ class Run:
         scfg = section_config(cfg, "strategy")
         strategy_cls = strategies.get(cfg["strategy"]["name"]).obj
         scenario = scenarios.get(cfg["scenario"]["name"]).obj(section_config(cfg, "scenario"), cfg["seed"])
+        self.encoding = {"encode_time": 0.0}
         if uses_frozen_features(strategy_cls, scfg):
-            from cl.models.features import featurize  # the feature cache (pretrained frozen backbones)
+            from cl.models.features import LAST_STATS, featurize  # the feature cache (pretrained frozen backbones)
 
+            t0 = time.perf_counter()
             scenario = featurize(scenario, cfg, device)
+            self.encoding = encoding_report(time.perf_counter() - t0, LAST_STATS)
         _to_device(scenario, device)
         self.scenario = scenario
         if device.type == "cuda":
@@ -225,7 +237,9 @@ class Run:
         online = self.loop.result() if self.loop is not None else (st.online.public() if st.online else None)
         if online:
             mets.update({k: v for k, v in online.items() if not isinstance(v, (list, dict))})
-        mets.update({"wall_time": wall, "train_time": st.train_time, "eval_time": st.eval_time,
+        mets.update({"wall_time": time.perf_counter() - self.t_begin, "run_time": wall,
+                     "setup_time": self.setup_time, **self.encoding,
+                     "train_time": st.train_time, "eval_time": st.eval_time,
                      "train_samples_per_s": st.samples / st.train_time if st.train_time else 0.0,
                      "peak_memory_mb": peak_memory_mb(device),
                      "trainable_params": trainable_parameters(strategy.model)})
@@ -239,8 +253,10 @@ class Run:
 
     # -- the whole run --------------------------------------------------------------------------
     def execute(self) -> dict:
+        self.t_begin = time.perf_counter()
         self.setup()
         self.restore()
+        self.setup_time = time.perf_counter() - self.t_begin
         self.open_loggers()
         cfg, device = self.cfg, self.device
         self.header = {"run_id": self.id, "config": cfg, "seed": cfg["seed"], "versions": versions(),
