@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 
 from cl.core.registry import ConfigError, backbones, config_fields, load_plugin_file, scenarios, strategies
@@ -61,23 +60,21 @@ def print_result_table(results: list[dict], file=None) -> None:
 
 
 def cmd_run(args) -> int:
-    from cl.core.config import apply_overrides, resolve, run_id
-    from cl.train.engine import Run
+    from cl.api import run
+    from cl.core.config import apply_overrides, resolve
 
     for f in args.plugin:
         load_plugin_file(f)
     resolved = resolve(apply_overrides(raw_from_args(args), args.overrides))
-    run = Run(resolved, progress=not args.quiet)
-    if run.result_path.exists() and not args.force:
-        print(f"{run_id(resolved)} already finished: {run.result_path} (use --force to run again)")
-        with open(run.result_path) as f:
-            print_result_table([json.load(f)])
+    res = run(resolved, progress=not args.quiet, force=args.force)
+    if res.skipped:
+        print(f"{res.run_id} already finished: {res.paths.result} (use --force to run again)")
+        print_result_table([res.raw])
         return 0
-    result = run.execute()
-    print_result_table([result])
-    print(f"results: {run.dir}")
-    if result["status"] != "finished":
-        print(f"run {result['status']}: {result.get('error')}", file=sys.stderr)
+    print_result_table([res.raw])
+    print(f"results: {res.paths.run_dir}")
+    if not res.finished:
+        print(f"run {res.status}: {res.error}", file=sys.stderr)
         return 1
     return 0
 

@@ -109,7 +109,7 @@ class Spy(Strategy):
 
 
 class FakeClock:
-    """Stands in for the ``time`` module of cl.online: every read advances 1 ms; a slow step adds 1 s."""
+    """Stands in for the ``time`` module of cl.train.realtime: every read advances 1 ms; a slow step adds 1 s."""
 
     now = 0.0
 
@@ -227,9 +227,9 @@ def test_realtime_known_cost_skips_the_right_batches(tmp_path):
 def test_realtime_measured_cost(tmp_path, monkeypatch):
     """C is measured as the strategy's step time over the reference step's (on a fake clock here,
     so the schedule is exact): (1 s + 1 ms) / 1 ms = 1001 stream intervals, so one batch of 12 is learned."""
-    import cl.train.online
+    import cl.train.realtime
 
-    monkeypatch.setattr(cl.train.online, "time", FakeClock)
+    monkeypatch.setattr(cl.train.realtime, "time", FakeClock)
     res = run(fab_cfg("test-online-slow", {"realtime": True, "realtime_reference": "sgd"}), tmp_path)
     m = res["metrics"]
     assert m["realtime_cost"] == 1001 and m["realtime_cost_measured"] == pytest.approx(1001, rel=1e-6)
@@ -351,9 +351,9 @@ def test_resumed_run_continues_the_online_curves(tmp_path):
 
 def test_realtime_er_against_the_er_reference_costs_one(tmp_path, monkeypatch):
     """With the default reference (the ER step itself) ER's measured cost rounds to 1: it sees every batch."""
-    import cl.train.online
+    import cl.train.realtime
 
-    monkeypatch.setattr(cl.train.online, "time", FakeClock)  # every timed step reads the clock twice: equal times
+    monkeypatch.setattr(cl.train.realtime, "time", FakeClock)  # every timed step reads the clock twice: equal times
     res = run(fab_cfg("er", {"realtime": True}), tmp_path)
     m = res["metrics"]
     assert m["realtime_cost"] == 1 and m["trained_batches"] == 12 and m["skipped_batches"] == 0

@@ -29,6 +29,13 @@ from cl.core.registry import ConfigError, backbones, scenarios, strategies, unkn
 RUN_KEYS = {"seed": 0, "device": "auto", "out": "results", "wandb": "auto", "project": "cl",
             "group": None, "tags": [], "name": None}
 SECTIONS = ("strategy", "scenario", "backbone", "protocol")
+#: the registry that names each plugin section's choices (the protocol section has a fixed set, PROTOCOLS)
+SECTION_REGISTRIES = {"strategy": strategies, "scenario": scenarios, "backbone": backbones}
+
+
+def section_registry(section: str):
+    """The registry of a plugin section (``strategy``, ``scenario``, ``backbone``); None for others."""
+    return SECTION_REGISTRIES.get(section)
 
 
 @dataclass
@@ -50,6 +57,8 @@ class ProtocolConfig:
     graphs: bool = False  # online: capture the train/predict steps as CUDA graphs (static shapes; no-op on CPU)
     shuffle_within_experience: bool = True  # online: shuffle each experience's samples once (seeded)
     fwt: bool = False  # also evaluate the random-init model on every experience (FWT reference)
+    eval_future: bool = False  # after each experience, also evaluate the experiences not trained yet (on with fwt);
+    # otherwise R's upper triangle R[i][j], j > i, is not evaluated: None (null in result.json)
     amp: bool = True  # bf16 autocast on CUDA
     checkpoint: bool = True  # save a checkpoint at every experience boundary
 
@@ -140,8 +149,7 @@ def resolve(raw: dict) -> dict:
                 cfg.batch_size = 10 if name == "online" else 32
             out[section] = asdict(cfg)
             continue
-        reg = {"strategy": strategies, "scenario": scenarios, "backbone": backbones}[section]
-        entry = reg.get(name)
+        entry = SECTION_REGISTRIES[section].get(name)
         cfg_cls = entry.config
         if cfg_cls is None:
             if sec:
@@ -162,8 +170,7 @@ def section_config(resolved: dict, section: str):
     name = sec.pop("name")
     if section == "protocol":
         return ProtocolConfig(name=name, **sec)
-    reg = {"strategy": strategies, "scenario": scenarios, "backbone": backbones}[section]
-    cls = reg.get(name).config
+    cls = SECTION_REGISTRIES[section].get(name).config
     return build_dataclass(cls, sec, f"{section} {name!r}") if cls else None
 
 

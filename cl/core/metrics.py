@@ -2,7 +2,9 @@
 
 ``R`` is the accuracy matrix: ``R[i][j]`` is the test accuracy on experience j
 after training on experiences 0..i (T x T; rows may be partial for a run that
-stopped early).  Accuracies are fractions in [0, 1].
+stopped early).  Accuracies are fractions in [0, 1].  Entries above the diagonal (j > i: experiences not
+trained yet) are None (read as NaN) unless the run evaluated them (``protocol.eval_future`` or ``fwt``); the metrics
+here read the diagonal and below only, except FWT, which needs R[i-1][i].
 """
 from __future__ import annotations
 
@@ -46,7 +48,7 @@ def forgetting_per_task(R, k: int | None = None) -> list[float]:
     """f_j^k = max_{l<k} R[l, j] - R[k, j] for j < k (Chaudhry et al. 2018), k defaults to the last row."""
     R = _R(R)
     k = R.shape[0] - 1 if k is None else k
-    return [float(R[:k, j].max() - R[k, j]) for j in range(k)]
+    return [float(np.nanmax(R[:k, j]) - R[k, j]) for j in range(k)]  # NaN: not evaluated (l < j)
 
 
 def average_forgetting(R, k: int | None = None) -> float:

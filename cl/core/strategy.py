@@ -14,6 +14,13 @@ overrides only what differs::
     after_experience(exp)
     predict(x, t)                logits used for evaluation and online accuracy
     state_dict() / load_state_dict()   everything needed to resume
+    extra_state() / load_extra_state()  the strategy's own state inside state_dict
+    build_model(cfg, backbone, scenario)   (classmethod) the network; default backbone + head
+    extra_metrics()              strategy-specific metrics for the result file
+
+and reads two class flags: ``frozen_features`` (train on cached features of a frozen
+backbone) and ``graph_safe`` (the online step may be captured as a CUDA graph).  Every
+hook and flag is declared below with its default; the engine never probes for others.
 
 Shared pieces (buffers, heads, adapters) are plain objects from ``cl/`` that a
 strategy holds.  Nothing here synchronises with the device.
@@ -44,7 +51,7 @@ class StrategyConfig:
 def uses_frozen_features(strategy_cls, cfg) -> bool:
     """Does this run train on cached features of a frozen backbone? Strategies built for it say so
     (``frozen_features = True``); any other strategy can be run that way with ``frozen_backbone=True``."""
-    return bool(getattr(strategy_cls, "frozen_features", False) or getattr(cfg, "frozen_backbone", False))
+    return bool(strategy_cls.frozen_features or getattr(cfg, "frozen_backbone", False))
 
 
 def register(name: str, config=None, description: str | None = None):
@@ -80,12 +87,26 @@ class RunInfo:
     n_experiences: int = 1
 
 
+#: hooks whose override makes a subclass not graph-safe unless it declares ``graph_safe`` itself
+GRAPH_HOOKS = ("train_step", "loss", "after_step", "predict")
+
+
 class Strategy:
     """Fine-tuning with cross-entropy: the base every strategy extends."""
 
     Config = StrategyConfig
-    #: a strategy that keeps the backbone frozen sets this; the engine then feeds cached features
+    #: the backbone stays frozen: the engine runs it once (feature cache) and feeds its features, not images
     frozen_features: bool = False
+    #: the online step has no data-dependent host control flow and no Python state that changes per step,
+    #: so it can be captured as a CUDA graph (cl/train/graphs.py).  True for the base hooks; a subclass that
+    #: overrides one of GRAPH_HOOKS without declaring ``graph_safe`` in its own body is not graph-safe
+    #: (a subclass of ER that changes ``loss`` does not inherit ER's declaration).
+    graph_safe: bool = True
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if "graph_safe" not in cls.__dict__ and any(h in cls.__dict__ for h in GRAPH_HOOKS):
+            cls.graph_safe = False
 
     def __init__(self, cfg: StrategyConfig, model: nn.Module, info: RunInfo):
         self.cfg, self.model, self.info = cfg, model, info
@@ -94,24 +115,38 @@ class Strategy:
         self.optimizer = self.make_optimizer()
 
     # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def build_model(cls, cfg, backbone: nn.Module, scenario) -> nn.Module:
+        """The network this strategy trains, built before the strategy: backbone + ``cfg.head`` over all classes."""
+        from cl.models.model import Model, build_head
+
+        return Model(backbone, build_head(getattr(cfg, "head", "linear"), backbone.out_dim, scenario.n_classes))
+
     def make_optimizer(self) -> torch.optim.Optimizer:
+        """The optimiser of the trainable parameters (``cfg.optimizer``, ``lr``, ``momentum``, ``weight_decay``)."""
         return make_optimizer(self.model.parameters(), self.cfg)
 
     def setup(self) -> None:
-        pass
+        """Once, after model and optimiser exist (allocate buffers, frozen copies...)."""
+
+    def augmented(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` through the run's on-device augmentation, if there is one (training inputs only)."""
+        return self.augment(x) if self.augment is not None else x
 
     # -- hooks -------------------------------------------------------------------------------
     def before_experience(self, exp) -> None:
-        pass
+        """At each visible experience boundary, before its training data is read."""
 
     def train_data(self, exp):
+        """The (x, y) tensors the engine iterates for this experience (default: its training data)."""
         return exp.train_x, exp.train_y
 
     def loss(self, x, y, t=None) -> torch.Tensor:
-        x = self.augment(x) if self.augment is not None else x
-        return F.cross_entropy(self.model(x).float(), y)
+        """The objective of the default ``train_step``: cross-entropy on the augmented batch."""
+        return F.cross_entropy(self.model(self.augmented(x)).float(), y)
 
     def train_step(self, x, y, t=None) -> torch.Tensor:
+        """One optimisation step on a batch; returns the detached loss tensor (never ``.item()``)."""
         self.model.observe(y)
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(x, y, t)
@@ -121,25 +156,33 @@ class Strategy:
         return loss.detach()
 
     def after_step(self, x, y, t=None) -> None:
-        pass
+        """After the optimiser step, with the raw (non-augmented) batch: buffer updates go here."""
 
     def after_experience(self, exp) -> None:
-        pass
+        """After an experience's training, before its evaluation."""
 
     def predict(self, x, t=None) -> torch.Tensor:
+        """Logits for evaluation and online accuracy (eval mode, no grad; ``t`` is the task id or None)."""
         return self.model(x)
+
+    def extra_metrics(self) -> dict:
+        """Strategy-specific metrics added to the result's metrics at the end (e.g. task-id accuracy)."""
+        return {}
 
     # -- persistence ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
+        """Everything needed to continue: model, optimiser and ``extra_state()`` (tensors and plain values)."""
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "extra": self.extra_state()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore what ``state_dict`` returned."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.load_extra_state(state.get("extra", {}))
 
     def extra_state(self) -> dict:
+        """The strategy's own state (buffers, frozen copies as state_dicts, generator states): tensors and plain values."""
         return {}
 
     def load_extra_state(self, state: dict) -> None:
-        pass
+        """Restore what ``extra_state`` returned."""

@@ -90,24 +90,23 @@ def named_class_order(name: str, classes: Sequence[int], seed: int | None) -> li
     raise unknown("class order", name, ["seeded", "natural", *NAMED_ORDERS, *ORDER_ALIASES])
 
 
-def validate(cfg, n_classes: int | None = None) -> None:
-    """Config errors that must surface before any training starts."""
-    if getattr(cfg, "setting", "class") not in SETTINGS:
+def validate(cfg: SettingConfig, n_classes: int | None = None) -> None:
+    """Config errors that must surface before any training starts (``cfg``: a :class:`SettingConfig`)."""
+    if cfg.setting not in SETTINGS:
         raise unknown("setting", cfg.setting, SETTINGS)
-    if getattr(cfg, "boundaries", "visible") not in BOUNDARIES:
+    if cfg.boundaries not in BOUNDARIES:
         raise unknown("boundaries", cfg.boundaries, BOUNDARIES)
-    if getattr(cfg, "augment", "none") not in AUGMENTS:
+    if cfg.augment not in AUGMENTS:
         raise unknown("augment", cfg.augment, AUGMENTS)
-    if getattr(cfg, "boundaries", "visible") == "blurry" and getattr(cfg, "setting", "class") in ("domain", "data"):
+    if cfg.boundaries == "blurry" and cfg.setting in ("domain", "data"):
         raise ConfigError(f"boundaries=blurry needs disjoint classes per task (setting=class or task), "
                           f"not setting={cfg.setting}; use boundaries=gradual or hidden for a shifting stream")
-    if getattr(cfg, "setting", "class") == "domain" and getattr(cfg, "domain_shift", "rotate") not in DOMAIN_SHIFTS:
+    if cfg.setting == "domain" and cfg.domain_shift not in DOMAIN_SHIFTS:
         raise unknown("domain_shift", cfg.domain_shift, DOMAIN_SHIFTS)
-    for f in ("disjoint_share", "blurry_share"):
-        v = getattr(cfg, f, 0.0)
+    for f, v in (("disjoint_share", cfg.disjoint_share), ("blurry_share", cfg.blurry_share)):
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"{f}={v} must be in [0, 1]")
-    if not 0.0 <= getattr(cfg, "gradual_width", 0.0) <= 1.0:
+    if not 0.0 <= cfg.gradual_width <= 1.0:
         raise ConfigError(f"gradual_width={cfg.gradual_width} must be in [0, 1]")
     if cfg.n_tasks is not None and cfg.n_tasks < 1:
         raise ConfigError(f"n_tasks={cfg.n_tasks} must be at least 1")
@@ -123,10 +122,10 @@ def subsample(y: torch.Tensor, per_class: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(keep).sort().values
 
 
-def _restrict(xtr, ytr, xte, yte, cfg, class_names):
+def _restrict(xtr, ytr, xte, yte, cfg: SettingConfig, class_names):
     """Apply ``classes`` (by name or id) and the per-class limits."""
     present = sorted(torch.unique(ytr).tolist())
-    if getattr(cfg, "classes", None):
+    if cfg.classes:
         ids = []
         for c in cfg.classes:
             if class_names is not None and str(c) in class_names:
@@ -140,54 +139,54 @@ def _restrict(xtr, ytr, xte, yte, cfg, class_names):
             raise ConfigError(f"classes repeats a class: {list(cfg.classes)}")
         mtr, mte = torch.isin(ytr, torch.tensor(ids)), torch.isin(yte, torch.tensor(ids))
         xtr, ytr, xte, yte = xtr[mtr], ytr[mtr], xte[mte], yte[mte]
-    if getattr(cfg, "train_per_class", 0):
+    if cfg.train_per_class:
         i = subsample(ytr, cfg.train_per_class)
         xtr, ytr = xtr[i], ytr[i]
-    if getattr(cfg, "test_per_class", 0):
+    if cfg.test_per_class:
         i = subsample(yte, cfg.test_per_class)
         xte, yte = xte[i], yte[i]
     return xtr, ytr, xte, yte
 
 
-def _meta(cfg, extra=None) -> dict:
-    m = {"augment": getattr(cfg, "augment", "none")}
-    if getattr(cfg, "input_size", 0):
+def _meta(cfg: SettingConfig, extra=None) -> dict:
+    m = {"augment": cfg.augment}
+    if cfg.input_size:
         m["input_size"] = int(cfg.input_size)
     m.update(extra or {})
     return m
 
 
 def build_setting(name: str, xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor,
-                  cfg, seed: int, class_names: Sequence[str] | None = None, mean=None, std=None,
+                  cfg: SettingConfig, seed: int, class_names: Sequence[str] | None = None, mean=None, std=None,
                   modality: str = "image") -> Scenario:
     """The scenario that ``cfg`` (a :class:`SettingConfig`) asks for, over one labelled dataset."""
     validate(cfg)
     xtr, ytr, xte, yte = _restrict(xtr, ytr, xte, yte, cfg, list(class_names) if class_names is not None else None)
-    setting = "task" if getattr(cfg, "task_labels", False) and cfg.setting == "class" else cfg.setting
-    oseed = seed if getattr(cfg, "order_seed", None) is None else cfg.order_seed
+    setting = "task" if cfg.task_labels and cfg.setting == "class" else cfg.setting
+    oseed = seed if cfg.order_seed is None else cfg.order_seed
     present = sorted(torch.unique(ytr).tolist())
     if len(present) == 0:
         raise ConfigError(f"{name}: no training data")
-    if getattr(cfg, "class_order", None):
+    if cfg.class_order:
         order = [int(c) for c in cfg.class_order]
         if sorted(order) != present:
             bad = [c for c in order if c not in present]
             raise ConfigError(f"{name}: class_order {order} " + (f"names unknown classes {bad}; " if bad else
                               "must list each class once; ") + f"the data has classes {present}")
     else:
-        order = named_class_order(getattr(cfg, "order", "seeded"), present, oseed)
-    extra = {"order": getattr(cfg, "order", "seeded")}
+        order = named_class_order(cfg.order, present, oseed)
+    extra = {"order": cfg.order}
     if setting == "domain":
         sc = generated_domains(name, xtr, ytr, xte, yte, cfg.n_tasks, cfg.domain_shift, order, seed=0,
-                               max_angle=getattr(cfg, "max_angle", 180.0))
+                               max_angle=cfg.max_angle)
     elif setting == "data":
         sc = data_incremental(name, xtr, ytr, xte, yte, cfg.n_tasks, order, seed=0)
     else:
-        if cfg.boundaries == "blurry" and getattr(cfg, "stochastic_tasks", False):
+        if cfg.boundaries == "blurry" and cfg.stochastic_tasks:
             sizes = stochastic_task_sizes(len(order), cfg.n_tasks, oseed)
             per_task, first = sizes, None
         else:
-            per_task, first = getattr(cfg, "per_task", None), getattr(cfg, "first", None)
+            per_task, first = cfg.per_task, cfg.first
         split_classes(order, cfg.n_tasks, per_task, first)  # raises a ConfigError before any training
         sc = class_incremental(name, xtr, ytr, xte, yte, n_tasks=cfg.n_tasks, class_order=order, per_task=per_task,
                                first=first, task_labels=setting == "task", modality=modality)
@@ -199,7 +198,7 @@ def build_setting(name: str, xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Te
         sc.class_names = [class_names[c] for c in sc.class_order]
     sc.mean, sc.std, sc.modality = mean, std, modality
     sc.meta.update(_meta(cfg, extra))
-    if getattr(cfg, "input_size", 0) and modality == "image":
+    if cfg.input_size and modality == "image":
         sc.input_shape = (sc.input_shape[0], int(cfg.input_size), int(cfg.input_size))
     if cfg.boundaries == "hidden":
         sc = hide_boundaries(sc)

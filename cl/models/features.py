@@ -213,10 +213,9 @@ def featurize(scenario, resolved_cfg: dict, device, use_cache: bool | None = Non
     if backbone is None:
         backbone = build_backbone(name, bcfg, scenario.input_shape)
     backbone = backbone.to(device).eval()
-    if hasattr(backbone, "make_preprocess"):
-        preprocess = backbone.make_preprocess(scenario, device)
-    else:
-        preprocess = scenario.preprocess_fn(device)
+    from cl.models.model import preprocess_factory
+
+    preprocess = preprocess_factory(backbone, scenario)(device)
     bdict = {k: v for k, v in (dataclasses.asdict(bcfg) if dataclasses.is_dataclass(bcfg) else {}).items()
              if k not in ("compile", "channels_last")}
     text = scenario.modality == "text"

@@ -1,5 +1,7 @@
-"""A classifier = backbone + head."""
+"""A classifier = backbone + head, and the batch transform a model's input goes through."""
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -32,3 +34,29 @@ def build_head(kind: str, in_dim: int, n_classes: int, **kw) -> nn.Module:
 
 def trainable_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
+
+
+def preprocess_factory(backbone: nn.Module, scenario) -> Callable:
+    """``device -> batch transform`` for this backbone on this scenario: a pretrained backbone's own
+    (``make_preprocess``: resize, its normalisation) or else the scenario's (uint8 -> float, its normalisation)."""
+    make = getattr(backbone, "make_preprocess", None)  # optional part of the backbone interface
+    if make is not None:
+        return lambda device, _make=make, _s=scenario: _make(_s, device)
+    return lambda device, _f=scenario.preprocess_fn: _f(device)  # a plain function: copies never copy the scenario
+
+
+def attach_preprocess(model: nn.Module, factory: Callable) -> None:
+    """Make ``factory`` the model's input preprocessing (read back with :func:`model_preprocess`).
+
+    Stored outside the module's registries, so a deep copy of the model never copies the scenario's data."""
+    object.__setattr__(model, "_preprocess_factory", factory)
+
+
+def model_preprocess(model: nn.Module, device) -> Callable:
+    """The model's batch transform on ``device`` (uint8 -> float [0, 1] when none was attached)."""
+    f = getattr(model, "_preprocess_factory", None)
+    if f is not None:
+        return f(device)
+    from cl.core.streams import default_preprocess
+
+    return default_preprocess

@@ -29,6 +29,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from cl.models.model import attach_preprocess, model_preprocess  # noqa: F401 (model_preprocess: re-exported)
+
 
 def kmeans(x: torch.Tensor, k: int, iters: int = 50, seed: int = 0, tol: float = 1e-6) -> torch.Tensor:
     """Centroids (min(k, n), d) of ``x`` (n, d): k-means++ init from a seeded generator, then Lloyd.
@@ -159,19 +161,9 @@ def identification_accuracy(pred: torch.Tensor, true: torch.Tensor) -> float:
 def remember_preprocess(model, scenario) -> None:
     """Store the scenario's batch-transform factory on ``model`` (call from ``build_model``).
 
-    Wrapped in a plain function so that a deep copy of the model never copies the scenario's data."""
-    f = scenario.preprocess_fn
-    object.__setattr__(model, "_preprocess_factory", lambda device, _f=f: _f(device))
-
-
-def model_preprocess(model, device) -> Callable:
-    """The engine's batch transform on ``device`` (uint8 -> float [0, 1] when nothing was remembered)."""
-    f = getattr(model, "_preprocess_factory", None)
-    if f is not None:
-        return f(device)
-    from cl.core.streams import default_preprocess
-
-    return default_preprocess
+    The engine attaches the model's preprocessing itself (:func:`cl.models.model.attach_preprocess`)
+    after ``build_model``; this keeps models built outside the engine (tests, notebooks) working."""
+    attach_preprocess(model, lambda device, _f=scenario.preprocess_fn: _f(device))
 
 
 def _is_tokens(x) -> bool:

@@ -53,7 +53,7 @@ def execute_run(resolved: dict, plugins=(), device: str | None = None, threads: 
 
         if threads:
             torch.set_num_threads(int(threads))
-        from cl.train.engine import Run
+        from cl.api import run
         from cl.core.registry import load_plugin_file
 
         for p in plugins:
@@ -61,15 +61,8 @@ def execute_run(resolved: dict, plugins=(), device: str | None = None, threads: 
         cfg = dict(resolved)
         if device and cfg.get("device") in (None, "auto"):
             cfg["device"] = device
-        run = Run(cfg, progress=False)
-        if run.result_path.exists():
-            import json
-
-            return {**_brief(json.loads(run.result_path.read_text())), "skipped": True}
-        result = run.execute()
-        if result.get("status") == "finished":
-            (run.dir / "failed.json").unlink(missing_ok=True)
-        return _brief(result)
+        res = run(cfg, progress=False)
+        return {**_brief(res.raw), "skipped": True} if res.skipped else _brief(res.raw)
     except BaseException as e:  # noqa: BLE001 - a run must never take the sweep down
         if isinstance(e, KeyboardInterrupt):
             raise

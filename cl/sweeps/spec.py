@@ -31,8 +31,9 @@ from dataclasses import dataclass, field, fields as dc_fields
 from pathlib import Path
 from typing import Any
 
-from cl.core.config import PROTOCOLS, RUN_KEYS, SECTIONS, ProtocolConfig, apply_overrides, build_dataclass, resolve, run_id
-from cl.core.registry import ConfigError, backbones, load_plugin_file, scenarios, strategies, unknown
+from cl.core.config import PROTOCOLS, RUN_KEYS, SECTIONS, ProtocolConfig, apply_overrides, build_dataclass, resolve, \
+    run_id, section_registry
+from cl.core.registry import ConfigError, load_plugin_file, unknown
 from cl.sweeps.yaml_lines import LDict, LList, SweepError, load_yaml_lines, plain
 
 TOP_KEYS = ("name", "description", "group", "tags", "out", "paper", "base", "grid", "strategies", "scenarios",
@@ -84,8 +85,7 @@ class Sweep:
     excluded: int = 0
 
 
-def _registry(section):
-    return {"strategy": strategies, "scenario": scenarios, "backbone": backbones}.get(section)
+_registry = section_registry
 
 
 def _valid_fields(section: str, name: str) -> list[str] | None:

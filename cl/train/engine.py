@@ -1,8 +1,18 @@
-"""The engine: runs one strategy on one scenario under a protocol and returns the result.
+"""The run lifecycle: one strategy on one scenario under a protocol, in named phases.
 
-The step adds almost nothing to a hand-written loop: data lives on the device,
-batches are index slices, losses and accuracies are accumulated on the device
-and read once per epoch (offline) or every ``SYNC_EVERY`` steps (online).
+    run = Run(resolved)              # a resolved config (cl.core.config.resolve)
+    run.execute()                    # = the phases below, returns the result dict
+
+    setup()              seed, device, scenario (cached features for frozen backbones), model, strategy
+    restore()            continue from this run's checkpoint, if there is one
+    train_experience(i)  before_experience, the protocol's loop (offline or online), after_experience
+    evaluate(i)          row i of R: accuracy on every experience's test data; logged
+    checkpoint(i)        at the experience boundary (every RNG state included)
+    finish(status)       metrics, timings, the result file, loggers closed
+
+The protocol's training loop sits behind one interface (:class:`cl.train.loop.Loop`); the state
+carried across experiences is a typed dataclass (:class:`cl.train.state.RunState`).  Loggers
+(progress bar, result file, W&B) receive events and cannot fail the run.
 """
 from __future__ import annotations
 
@@ -18,20 +28,20 @@ import numpy as np
 import torch
 
 import cl.core.metrics as M
-from cl.models.backbones import backbone_spec, build_backbone
 from cl.core.config import run_id as make_run_id, section_config
-from cl.train.loggers import Progress, WandbLogger, atomic_write_json
-from cl.models.model import Model, build_head, trainable_parameters
 from cl.core.registry import scenarios, strategies
 from cl.core.strategy import RunInfo, uses_frozen_features
+from cl.models.backbones import backbone_spec, build_backbone
+from cl.models.model import attach_preprocess, model_preprocess, preprocess_factory, trainable_parameters
 from cl.train import checkpoint
-from cl.train.evaluate import evaluate
+from cl.train.evaluate import class_masks, evaluate
+from cl.train.loggers import Events, Progress, ResultFile, WandbLogger
+from cl.train.loop import Loop, NonFiniteLoss, RunContext  # noqa: F401 (NonFiniteLoss: re-exported)
+from cl.train.offline import OfflineLoop
+from cl.train.online import OnlineLoop
+from cl.train.state import RunState
 
-SYNC_EVERY = 200  # online steps between host reads (progress, non-finite check)
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
+LOOPS = {"offline": OfflineLoop, "online": OnlineLoop}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,18 +69,14 @@ def versions() -> dict:
 
 
 def build_model(strategy_cls, scfg, resolved, scenario, device) -> torch.nn.Module:
-    """The strategy's own ``build_model`` if it has one, else backbone + head."""
-    input_shape = scenario.input_shape
+    """The strategy's network (``Strategy.build_model``: backbone + head by default) on ``device``, carrying
+    its input preprocessing (the backbone's own for pretrained backbones, else the scenario's)."""
     name, bcfg = backbone_spec(resolved)
     if scenario.modality == "features" and uses_frozen_features(strategy_cls, scfg):
         name, bcfg = "identity", None  # the frozen backbone already ran (cl.models.features.featurize)
-    backbone = build_backbone(name, bcfg, input_shape)
-    if hasattr(backbone, "make_preprocess"):  # pretrained backbones: their own resize / normalisation
-        scenario.preprocess_fn = lambda dev, _b=backbone, _s=scenario: _b.make_preprocess(_s, dev)
-    if hasattr(strategy_cls, "build_model"):
-        model = strategy_cls.build_model(scfg, backbone, scenario)
-    else:
-        model = Model(backbone, build_head(getattr(scfg, "head", "linear"), backbone.out_dim, scenario.n_classes))
+    backbone = build_backbone(name, bcfg, scenario.input_shape)
+    model = strategy_cls.build_model(scfg, backbone, scenario)
+    attach_preprocess(model, preprocess_factory(backbone, scenario))
     return model.to(device)
 
 
@@ -80,6 +86,15 @@ def _to_device(scenario, device):
             v = getattr(e, name)
             if isinstance(v, torch.Tensor):
                 setattr(e, name, v.to(device, non_blocking=True))
+
+
+def encoding_report(seconds: float, stats: dict) -> dict:
+    """What encoding the scenario with the frozen backbone cost: seconds (cache reads included), seconds of
+    backbone compute, and whether the feature cache was hit (hit | miss | partial | off)."""
+    hits, misses = stats.get("hits", 0), stats.get("misses", 0)
+    cache = "off" if not hits and not misses else "hit" if not misses else "miss" if not hits else "partial"
+    return {"encode_time": seconds, "encode_compute_time": stats.get("compute_s", 0.0),
+            "features_computed": stats.get("computed", 0), "feature_cache": cache}
 
 
 def peak_memory_mb(device) -> float:
@@ -96,6 +111,9 @@ class Run:
         self.id = make_run_id(resolved)
         self.dir = Path(out_dir) if out_dir is not None else Path(resolved.get("out") or "results") / self.id
         self.progress_enabled = progress
+        self.state = RunState()
+        self.resumed = False
+        self.loop: Loop | None = None
 
     # -- files ----------------------------------------------------------------------------------
     @property
@@ -106,167 +124,170 @@ class Run:
     def checkpoint_path(self) -> Path:
         return self.dir / "checkpoint.pt"
 
-    def _save_checkpoint(self, strategy, state: dict) -> None:
-        checkpoint.save(self.checkpoint_path, self.id, self.cfg, strategy, state)
-
-    def _load_checkpoint(self, strategy, device) -> dict | None:
-        return checkpoint.load(self.checkpoint_path, self.id, strategy, device)
-
-    # -- main -----------------------------------------------------------------------------------
-    def execute(self) -> dict:
+    # -- phases ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Seed, device, scenario on the device (features of a frozen backbone from the cache), model, strategy."""
         cfg = self.cfg
         self.dir.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg["seed"])
-        device = resolve_device(cfg.get("device"))
-        pcfg = section_config(cfg, "protocol")
+        self.device = device = resolve_device(cfg.get("device"))
+        self.protocol = pcfg = section_config(cfg, "protocol")
         scfg = section_config(cfg, "strategy")
         strategy_cls = strategies.get(cfg["strategy"]["name"]).obj
         scenario = scenarios.get(cfg["scenario"]["name"]).obj(section_config(cfg, "scenario"), cfg["seed"])
+        self.encoding = {"encode_time": 0.0}
         if uses_frozen_features(strategy_cls, scfg):
-            from cl.models.features import featurize  # the feature cache (pretrained frozen backbones)
+            from cl.models.features import LAST_STATS, featurize  # the feature cache (pretrained frozen backbones)
 
+            t0 = time.perf_counter()
             scenario = featurize(scenario, cfg, device)
+            self.encoding = encoding_report(time.perf_counter() - t0, LAST_STATS)
         _to_device(scenario, device)
+        self.scenario = scenario
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         info = RunInfo(n_classes=scenario.n_classes, input_shape=scenario.input_shape, device=device,
                        seed=cfg["seed"], setting=scenario.setting, boundaries=scenario.boundaries,
                        protocol=pcfg.name, n_experiences=len(scenario))
         model = build_model(strategy_cls, scfg, cfg, scenario, device)
-        strategy = strategy_cls(scfg, model, info)
+        self.strategy = strategy = strategy_cls(scfg, model, info)
         strategy.setup()
-        if strategy.augment is None and scenario.modality == "image":  # on-device augmentation (cl/augment.py)
+        if strategy.augment is None and scenario.modality == "image":  # on-device augmentation (cl/data/augment.py)
             from cl.data.augment import augment_for
             strategy.augment = augment_for(scenario, device)
-        preprocess = scenario.preprocess_fn(device)
-        masks = None
-        if scenario.task_aware:
-            masks = []
-            for e in scenario.experiences:
-                m = torch.zeros(scenario.n_classes, dtype=torch.bool, device=device)
-                m[e.classes] = True
-                masks.append(m)
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and pcfg.amp
-                    else contextlib.nullcontext())
-        ev = lambda exps: evaluate(strategy, exps, preprocess, pcfg.eval_batch_size,  # noqa: E731
-                                   scenario.task_aware, device, masks)
+        self.preprocess = model_preprocess(model, device)
+        masks = class_masks(scenario, device) if scenario.task_aware else None
+        self.evaluate_fn = lambda exps: evaluate(strategy, exps, self.preprocess, pcfg.eval_batch_size,  # noqa: E731
+                                                 scenario.task_aware, device, masks)
 
-        state = {"R": [], "next_exp": 0, "train_time": 0.0, "eval_time": 0.0, "samples": 0, "online": None,
-                 "per_experience": [], "random_init": None}
-        resumed = False
-        if pcfg.checkpoint and self.checkpoint_path.exists():
-            loaded = self._load_checkpoint(strategy, device)
+    def restore(self) -> bool:
+        """Continue from this run's checkpoint (strategy, RNGs, run state) when there is one that matches."""
+        if self.protocol.checkpoint and self.checkpoint_path.exists():
+            loaded = checkpoint.load(self.checkpoint_path, self.id, self.strategy, self.device)
             if loaded is not None:
-                state, resumed = loaded, True
-        wandb = WandbLogger(cfg, self.id, self.dir)
-        bar = Progress(self.progress_enabled, f"{cfg['strategy']['name']} on {cfg['scenario']['name']}")
-        result = {"run_id": self.id, "config": cfg, "seed": cfg["seed"], "versions": versions(),
-                  "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
-                  "scenario": scenario.summary(), "resumed": resumed,
-                  "trainable_params": trainable_parameters(strategy.model)}
-        t_start = time.perf_counter()
+                self.state, self.resumed = RunState.from_dict(loaded), True
+        return self.resumed
+
+    def open_loggers(self) -> Events:
+        """Progress bar, result file and W&B, behind one guarded fan-out."""
+        cfg = self.cfg
+        loggers = [WandbLogger(cfg, self.id, self.dir)]
         try:
-            with autocast:
-                if pcfg.fwt and state["random_init"] is None:
-                    state["random_init"] = ev(scenario.experiences)
-                if pcfg.name == "online":
-                    from cl.train.online import OnlineLoop
+            loggers.insert(0, Progress(self.progress_enabled, f"{cfg['strategy']['name']} on {cfg['scenario']['name']}"))
+        except Exception as e:  # pragma: no cover - a terminal problem never fails the run
+            import warnings
 
-                    loop = OnlineLoop(strategy, scenario, pcfg, preprocess, device, ev, bar, wandb, state)
-                else:
-                    loop = None
-                for i in range(state["next_exp"], len(scenario)):
-                    exp = scenario[i]
-                    strategy.before_experience(exp)
-                    t0 = time.perf_counter()
-                    if loop is not None:
-                        n = loop.run_experience(i, exp)
-                    else:
-                        n = self._offline_experience(strategy, exp, pcfg, preprocess, bar, i, len(scenario))
-                    strategy.after_experience(exp)
-                    if device.type == "cuda":
-                        torch.cuda.synchronize(device)
-                    state["train_time"] += time.perf_counter() - t0
-                    state["samples"] += n
-                    t0 = time.perf_counter()
-                    row = ev(scenario.experiences)
-                    state["eval_time"] += time.perf_counter() - t0
-                    state["R"].append(row)
-                    self._log_experience(wandb, state, i, row)
-                    state["next_exp"] = i + 1
-                    if pcfg.checkpoint and i + 1 < len(scenario):
-                        self._save_checkpoint(strategy, state)
-            status = "finished"
-        except NonFiniteLoss as e:
-            status, result["error"] = "failed", str(e)
-        except KeyboardInterrupt:
-            status, result["error"] = "interrupted", "interrupted by the user"
-        except Exception as e:
-            status, result["error"] = "failed", f"{type(e).__name__}: {e}"
-            result["traceback"] = traceback.format_exc()
-        finally:
-            bar.close()
-        result.update(self._summarise(state, scenario, strategy, device, time.perf_counter() - t_start))
-        result["status"] = status
-        if status == "finished":
-            atomic_write_json(self.result_path, result)
-            self.checkpoint_path.unlink(missing_ok=True)
-        else:
-            # keep what was computed, never touching a finished run's result.json
-            atomic_write_json(self.dir / "failed.json", result)
-        wandb.finish(result)
-        return result
+            warnings.warn(f"no progress bar: {type(e).__name__}: {e}")
+        loggers.insert(-1, ResultFile(self.dir))
+        self.events = Events(loggers)
+        self.ctx = RunContext(self.strategy, self.scenario, self.protocol, self.preprocess, self.device,
+                              self.evaluate_fn, self.events)
+        return self.events
 
-    def _offline_experience(self, strategy, exp, pcfg, preprocess, bar, i, n_exp) -> int:
-        x_all, y_all = strategy.train_data(exp)
-        n, bs = len(y_all), pcfg.batch_size
-        steps = (n + bs - 1) // bs
-        bar.start_experience(i, n_exp, steps * pcfg.epochs)
-        dev = y_all.device
-        t = exp.task_id
-        for epoch in range(pcfg.epochs):
-            perm = torch.randperm(n, device=dev)
-            losses = torch.zeros(steps, device=dev)
-            for s in range(steps):
-                idx = perm[s * bs:(s + 1) * bs]
-                losses[s] = strategy.train_step(preprocess(x_all[idx]), y_all[idx], t)
-                bar.update()
-            mean_loss = losses.mean().item()  # one host read per epoch
-            if not np.isfinite(mean_loss):
-                raise NonFiniteLoss(f"non-finite loss in experience {i}, epoch {epoch}: stopping; "
-                                    f"accuracies up to experience {i - 1} are kept in failed.json")
-        return n * pcfg.epochs
+    def train_experience(self, i: int) -> None:
+        """The strategy's boundary hooks around the protocol's loop; training time and samples counted."""
+        exp, st, device = self.scenario[i], self.state, self.device
+        self.strategy.before_experience(exp)
+        t0 = time.perf_counter()
+        n = self.loop.run_experience(i, exp)
+        self.strategy.after_experience(exp)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        st.train_time += time.perf_counter() - t0
+        st.samples += n
 
-    def _log_experience(self, wandb, state, i, row):
-        R = state["R"]
-        Rm = np.array([r for r in R])
+    def evaluated(self, i: int) -> list:
+        """The experiences whose test data row i of R evaluates: those trained so far (0..i), or every one
+        when a metric needs the others (``protocol.fwt``) or ``protocol.eval_future`` asks for them."""
+        exps = self.scenario.experiences
+        return exps if self.protocol.eval_future or self.protocol.fwt else exps[: i + 1]
+
+    def evaluate(self, i: int) -> list[float]:
+        """Row i of R (accuracy on each experience's test data; None where not evaluated), recorded and logged."""
+        st = self.state
+        t0 = time.perf_counter()
+        row = self.evaluate_fn(self.evaluated(i))
+        row += [None] * (len(self.scenario) - len(row))
+        st.eval_time += time.perf_counter() - t0
+        st.R.append(row)
+        Rm = np.array(st.R, dtype=float)  # None (not evaluated) -> NaN
         f = M.forgetting_per_task(Rm)
         rec = {"experience": i, "avg_acc": M.average_accuracy(Rm), "forgetting": M.average_forgetting(Rm)}
-        state["per_experience"].append({**rec, "train_time": state["train_time"]})
-        data = {f"acc/task_{j}": a for j, a in enumerate(row)}
+        st.per_experience.append({**rec, "train_time": st.train_time})
+        data = {f"acc/task_{j}": a for j, a in enumerate(row) if a is not None}  # not the unevaluated entries
         data.update({f"forgetting/task_{j}": v for j, v in enumerate(f)})
         data.update({"avg_acc": rec["avg_acc"], "forgetting": rec["forgetting"],
                      "avg_inc_acc": M.average_incremental_accuracy(Rm)})
-        if state.get("online"):
-            data["online_acc"] = state["online"].get("online_acc")
-        # online runs share one W&B step axis with the online points: samples seen
-        wandb.log(data, step=state["samples"] if state.get("online") is not None else i)
+        data.update(self.loop.log_fields())
+        self.events.log(data, step=self.loop.log_step(i))
+        return row
 
-    def _summarise(self, state, scenario, strategy, device, wall) -> dict:
-        R = state["R"]
-        sizes = [len(e.test_y) for e in scenario.experiences]
-        mets = M.summary(np.array(R), sizes, state["random_init"]) if R else {}
-        if state.get("online"):
-            mets.update({k: v for k, v in state["online"].items() if not isinstance(v, (list, dict))})
-        mets.update({"wall_time": wall, "train_time": state["train_time"], "eval_time": state["eval_time"],
-                     "train_samples_per_s": state["samples"] / state["train_time"] if state["train_time"] else 0.0,
+    def checkpoint(self, i: int) -> None:
+        """At the boundary after experience i (not after the last: the result file replaces it)."""
+        self.state.next_exp = i + 1
+        if self.protocol.checkpoint and i + 1 < len(self.scenario):
+            checkpoint.save(self.checkpoint_path, self.id, self.cfg, self.strategy, self.state.to_dict())
+
+    def finish(self, status: str, error: dict, wall: float) -> dict:
+        """The result (config, R, metrics, timings), sent to the loggers: result file, W&B."""
+        st, device, strategy = self.state, self.device, self.strategy
+        result = {**self.header, **error}
+        sizes = [len(e.test_y) for e in self.scenario.experiences]
+        mets = M.summary(np.array(st.R, dtype=float), sizes, st.random_init) if st.R else {}
+        online = self.loop.result() if self.loop is not None else (st.online.public() if st.online else None)
+        if online:
+            mets.update({k: v for k, v in online.items() if not isinstance(v, (list, dict))})
+        mets.update({"wall_time": time.perf_counter() - self.t_begin, "run_time": wall,
+                     "setup_time": self.setup_time, **self.encoding,
+                     "train_time": st.train_time, "eval_time": st.eval_time,
+                     "train_samples_per_s": st.samples / st.train_time if st.train_time else 0.0,
                      "peak_memory_mb": peak_memory_mb(device),
                      "trainable_params": trainable_parameters(strategy.model)})
-        if hasattr(strategy, "extra_metrics"):  # strategy-specific metrics (e.g. task-id accuracy)
-            mets.update(strategy.extra_metrics())
-        return {"R": R, "test_sizes": sizes, "metrics": mets, "per_experience": state["per_experience"],
-                "random_init": state["random_init"],
-                "online": {k: v for k, v in (state.get("online") or {}).items() if k != "correct"} or None}
+        mets.update(strategy.extra_metrics())
+        result.update({"R": st.R, "test_sizes": sizes, "metrics": mets, "per_experience": st.per_experience,
+                       "random_init": st.random_init, "online": online or None, "status": status})
+        self.events.finish(result)
+        if status == "finished" and self.result_path.exists():
+            self.checkpoint_path.unlink(missing_ok=True)
+        return result
+
+    # -- the whole run --------------------------------------------------------------------------
+    def execute(self) -> dict:
+        self.t_begin = time.perf_counter()
+        self.setup()
+        self.restore()
+        self.setup_time = time.perf_counter() - self.t_begin
+        self.open_loggers()
+        cfg, device = self.cfg, self.device
+        self.header = {"run_id": self.id, "config": cfg, "seed": cfg["seed"], "versions": versions(),
+                       "device": str(device) + (f" ({torch.cuda.get_device_name(device)})"
+                                                if device.type == "cuda" else ""),
+                       "scenario": self.scenario.summary(), "resumed": self.resumed,
+                       "trainable_params": trainable_parameters(self.strategy.model)}
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and self.protocol.amp
+                    else contextlib.nullcontext())
+        error: dict = {}
+        t_start = time.perf_counter()
+        try:
+            with autocast:
+                if self.protocol.fwt and self.state.random_init is None:
+                    self.state.random_init = self.evaluate_fn(self.scenario.experiences)
+                self.loop = LOOPS[self.protocol.name](self.ctx, self.state)
+                for i in range(self.state.next_exp, len(self.scenario)):
+                    self.train_experience(i)
+                    self.evaluate(i)
+                    self.checkpoint(i)
+            status = "finished"
+        except NonFiniteLoss as e:
+            status, error["error"] = "failed", str(e)
+        except KeyboardInterrupt:
+            status, error["error"] = "interrupted", "interrupted by the user"
+        except Exception as e:
+            status, error["error"] = "failed", f"{type(e).__name__}: {e}"
+            error["traceback"] = traceback.format_exc()
+        finally:
+            self.events.close()
+        return self.finish(status, error, time.perf_counter() - t_start)
 
 
 def run(resolved: dict, progress: bool = True, out_dir=None) -> dict:

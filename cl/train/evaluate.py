@@ -25,3 +25,13 @@ def evaluate(strategy, exps, preprocess, batch_size: int, task_aware: bool, devi
     model.train(was_training)
     counts = torch.stack(correct).cpu().tolist() if correct else []
     return [c / max(1, len(e.test_y)) for c, e in zip(counts, exps)]
+
+
+def class_masks(scenario, device) -> list[torch.Tensor]:
+    """Per experience, the boolean mask of its classes (task-aware evaluation masks the other logits)."""
+    masks = []
+    for e in scenario.experiences:
+        m = torch.zeros(scenario.n_classes, dtype=torch.bool, device=device)
+        m[e.classes] = True
+        masks.append(m)
+    return masks

@@ -1,7 +1,17 @@
 """Loggers: console progress, atomic result files, and Weights & Biases.
 
-W&B follows its own conventions (``WANDB_MODE``, ``wandb login``): with no
-credentials it runs offline; any W&B error is reported once and the run goes on.
+A run sends its events to an :class:`Events` fan-out; every logger implements the events it cares
+about (the no-op defaults of :class:`Logger`)::
+
+    experience_start(i, n_exp, steps)   a loop starts training experience i (steps: progress total)
+    step(n=1, **postfix)                n training steps done (postfix: running values to show)
+    log(data, step)                     a row of scalars (experience rows, online curve points)
+    finish(result)                      the run ended (finished, failed or interrupted)
+    close()                             release terminals and files
+
+A logger observes the run and can never end it: an exception in a logger is reported once and that
+logger is dropped for the rest of the run.  W&B follows its own conventions (``WANDB_MODE``,
+``wandb login``): with no credentials it runs offline.
 """
 from __future__ import annotations
 
@@ -42,7 +52,76 @@ def _jsonable(o):
     return o
 
 
-class Progress:
+class Logger:
+    """The events a run sends (no-op defaults)."""
+
+    def experience_start(self, i: int, n_exp: int, steps: int) -> None:
+        pass
+
+    def step(self, n: int = 1, **postfix) -> None:
+        pass
+
+    def log(self, data: dict, step: int | None = None) -> None:
+        pass
+
+    def finish(self, result: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class Events:
+    """Fan-out of a run's events to its loggers; a logger that raises is reported and dropped."""
+
+    def __init__(self, loggers):
+        self.loggers = [lg for lg in loggers if lg is not None]
+        # the per-step hot path only visits loggers that show steps
+        self._stepping = [lg for lg in self.loggers if getattr(type(lg), "step", Logger.step) is not Logger.step]
+
+    def _call(self, group, name, *a, **kw):
+        for lg in list(group):
+            fn = getattr(lg, name, None)  # a logger implements the events it cares about
+            if fn is None:
+                continue
+            try:
+                fn(*a, **kw)
+            except Exception as e:  # noqa: BLE001 - a logger never fails the run
+                warnings.warn(f"logger {type(lg).__name__} disabled for this run: {name}: {type(e).__name__}: {e}")
+                for g in (self.loggers, self._stepping):
+                    if lg in g:
+                        g.remove(lg)
+
+    def experience_start(self, i, n_exp, steps):
+        self._call(self.loggers, "experience_start", i, n_exp, steps)
+
+    def step(self, n=1, **postfix):
+        if self._stepping:
+            self._call(self._stepping, "step", n, **postfix)
+
+    def log(self, data, step=None):
+        self._call(self.loggers, "log", data, step=step)
+
+    def finish(self, result):
+        self._call(self.loggers, "finish", result)
+
+    def close(self):
+        self._call(self.loggers, "close")
+
+
+class ResultFile(Logger):
+    """The run's result file, written atomically: ``result.json`` when it finished, else ``failed.json``
+    (what was computed up to the failure), never touching a finished run's ``result.json``."""
+
+    def __init__(self, run_dir: Path):
+        self.dir = Path(run_dir)
+
+    def finish(self, result: dict) -> None:
+        name = "result.json" if result.get("status") == "finished" else "failed.json"
+        atomic_write_json(self.dir / name, result)
+
+
+class Progress(Logger):
     """One progress bar per run: experience, step, ETA, running accuracy."""
 
     def __init__(self, enabled: bool, desc: str):
@@ -52,12 +131,12 @@ class Progress:
 
             self.bar = tqdm(total=0, desc=desc, unit="step", leave=False, file=sys.stderr, dynamic_ncols=True)
 
-    def start_experience(self, i: int, n_exp: int, steps: int):
+    def experience_start(self, i: int, n_exp: int, steps: int):
         if self.bar is not None:
             self.bar.reset(total=steps)
             self.bar.set_description(f"{self.bar.desc.split(' [')[0]} [exp {i + 1}/{n_exp}]")
 
-    def update(self, n: int = 1, **postfix):
+    def step(self, n: int = 1, **postfix):
         if self.bar is not None:
             self.bar.update(n)
             if postfix:
@@ -80,7 +159,7 @@ def _wandb_mode() -> str:
     return "offline"
 
 
-class WandbLogger:
+class WandbLogger(Logger):
     """One W&B run per platform run. Every call is guarded: a W&B failure disables W&B, never the run."""
 
     def __init__(self, resolved: dict, run_id: str, out_dir: Path):
