@@ -1,0 +1,188 @@
+"""Replay-family baselines (issue 14): buffers with arbitrary fields, sampling with and without replacement,
+the class-balanced greedy policy, unmasked logits, step outputs reaching after_step, and the mechanism of
+gdumb, der, derpp, xder, agem, gem and er-aml on constructed cases; exact resume from a boundary."""
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from cl.core.config import resolve
+from cl.core.registry import ConfigError, strategies
+from cl.core.strategy import RunInfo, Strategy
+from cl.models.buffers import ClassBalancedBuffer, ReservoirBuffer, make_buffer
+from cl.models.heads import IncrementalLinear
+from cl.models.model import Model
+from cl.train.engine import Run
+from conftest import tiny
+
+pytestmark = pytest.mark.usefixtures("restore_registry")
+
+
+def build(name, n_classes=4, in_dim=3, n_exp=2, **cfg):
+    import importlib
+
+    importlib.import_module("strategies." + name.replace("-", "_"))
+    entry = strategies.get(name)
+    torch.manual_seed(0)
+    model = Model(nn.Identity(), IncrementalLinear(in_dim, n_classes))
+    info = RunInfo(n_classes=n_classes, input_shape=(in_dim,), device=torch.device("cpu"), seed=0,
+                   n_experiences=n_exp)
+    s = entry.obj(entry.config(**cfg), model, info)
+    s.setup()
+    return s
+
+
+# -- buffers -------------------------------------------------------------------------------------------
+def test_buffer_stores_arbitrary_fields_and_samples_without_replacement():
+    buf = ReservoirBuffer(10)
+    buf.add(x=torch.randn(6, 2), y=torch.arange(6), logits=torch.randn(6, 5), t=torch.zeros(6, dtype=torch.long))
+    assert set(buf.items()) == {"x", "y", "logits", "t"} and buf.items()["logits"].shape == (6, 5)
+    for _ in range(20):
+        s = buf.sample(6, replace=False, with_index=True)
+        assert sorted(s["index"].tolist()) == list(range(6))  # all distinct, only valid slots
+        assert torch.equal(s["y"], s["index"])  # the fields of the slots returned
+    assert len(buf.sample(50, replace=False)["y"]) == 6  # capped at the size
+    # with replacement 50 draws of 6 slots must repeat
+    assert len(set(buf.sample(50)["y"].tolist())) < 50
+    buf.update(torch.tensor([2]), logits=torch.ones(1, 5))
+    assert torch.equal(buf.items()["logits"][2], torch.ones(5))
+
+
+def test_default_reservoir_sample_is_bitwise_unchanged():
+    """The with-replacement path draws exactly as before (same RNG use, same indices)."""
+    buf = ReservoirBuffer(8)
+    buf.add(y=torch.arange(5))
+    torch.manual_seed(3)
+    got = buf.sample(7)["y"]
+    torch.manual_seed(3)
+    u = torch.rand(7)
+    assert torch.equal(got, (u * 5).long().clamp_max_(4))
+
+
+def test_class_balanced_greedy_policy():
+    buf = ClassBalancedBuffer(6)
+    buf.add(x=torch.zeros(6, 1), y=torch.zeros(6, dtype=torch.long))  # class 0 fills the memory
+    assert buf.class_counts() == {0: 6}
+    buf.add(x=torch.ones(5, 1), y=torch.ones(5, dtype=torch.long))  # k_c = 3: class 1 takes 3 slots of class 0
+    assert buf.class_counts() == {0: 3, 1: 3}
+    buf.add(x=torch.full((4, 1), 2.0), y=torch.full((4,), 2))  # k_c = 2 for three classes
+    assert buf.class_counts() == {0: 2, 1: 2, 2: 2} and len(buf) == 6 and buf.n_seen == 15
+    items = buf.items()
+    assert torch.equal(items["x"][:, 0].long(), items["y"])  # every slot holds the sample of its label
+    s = buf.sample(6, replace=False)
+    assert sorted(s["y"].tolist()) == [0, 0, 1, 1, 2, 2]
+    st = buf.state_dict()
+    other = ClassBalancedBuffer(6)
+    other.load_state_dict(st)
+    assert other.class_counts() == buf.class_counts() and torch.equal(other.items()["y"], items["y"])
+
+
+def test_make_buffer_names_the_field():
+    assert isinstance(make_buffer("class-balanced", 3), ClassBalancedBuffer)
+    with pytest.raises(ConfigError, match="buffer_policy.*reservoir"):
+        make_buffer("reservior", 3)
+
+
+# -- core: unmasked logits, step outputs, the optimiser hook -----------------------------------------
+def test_raw_logits_are_unmasked_and_forward_unchanged():
+    torch.manual_seed(0)
+    m = Model(nn.Identity(), IncrementalLinear(3, 4))
+    m.observe(torch.tensor([0, 1]))
+    x = torch.randn(2, 3)
+    raw = m.raw_logits(x)
+    assert torch.isfinite(raw).all() and torch.equal(raw, m.head.fc(x))
+    assert torch.equal(m(x)[:, :2], raw[:, :2]) and torch.isinf(m(x)[:, 2:]).all()
+
+
+def test_outputs_reach_after_step_only_when_accepted_and_hook_sees_gradients():
+    seen = {}
+
+    class WithOutputs(Strategy):
+        def loss(self, x, y, t=None):
+            return super().loss(x, y, t), {"tag": 7}
+
+        def before_optimizer_step(self, x, y, t=None):
+            seen["grad"] = self.model.head.fc.weight.grad.clone()
+            seen["w"] = self.model.head.fc.weight.detach().clone()
+
+        def after_step(self, x, y, t=None, outputs=None):
+            seen["outputs"] = outputs
+
+    class Plain(Strategy):
+        def loss(self, x, y, t=None):
+            return super().loss(x, y, t), {"tag": 1}
+
+        def after_step(self, x, y, t=None):  # no outputs= parameter: still called, without it
+            seen["plain"] = True
+
+    info = RunInfo(n_classes=3, input_shape=(2,), device=torch.device("cpu"), seed=0)
+    built = {}
+    for cls in (WithOutputs, Plain):
+        built[cls] = s = cls(cls.Config(), Model(nn.Identity(), IncrementalLinear(2, 3)), info)
+        s.train_step(torch.randn(4, 2), torch.tensor([0, 1, 2, 0]))
+    assert seen["outputs"] == {"tag": 7} and seen["plain"]
+    assert seen["grad"].abs().sum() > 0  # gradients present in the hook ...
+    w_after = built[WithOutputs].model.head.fc.weight.detach()
+    assert torch.allclose(w_after, seen["w"] - 0.1 * seen["grad"])  # ... and the step came after it
+
+
+# -- DER / DER++ -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["der", "derpp"])
+def test_der_stores_unmasked_logits_of_the_step(name):
+    s = build(name, buffer_size=10)
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    w0 = s.model.head.fc.weight.detach().clone()
+    b0 = s.model.head.fc.bias.detach().clone()
+    s.train_step(x, y)
+    stored = s.buffer.items()
+    expect = x @ w0.t() + b0  # the logits at insertion: the model before this step's update, all 4 classes
+    assert torch.allclose(stored["logits"], expect, atol=1e-6)
+    assert torch.isfinite(stored["logits"]).all()  # unseen classes 2, 3 stored too, not -inf
+    assert torch.equal(stored["x"], x) and torch.equal(stored["y"], y)
+
+
+def test_der_replay_loss_is_alpha_mse_to_stored_logits():
+    s = build("der", buffer_size=10, alpha=0.5, replay_batch_size=3)
+    s.buffer.add(x=torch.randn(3, 3), y=torch.zeros(3, dtype=torch.long), logits=torch.randn(3, 4))
+    torch.manual_seed(1)
+    got = s.replay_loss()
+    torch.manual_seed(1)
+    mem = s.buffer.sample(3)
+    want = 0.5 * ((s.model.head.fc(mem["x"]) - mem["logits"]) ** 2).mean()
+    assert torch.allclose(got, want)
+
+
+def test_derpp_adds_beta_ce_on_an_independent_batch():
+    s = build("derpp", buffer_size=10, alpha=0.0, beta=2.0, replay_batch_size=4)
+    s.model.observe(torch.tensor([0, 1, 2, 3]))
+    s.buffer.add(x=torch.randn(5, 3), y=torch.tensor([0, 1, 2, 3, 0]), logits=torch.randn(5, 4))
+    torch.manual_seed(2)
+    got = s.replay_loss()
+    torch.manual_seed(2)
+    s.buffer.sample(4)  # the DER batch (alpha = 0 here)
+    mem = s.buffer.sample(4)
+    want = 2.0 * nn.functional.cross_entropy(s.model.head.fc(mem["x"]), mem["y"])
+    assert torch.allclose(got, want)
+
+
+# -- exact resume from a boundary ---------------------------------------------------------------------
+RESUME = {"der": {}, "derpp": {}}
+
+
+@pytest.mark.parametrize("name", sorted(RESUME))
+def test_resume_from_a_boundary_is_exact(tmp_path, name):
+    from test_resume import _interrupt_at
+
+    cfg = resolve(tiny({"name": name, "buffer_size": 20, **RESUME[name]},
+                       scenario={"name": "gaussian", "train_per_class": 12, "test_per_class": 4,
+                                 "n_classes": 6, "n_tasks": 3}, protocol={"name": "offline", "epochs": 2}))
+    full = Run(cfg, progress=False, out_dir=tmp_path / "full").execute()
+    undo = _interrupt_at(name, 2)
+    try:
+        cut = Run(cfg, progress=False, out_dir=tmp_path / "cut").execute()
+    finally:
+        undo()
+    assert cut["status"] == "interrupted"
+    res = Run(cfg, progress=False, out_dir=tmp_path / "cut").execute()
+    assert full["status"] == res["status"] == "finished" and res["resumed"]
+    assert res["R"] == full["R"]
