@@ -166,7 +166,7 @@ def test_derpp_adds_beta_ce_on_an_independent_batch():
 
 
 # -- exact resume from a boundary ---------------------------------------------------------------------
-RESUME = {"der": {}, "derpp": {}}
+RESUME = {"der": {}, "derpp": {}, "agem": {}, "gem": {}}
 
 
 @pytest.mark.parametrize("name", sorted(RESUME))
@@ -186,3 +186,104 @@ def test_resume_from_a_boundary_is_exact(tmp_path, name):
     res = Run(cfg, progress=False, out_dir=tmp_path / "cut").execute()
     assert full["status"] == res["status"] == "finished" and res["resumed"]
     assert res["R"] == full["R"]
+
+
+# -- A-GEM / GEM -----------------------------------------------------------------------------------------
+def test_agem_projection():
+    from cl.models.projection import agem_project
+
+    g_ref = torch.tensor([1.0, 2.0, -1.0])
+    g = torch.tensor([-3.0, 0.5, 2.0])  # g . g_ref = -4
+    p = agem_project(g, g_ref)
+    assert torch.dot(p, g_ref) >= -1e-6 and abs(torch.dot(p, g_ref).item()) < 1e-6
+    assert torch.allclose(p, g - (-4.0 / 6.0) * g_ref)
+    ok = torch.tensor([1.0, 1.0, 0.0])  # dot 3 > 0: unchanged, bitwise
+    assert torch.equal(agem_project(ok, g_ref), ok)
+    for seed in range(20):
+        torch.manual_seed(seed)
+        a, b = torch.randn(50), torch.randn(50)
+        assert torch.dot(agem_project(a, b), b) >= -1e-4
+
+
+def test_gem_projection_is_the_closest_feasible_gradient():
+    from scipy.optimize import minimize
+
+    from cl.models.projection import gem_project
+
+    # constructed: g = (1, -1), one constraint g_1 = (0, 1): the projection is (1, 0)
+    p = gem_project(torch.tensor([1.0, -1.0]), torch.tensor([[0.0, 1.0]]), margin=0.0, eps=1e-12)
+    assert torch.allclose(p, torch.tensor([1.0, 0.0]), atol=1e-6)
+    # two constraints, both violated: the cone's apex direction is the closest feasible point to g
+    g, G = torch.tensor([-1.0, -1.0, 1.0]), torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    assert torch.allclose(gem_project(g, G, 0.0, 1e-12), torch.tensor([0.0, 0.0, 1.0]), atol=1e-6)
+    # random cases against a brute-force primal solve (SLSQP): every constraint holds and no closer point
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        g, G = rng.normal(size=8), rng.normal(size=(3, 8))
+        if (G @ g >= 0).all():
+            continue
+        p = gem_project(torch.tensor(g), torch.tensor(G), margin=0.0, eps=1e-12).numpy()
+        assert (G @ p >= -1e-7).all()
+        ref = minimize(lambda z: 0.5 * ((z - g) ** 2).sum(), g, jac=lambda z: z - g, method="SLSQP",
+                       constraints=[{"type": "ineq", "fun": lambda z: G @ z, "jac": lambda z: G}],
+                       options={"ftol": 1e-12, "maxiter": 500})
+        assert np.linalg.norm(p - g) <= np.linalg.norm(ref.x - g) + 1e-6
+        assert np.allclose(p, ref.x, atol=1e-4)
+    # margin > 0 (GEM's memory strength): every dual variable >= margin, so a satisfied constraint's
+    # gradient is still added with weight margin; the violated one is met (up to eps)
+    G2 = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    assert torch.allclose(gem_project(torch.tensor([1.0, -1.0]), G2, 0.0, 1e-12), torch.tensor([1.0, 0.0]), atol=1e-6)
+    p = gem_project(torch.tensor([1.0, -1.0]), G2, margin=0.5, eps=1e-3)
+    assert torch.allclose(p, torch.tensor([1.5, -1.0 + 1 / 1.001]), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["agem", "gem"])
+def test_episodic_memory_is_per_experience_and_first_pass_only(name):
+    from cl.core.streams import Experience
+
+    s = build(name, buffer_size=8, n_exp=2)  # 4 slots per experience
+    e0 = Experience(torch.zeros(6, 3), torch.tensor([0, 1] * 3), torch.zeros(1, 3), torch.zeros(1), [0, 1], 0, 0)
+    s.before_experience(e0)
+    for _ in range(2):  # two epochs over the 6 samples: only the first pass is offered
+        s.train_step(torch.randn(6, 3), e0.train_y)
+    assert s.pending.n_seen == 6 and s.mem_x is None  # current experience not yet in the constraints
+    s.after_experience(e0)
+    assert sorted(s.mem_y.tolist()) == [0, 0, 1, 1] and (s.mem_t == 0).all()
+
+
+def test_agem_step_uses_the_projected_gradient():
+    s = build("agem", buffer_size=8, n_exp=2, lr=1.0, replay_batch_size=4)
+    s.model.observe(torch.tensor([0, 1, 2, 3]))
+    s.mem_x, s.mem_y, s.mem_t = torch.randn(4, 3), torch.tensor([0, 1, 0, 1]), torch.zeros(4, dtype=torch.long)
+    x, y = torch.randn(4, 3), torch.tensor([2, 3, 2, 3])
+    params = s.params()
+    w0 = [p.detach().clone() for p in params]
+    from cl.models.projection import agem_project, grads_of
+
+    g = grads_of(nn.functional.cross_entropy(s.model(x), y), params)
+    g_ref = grads_of(nn.functional.cross_entropy(s.model(s.mem_x), s.mem_y), params)  # all 4 = the batch
+    assert torch.dot(g, g_ref) < 0  # a conflicting case, so the projection matters
+    s.train_step(x, y)
+    step = torch.cat([(a - p.detach()).reshape(-1) for a, p in zip(w0, params)])  # lr 1: step = g~
+    assert torch.allclose(step, agem_project(g, g_ref), atol=1e-5)
+    assert torch.dot(step, g_ref) > -1e-5
+
+
+def test_gem_step_satisfies_every_past_constraint():
+    s = build("gem", buffer_size=8, n_exp=3, lr=1.0, margin=0.0, eps=1e-9)
+    s.model.observe(torch.tensor([0, 1, 2, 3]))
+    torch.manual_seed(1)
+    s.mem_x, s.mem_y = torch.randn(4, 3), torch.tensor([0, 1, 2, 3])
+    s.mem_t = torch.tensor([0, 0, 1, 1])
+    x, y = torch.randn(4, 3), torch.tensor([2, 3, 3, 2])
+    from cl.models.projection import grads_of
+
+    params = s.params()
+    w0 = [p.detach().clone() for p in params]
+    G = torch.stack([grads_of(nn.functional.cross_entropy(s.model(s.mem_x[s.mem_t == k]), s.mem_y[s.mem_t == k]),
+                              params) for k in (0, 1)])
+    g = grads_of(nn.functional.cross_entropy(s.model(x), y), params)
+    assert (G @ g < 0).any()
+    s.train_step(x, y)
+    step = torch.cat([(a - p.detach()).reshape(-1) for a, p in zip(w0, params)])
+    assert (G @ step >= -1e-5).all() and not torch.allclose(step, g)
