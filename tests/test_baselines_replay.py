@@ -165,8 +165,59 @@ def test_derpp_adds_beta_ce_on_an_independent_batch():
     assert torch.allclose(got, want)
 
 
+# -- GDumb ------------------------------------------------------------------------------------------------
+def test_gdumb_memory_is_class_balanced_and_no_step_is_taken_on_the_stream():
+    from cl.core.streams import Experience
+
+    s = build("gdumb", buffer_size=6, fit_epochs=0)
+    w0 = s.model.head.fc.weight.detach().clone()
+    y = torch.tensor([0] * 9 + [1] * 3)  # imbalanced stream
+    e = Experience(torch.zeros(12, 3), y, torch.zeros(1, 3), torch.zeros(1), [0, 1], 0, 0)
+    s.before_experience(e)
+    for _ in range(2):  # second epoch: nothing more offered
+        s.train_step(torch.randn(12, 3), y)
+    assert s.buffer.class_counts() == {0: 3, 1: 3} and s.buffer.n_seen == 12
+    assert torch.equal(s.model.head.fc.weight, w0)
+
+
+def test_gdumb_retrains_from_scratch_on_the_memory():
+    a, b = build("gdumb", buffer_size=8, fit_epochs=4, fit_batch_size=4), build("gdumb", buffer_size=8, fit_epochs=4,
+                                                                                 fit_batch_size=4)
+    torch.manual_seed(5)
+    x, y = torch.randn(8, 3) * 3, torch.tensor([0, 1, 2, 3] * 2)
+    init = a.model.head.fc.weight.detach().clone()
+    for s in (a, b):
+        s.model.observe(y)
+        s.buffer.add(x=x, y=y)
+    with torch.no_grad():  # b's weights drift away (as if trained): retraining must not start from them
+        b.model.head.fc.weight.add_(5.0)
+        b.model.head.fc.bias.add_(-2.0)
+    torch.manual_seed(9)
+    a.after_experience(None)
+    torch.manual_seed(9)
+    b.after_experience(None)
+    assert torch.equal(a.model.head.fc.weight, b.model.head.fc.weight)
+    assert not torch.equal(a.model.head.fc.weight, init)
+    assert b.model.head.seen.all()  # the seen-class mask survives the reset
+    # and it is a fit to the memory: the hand-reproduced schedule gives the same weights
+    ref = build("gdumb", buffer_size=8)
+    ref.model.observe(y)
+    opt = torch.optim.SGD(ref.model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-6)
+    torch.manual_seed(9)
+    for epoch, lr in enumerate([0.005, 0.05, 0.05, 5e-4 + (0.05 - 5e-4) * 0.5]):
+        for g in opt.param_groups:
+            g["lr"] = lr
+        perm = torch.randperm(8)
+        for i in (0, 4):
+            idx = perm[i:i + 4]
+            opt.zero_grad()
+            nn.functional.cross_entropy(ref.model(x[idx]), y[idx]).backward()
+            opt.step()
+    assert torch.allclose(ref.model.head.fc.weight, a.model.head.fc.weight, atol=1e-6)
+
+
 # -- exact resume from a boundary ---------------------------------------------------------------------
-RESUME = {"der": {}, "derpp": {}, "agem": {}, "gem": {}}
+RESUME = {"der": {}, "derpp": {}, "agem": {}, "gem": {}, "gdumb": {"fit_epochs": 3}}
 
 
 @pytest.mark.parametrize("name", sorted(RESUME))
