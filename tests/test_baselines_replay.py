@@ -216,8 +216,49 @@ def test_gdumb_retrains_from_scratch_on_the_memory():
     assert torch.allclose(ref.model.head.fc.weight, a.model.head.fc.weight, atol=1e-6)
 
 
+# -- ER-AML ----------------------------------------------------------------------------------------------
+def test_aml_loss_matches_a_hand_computed_case():
+    from strategies.er_aml import aml_loss
+
+    a = torch.tensor([[1.0, 0.0], [0.0, 1.0]])  # anchors, labels 0 and 1
+    c = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8], [0.8, 0.6]])  # positives (0, 1) then negatives (1, 0)
+    ya, yc = torch.tensor([0, 1]), torch.tensor([0, 1, 1, 0])
+    T, Tb = 0.5, 0.25
+    # anchor 0: dots (1, 0, .6, .8)/T = (2, 0, 1.2, 1.6); positives: c0 (2) and c3 (1.6)
+    lse0 = np.log(np.exp(2) + np.exp(0) + np.exp(1.2) + np.exp(1.6))
+    l0 = -((2 - lse0) + (1.6 - lse0)) / 2
+    # anchor 1: dots (0, 1, .8, .6)/T = (0, 2, 1.6, 1.2); positives: c1 (2) and c2 (1.6)
+    lse1 = np.log(np.exp(0) + np.exp(2) + np.exp(1.6) + np.exp(1.2))
+    l1 = -((2 - lse1) + (1.6 - lse1)) / 2
+    want = (T / Tb) * (l0 + l1) / 2
+    assert abs(aml_loss(a, c, ya, yc, T, Tb).item() - want) < 1e-6
+
+
+def test_aml_positives_and_negatives_are_valid():
+    s = build("er-aml", buffer_size=10)
+    s.buffer.add(x=torch.randn(4, 3), y=torch.tensor([0, 1, 2, 2]))
+    x, y = torch.randn(3, 3), torch.tensor([2, 3, 3])
+    for _ in range(10):
+        bx, by, pi, ni, ok = s.pos_neg(x, y)
+        assert ok.tolist() == [True, True, True]  # 2: buffer positives, negative 3; 3: the other 3
+        assert (by[pi] == y).all() and (pi != torch.arange(3) + 4).all()  # same label, never itself
+        assert (by[ni] != y).all() and torch.isin(by[ni], y).all()  # other label, among the batch's classes
+    bx, by, pi, ni, ok = s.pos_neg(torch.randn(1, 3), torch.tensor([5]))
+    assert not ok.any()  # no positive (and no negative among the batch's classes): dropped
+
+
+def test_aml_uses_ce_before_the_second_experience():
+    from cl.core.streams import Experience
+
+    s = build("er-aml", buffer_size=10)
+    s.buffer.add(x=torch.randn(4, 3), y=torch.tensor([0, 1, 0, 1]))
+    assert not s.aml_phase()
+    s.before_experience(Experience(torch.zeros(1, 3), torch.zeros(1), torch.zeros(1, 3), torch.zeros(1), [2], 1, 1))
+    assert s.aml_phase()
+
+
 # -- exact resume from a boundary ---------------------------------------------------------------------
-RESUME = {"der": {}, "derpp": {}, "agem": {}, "gem": {}, "gdumb": {"fit_epochs": 3}}
+RESUME = {"der": {}, "derpp": {}, "agem": {}, "gem": {}, "gdumb": {"fit_epochs": 3}, "er-aml": {}}
 
 
 @pytest.mark.parametrize("name", sorted(RESUME))
