@@ -257,8 +257,54 @@ def test_aml_uses_ce_before_the_second_experience():
     assert s.aml_phase()
 
 
+# -- X-DER -----------------------------------------------------------------------------------------------
+def test_xder_update_logits_formula():
+    from strategies.xder import update_logits
+
+    old = torch.tensor([[5.0, 1.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]])
+    new = torch.tensor([[9.0, 9.0, 10.0, 4.0], [9.0, 9.0, 1.0, 0.5]])
+    cols = torch.tensor([False, False, True, True])
+    out = update_logits(old, new, torch.tensor([0, 0]), cols, gamma=0.5)
+    # row 0: max 10 > true-class logit 5: scaled by 0.5 * 5 / 10; row 1: max 1 < 2: copied as is
+    assert torch.equal(out, torch.tensor([[5.0, 1.0, 2.5, 1.0], [2.0, 0.0, 1.0, 0.5]]))
+
+
+def test_xder_future_past_update_changes_only_current_and_future_entries():
+    from cl.core.streams import Experience
+
+    s = build("xder", n_classes=6, n_exp=3, buffer_size=4, gamma=0.85)
+    def exp(i, classes, y):
+        return Experience(torch.zeros(len(y), 3), y, torch.zeros(1, 3), torch.zeros(1), classes, i, i)
+    y0 = torch.tensor([0, 1, 0, 1])
+    e0 = exp(0, [0, 1], y0)
+    s.before_experience(e0)
+    s.model.observe(y0)
+    s.after_step(torch.randn(4, 3), y0)
+    s.after_experience(e0)
+    before, y_before = s.mem["logits"].clone(), s.mem["y"].clone()
+    assert torch.allclose(before, s.logits_of(s.mem["x"]))  # first experience: the model's unmasked logits
+    y1 = torch.tensor([2, 3, 2, 3])
+    e1 = exp(1, [2, 3], y1)
+    s.before_experience(e1)
+    with torch.no_grad():
+        s.model.head.fc.weight.add_(torch.randn_like(s.model.head.fc.weight))  # the model moved on
+    s.model.observe(y1)
+    s.after_step(torch.randn(4, 3), y1)
+    s.after_experience(e1)
+    old = s.mem["y"] < 2
+    assert int(old.sum()) == 2 and sorted(s.mem["y"].tolist()) == [0, 1, 2, 3]  # 1 per class now
+    kept = torch.cat([before[y_before == c][:1] for c in (0, 1)])  # the first sample of each old class
+    got = s.mem["logits"][old]
+    assert torch.equal(got[:, :2], kept[:, :2])  # the past task's entries: untouched
+    cur = s.logits_of(s.mem["x"][old])
+    from strategies.xder import update_logits
+    cols = torch.tensor([False, False, True, True, True, True])
+    assert torch.allclose(got, update_logits(kept, cur, s.mem["y"][old], cols, 0.85))  # current+future replaced
+    assert not torch.allclose(got[:, 2:], kept[:, 2:])
+
+
 # -- exact resume from a boundary ---------------------------------------------------------------------
-RESUME = {"der": {}, "derpp": {}, "agem": {}, "gem": {}, "gdumb": {"fit_epochs": 3}, "er-aml": {}}
+RESUME = {"der": {}, "derpp": {}, "agem": {}, "gem": {}, "gdumb": {"fit_epochs": 3}, "er-aml": {}, "xder": {}}
 
 
 @pytest.mark.parametrize("name", sorted(RESUME))
