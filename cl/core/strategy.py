@@ -9,8 +9,11 @@ overrides only what differs::
     before_experience(exp)       at each experience boundary (visible ones)
     train_data(exp)              (x, y) the engine iterates for this experience
     train_step(x, y, t)          one optimisation step; returns the loss tensor (no .item())
-    loss(x, y, t)                the objective of the default train_step
-    after_step(x, y, t)          after the optimiser step (buffer updates go here)
+    loss(x, y, t)                the objective of the default train_step; the loss tensor, or
+                                 (loss, outputs dict) to hand what the step computed to after_step
+    before_optimizer_step(x, y, t)  after backward, before the step: gradients in p.grad
+    after_step(x, y, t)          after the optimiser step (buffer updates go here); receives
+                                 outputs= when loss() returned them and after_step accepts it
     after_experience(exp)
     predict(x, t)                logits used for evaluation and online accuracy
     state_dict() / load_state_dict()   everything needed to resume
@@ -71,6 +74,28 @@ def make_optimizer(params, cfg: StrategyConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     raise unknown("optimizer", cfg.optimizer, OPTIMIZERS)
+
+
+def split_loss(out):
+    """``loss()`` returns the loss tensor, or ``(loss, outputs)`` where ``outputs`` is a dict of what the
+    step computed (e.g. ``{"logits": ...}``) for ``after_step`` to reuse (DER stores the logits)."""
+    if isinstance(out, tuple):
+        return out[0], out[1]
+    return out, None
+
+
+_ACCEPTS: dict = {}
+
+
+def accepts_outputs(fn) -> bool:
+    """Does this (bound) ``after_step`` take an ``outputs=`` keyword? Cached per function."""
+    f = getattr(fn, "__func__", fn)
+    if f not in _ACCEPTS:
+        import inspect
+
+        ps = inspect.signature(f).parameters
+        _ACCEPTS[f] = "outputs" in ps or any(p.kind == p.VAR_KEYWORD for p in ps.values())
+    return _ACCEPTS[f]
 
 
 @dataclass
@@ -149,14 +174,21 @@ class Strategy:
         """One optimisation step on a batch; returns the detached loss tensor (never ``.item()``)."""
         self.model.observe(y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss = self.loss(x, y, t)
+        loss, outputs = split_loss(self.loss(x, y, t))
         loss.backward()
+        self.before_optimizer_step(x, y, t)
         self.optimizer.step()
-        self.after_step(x, y, t)
+        if outputs is not None and accepts_outputs(self.after_step):
+            self.after_step(x, y, t, outputs=outputs)
+        else:
+            self.after_step(x, y, t)
         return loss.detach()
 
     def after_step(self, x, y, t=None) -> None:
         """After the optimiser step, with the raw (non-augmented) batch: buffer updates go here."""
+
+    def before_optimizer_step(self, x, y, t=None) -> None:
+        """After backward, before the optimiser step: gradients are in ``p.grad`` (projection, importance)."""
 
     def after_experience(self, exp) -> None:
         """After an experience's training, before its evaluation."""

@@ -1,7 +1,11 @@
 """Classification heads. Heads keep a device-resident mask of the classes seen so
 far: ``observe(y)`` marks classes (no host synchronisation) and unseen classes'
 logits are -inf, so the head grows with the classes seen while shapes stay static
-(which CUDA-graph capture needs)."""
+(which CUDA-graph capture needs).
+
+``head.raw(h)`` gives the logits before the unseen-class mask (every class, finite): DER-family
+strategies store and distil these, as mammoth's unmasked heads do; ``head(h)`` is ``mask(raw(h))``,
+bitwise the same as before ``raw`` existed."""
 from __future__ import annotations
 
 import math
@@ -36,8 +40,11 @@ class IncrementalLinear(MaskedHead):
     def weight(self):
         return self.fc.weight
 
+    def raw(self, h):
+        return self.fc(h)
+
     def forward(self, h):
-        return self.mask(self.fc(h))
+        return self.mask(self.raw(h))
 
 
 def cosine_logits(h: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -56,8 +63,11 @@ class CosineHead(MaskedHead):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.tau = tau
 
+    def raw(self, h):
+        return cosine_logits(h, self.weight) / self.tau
+
     def forward(self, h):
-        return self.mask(cosine_logits(h, self.weight) / self.tau)
+        return self.mask(self.raw(h))
 
 
 HEADS = {"linear": IncrementalLinear, "cosine": CosineHead}

@@ -22,6 +22,12 @@ class Model(nn.Module):
     def forward(self, x):
         return self.head(self.backbone(x))
 
+    def raw_logits(self, x):
+        """Logits before the unseen-class mask (all classes finite); ``forward`` masks them.
+        Heads without ``raw`` have no mask, so their output is returned."""
+        h = self.backbone(x)
+        return self.head.raw(h) if hasattr(self.head, "raw") else self.head(h)
+
     def observe(self, y: torch.Tensor) -> None:
         self.head.observe(y)
 

@@ -1,0 +1,196 @@
+"""X-DER: eXtended Dark Experience Replay (Boschini, Bonicelli, Buzzega, Porrello, Calderara; TPAMI 2022;
+mammoth ``models/xder.py``). Reduced version: see "Left out" below.
+
+The buffer keeps samples with their stored logits, as DER, and X-DER edits those logits:
+
+* **Future-past update** (memory revisiting): the stored logits of a past-task sample on the classes of
+  the current and future tasks (every class not in an earlier experience) are replaced by the current
+  model's logits on them, scaled by ``gamma * z[y] / max`` when their maximum exceeds the stored
+  logit of the true class ``z[y]`` (so the true class stays on top); the past classes' entries are left
+  untouched. This runs at the end of each experience on the whole buffer, and during training on the
+  replayed samples, each with probability 1 / (number of times it was already updated in this
+  experience), as mammoth's ``update_counter``.
+* **Past update at insertion**: new samples' stored logits on the past classes are scaled the same
+  way relative to their own true-class logit.
+* Buffer: filled at the end of each experience, class-balanced: every class keeps
+  ``buffer_size // n_seen_classes`` samples (old classes are cut to it, keeping their first samples),
+  new classes share the free slots (the remainder to randomly drawn classes), taken in stream order
+  from the experience's first pass (mammoth iterates the train loader).
+* Loss: CE of the incoming batch on the current experience's classes only (present head),
+  ``alpha * MSE`` of replayed logits to the stored ones (all classes, unmasked), ``beta * CE`` of a
+  second replay batch on the past classes only, and the future constraint
+  ``eta * mean(relu(max_future + margin - max_own_task))`` over incoming and replayed samples.
+* Defaults: alpha 0.3, beta 0.8, gamma 0.85, lr 0.03 (mammoth ``models/config/xder.yaml`` and best args,
+  seq-CIFAR-100, buffer 500); margin 0.3 and eta 0.1 (mammoth's ``--constr_margin`` / ``--constr_eta``
+  defaults); replay batch 32.
+
+Left out (deviations): the SimCLR consistency loss on the future heads (``lambd``), the distance-
+preserving loss (``dp_weight``), BatchNorm alignment (``align_bn``) and the past constraint (off by
+default in mammoth). New samples' logits at insertion are computed with the model in eval mode (mammoth:
+train mode without updating BatchNorm statistics). The frozen copy of base1 is not needed here.
+Needs visible experience boundaries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cl.core.registry import ConfigError
+from cl.core.strategy import Strategy, StrategyConfig, register
+from cl.models.buffers import ClassBalancedBuffer
+
+
+@dataclass
+class XDERConfig(StrategyConfig):
+    lr: float = 0.03
+    buffer_size: int = 500
+    replay_batch_size: int = 32
+    alpha: float = 0.3
+    beta: float = 0.8
+    gamma: float = 0.85  # scale of transplanted logits relative to the true class's
+    margin: float = 0.3  # future constraint margin
+    eta: float = 0.1  # future constraint weight
+
+
+def update_logits(old, new, y, cols, gamma):
+    """``old`` with the entries in ``cols`` (bool over classes) replaced by ``new``'s, scaled by
+    ``gamma * old[y] / max`` where that max exceeds ``old[y]`` (mammoth's ``update_logits``)."""
+    old = old.clone()
+    tr = new[:, cols].clone()
+    gt = old[torch.arange(len(y)), y]
+    mx = tr.max(1).values
+    scale = torch.where(mx > gt, gamma * gt / mx, torch.ones_like(mx))
+    old[:, cols] = tr * scale[:, None]
+    return old
+
+
+@register("xder", XDERConfig)
+class XDER(Strategy):
+    """X-DER (reduced: no consistency loss): DER++ with future-past logit updates and a future constraint."""
+
+    def setup(self):
+        if self.info.boundaries != "visible":
+            raise ConfigError(f"xder needs experience boundaries, got scenario.boundaries={self.info.boundaries!r}")
+        n = self.info.n_classes
+        self.class_task = torch.full((n,), -1, dtype=torch.long, device=self.device)  # experience of each class
+        self.cur = 0
+        self.mem = None  # dict x, y, logits
+        self.counter = None
+        self.pending = ClassBalancedBuffer(self.cfg.buffer_size, self.device)
+        self.to_offer = 0
+
+    def aug(self, x):
+        return self.augment(x) if self.augment is not None else x
+
+    def before_experience(self, exp):
+        self.cur = exp.index
+        self.class_task[torch.as_tensor(exp.classes, device=self.device)] = exp.index
+        self.pending = ClassBalancedBuffer(self.cfg.buffer_size, self.device)
+        self.to_offer = len(exp.train_y)
+        if self.mem is not None:
+            self.counter = torch.zeros(len(self.mem["y"]), device=self.device)
+
+    def past(self):
+        return (self.class_task >= 0) & (self.class_task < self.cur)
+
+    def loss(self, x, y, t=None):
+        c = self.cfg
+        raw = self.model.raw_logits(self.aug(x)).float()
+        present = self.class_task == self.cur
+        loss = F.cross_entropy(raw.masked_fill(~present, float("-inf")), y)
+        bad, good = [raw[:, self.class_task < 0]], [raw.masked_fill(~present, float("-inf"))]
+        if self.mem is not None:
+            n = len(self.mem["y"])
+            i1 = torch.randint(n, (c.replay_batch_size,), device=self.device)
+            out1 = self.model.raw_logits(self.aug(self.mem["x"][i1])).float()
+            loss = loss + c.alpha * F.mse_loss(out1, self.mem["logits"][i1])
+            i2 = torch.randint(n, (c.replay_batch_size,), device=self.device)
+            out2 = self.model.raw_logits(self.aug(self.mem["x"][i2])).float()
+            loss = loss + c.beta * F.cross_entropy(out2.masked_fill(~self.past(), float("-inf")), self.mem["y"][i2])
+            idx, outs = torch.cat([i1, i2]), torch.cat([out1, out2])
+            uniq, inv = torch.unique(idx, return_inverse=True)  # each slot once (its first draw)
+            ar = torch.arange(len(idx), device=self.device)
+            first = torch.full((len(uniq),), len(idx), device=self.device).scatter_reduce(0, inv, ar, "amin")
+            self.revisit(idx[first], outs[first].detach())
+            yb = self.mem["y"][idx]
+            own = self.class_task[None, :] == self.class_task[yb][:, None]
+            bad.append(outs[:, self.class_task < 0])
+            good.append(outs.masked_fill(~own, float("-inf")))
+        if bool((self.class_task < 0).any()) and c.eta > 0:
+            h = torch.cat(bad).max(1).values + c.margin - torch.cat(good).max(1).values
+            pos = h > 0
+            if bool(pos.any()):
+                loss = loss + c.eta * h[pos].mean()
+        return loss
+
+    @torch.no_grad()
+    def revisit(self, idx, outs):
+        """Training-time future-past update of replayed slots, each with probability 1 / its update count."""
+        self.counter[idx] += 1
+        chosen = torch.rand(len(idx), device=self.device) * self.counter[idx] < 1
+        if bool(chosen.any()):
+            i = idx[chosen]
+            self.mem["logits"][i] = update_logits(self.mem["logits"][i], outs[chosen], self.mem["y"][i],
+                                                  ~self.past(), self.cfg.gamma)
+
+    def after_step(self, x, y, t=None):
+        if self.to_offer > 0:
+            r = min(self.to_offer, len(y))
+            self.pending.add(x=x[:r], y=y[:r])
+            self.to_offer -= r
+
+    @torch.no_grad()
+    def logits_of(self, x):
+        was = self.model.training
+        self.model.eval()
+        out = torch.cat([self.model.raw_logits(x[i:i + 256]).float() for i in range(0, len(x), 256)])
+        self.model.train(was)
+        return out
+
+    @torch.no_grad()
+    def after_experience(self, exp):
+        K = self.cfg.buffer_size
+        seen = self.class_task >= 0
+        per = K // max(1, int(seen.sum()))
+        keep = {"x": [], "y": [], "logits": []}
+        if self.mem is not None:  # cut old classes to `per` samples each
+            for cl in self.mem["y"].unique().tolist():
+                sel = (self.mem["y"] == cl).nonzero().squeeze(1)[:per]
+                for k in keep:
+                    keep[k].append(self.mem[k][sel])
+        free = K - sum(len(v) for v in keep["y"])
+        new = [int(cl) for cl in exp.classes]
+        quota = torch.full((len(new),), free // max(1, len(new)), dtype=torch.long)
+        quota[torch.randperm(len(new))[: free - int(quota.sum())]] += 1
+        cand = self.pending.items()
+        if cand:
+            for j, cl in enumerate(new):
+                sel = torch.tensor(self.pending.slots.get(cl, [])[: int(quota[j])], dtype=torch.long,
+                                   device=self.device)
+                if len(sel):
+                    z = self.logits_of(cand["x"][sel])
+                    if self.cur > 0:  # past update at insertion
+                        z = update_logits(z, z, cand["y"][sel], self.past(), self.cfg.gamma)
+                    keep["x"].append(cand["x"][sel])
+                    keep["y"].append(cand["y"][sel])
+                    keep["logits"].append(z)
+        if not keep["y"]:
+            return
+        mem = {k: torch.cat(v) for k, v in keep.items()}
+        old = self.class_task[mem["y"]] < self.cur  # future-past update of past-task samples, all at once
+        if bool(old.any()):
+            out = self.logits_of(mem["x"][old])
+            mem["logits"][old] = update_logits(mem["logits"][old], out, mem["y"][old], ~self.past(), self.cfg.gamma)
+        self.mem = mem
+        self.counter = torch.zeros(len(mem["y"]), device=self.device)
+
+    def extra_state(self):
+        return {"mem": None if self.mem is None else {k: v.cpu() for k, v in self.mem.items()},
+                "class_task": self.class_task.cpu(), "cur": self.cur}
+
+    def load_extra_state(self, state):
+        self.mem = None if state["mem"] is None else {k: v.to(self.device) for k, v in state["mem"].items()}
+        self.class_task = state["class_task"].to(self.device)
+        self.cur = state["cur"]
