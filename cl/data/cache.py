@@ -26,7 +26,7 @@ import torch
 from cl.train.loggers import atomic_write_json
 from cl.core.registry import ConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]  # cl/data/cache.py -> the project root
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
