@@ -47,9 +47,10 @@ def uses_frozen_features(strategy_cls, cfg) -> bool:
     return bool(getattr(strategy_cls, "frozen_features", False) or getattr(cfg, "frozen_backbone", False))
 
 
-def register(name: str, config=None, description: str | None = None):
-    """Register a strategy class under ``name`` (usable from user files too)."""
-    return strategies.register(name, config, description)
+def register(name: str, config=None, description: str | None = None, override: bool = False):
+    """Register a strategy class under ``name`` (usable from user files too). A name that exists already
+    (a built-in's, say) is an error unless ``override=True``."""
+    return strategies.register(name, config, description, override)
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
