@@ -20,7 +20,7 @@ import torch
 import cl.core.metrics as M
 from cl.models.backbones import backbone_spec, build_backbone
 from cl.core.config import run_id as make_run_id, section_config
-from cl.train.loggers import Progress, WandbLogger, atomic_write_json
+from cl.train.loggers import Progress, WandbLogger
 from cl.models.model import Model, build_head, trainable_parameters
 from cl.core.registry import scenarios, strategies
 from cl.core.strategy import RunInfo, uses_frozen_features
@@ -34,7 +34,15 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def nonfinite_message(i: int, where: str) -> str:
+    kept = f"accuracies up to experience {i - 1} are kept in failed.json" if i > 0 else "no experience was completed"
+    return f"non-finite loss in experience {i}, {where}: stopping; {kept}"
+
+
 def resolve_device(name: str) -> torch.device:
+    from cl.core.config import check_device
+
+    check_device(name, available=True)
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -91,7 +99,9 @@ def peak_memory_mb(device) -> float:
 class Run:
     """One platform run. ``Run(resolved).execute()`` returns the result dict and writes the result files."""
 
-    def __init__(self, resolved: dict, progress: bool = True, out_dir: str | Path | None = None):
+    def __init__(self, resolved: dict, progress: bool = True, out_dir: str | Path | None = None,
+                 force: bool = False, wait: bool = False):
+        self.force, self.wait = force, wait  # recompute a finished run; wait for another process's run
         self.cfg = resolved
         self.id = make_run_id(resolved)
         self.dir = Path(out_dir) if out_dir is not None else Path(resolved.get("out") or "results") / self.id
@@ -114,6 +124,23 @@ class Run:
 
     # -- main -----------------------------------------------------------------------------------
     def execute(self) -> dict:
+        """One process computes a run (cl.train.results.RunLock); a finished run is returned, not redone."""
+        from cl.train import results
+
+        with results.RunLock(self.dir, self.id, wait=self.wait) as lock:
+            if not lock.acquired:
+                return results.busy_record(self.id, lock.holder)
+            done = None if self.force else results.finished_result(self.dir, self.id)
+            if done is not None:
+                return {**done, "skipped": True}
+            threads = torch.get_num_threads()
+            torch.set_num_threads(int(self.cfg.get("threads") or 1))
+            try:
+                return self._execute_locked()
+            finally:
+                torch.set_num_threads(threads)
+
+    def _execute_locked(self) -> dict:
         cfg = self.cfg
         self.dir.mkdir(parents=True, exist_ok=True)
         seed_everything(cfg["seed"])
@@ -162,6 +189,7 @@ class Run:
         bar = Progress(self.progress_enabled, f"{cfg['strategy']['name']} on {cfg['scenario']['name']}")
         result = {"run_id": self.id, "config": cfg, "seed": cfg["seed"], "versions": versions(),
                   "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+                  "threads": torch.get_num_threads(),
                   "scenario": scenario.summary(), "resumed": resumed,
                   "trainable_params": trainable_parameters(strategy.model)}
         t_start = time.perf_counter()
@@ -208,12 +236,11 @@ class Run:
             bar.close()
         result.update(self._summarise(state, scenario, strategy, device, time.perf_counter() - t_start))
         result["status"] = status
-        if status == "finished":
-            atomic_write_json(self.result_path, result)
+        from cl.train.results import write_outcome
+
+        write_outcome(self.dir, result)  # result.json, interrupted.json or failed.json; never raises OSError
+        if result["status"] == "finished":
             self.checkpoint_path.unlink(missing_ok=True)
-        else:
-            # keep what was computed, never touching a finished run's result.json
-            atomic_write_json(self.dir / "failed.json", result)
         wandb.finish(result)
         return result
 
@@ -233,8 +260,7 @@ class Run:
                 bar.update()
             mean_loss = losses.mean().item()  # one host read per epoch
             if not np.isfinite(mean_loss):
-                raise NonFiniteLoss(f"non-finite loss in experience {i}, epoch {epoch}: stopping; "
-                                    f"accuracies up to experience {i - 1} are kept in failed.json")
+                raise NonFiniteLoss(nonfinite_message(i, f"epoch {epoch}"))
         return n * pcfg.epochs
 
     def _log_experience(self, wandb, state, i, row):

@@ -245,11 +245,10 @@ class OnlineLoop:
 
     # -- host reads -----------------------------------------------------------------------------
     def _check_finite(self, losses, i, s):
-        from cl.train.engine import NonFiniteLoss
+        from cl.train.engine import NonFiniteLoss, nonfinite_message
 
         if not torch.isfinite(losses).all().item():
-            raise NonFiniteLoss(f"non-finite loss in experience {i} by step {s}: stopping; "
-                                f"accuracies up to experience {i - 1} are kept in failed.json")
+            raise NonFiniteLoss(nonfinite_message(i, f"by step {s}"))
 
     def _flush(self, correct, upto: int, base: int) -> None:
         """Copy new per-sample correctness to the host; emit the curve points it completes."""
