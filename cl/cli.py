@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import sys
 
 from cl.core.registry import ConfigError, backbones, config_fields, load_plugin_file, scenarios, strategies
@@ -61,23 +60,30 @@ def print_result_table(results: list[dict], file=None) -> None:
 
 
 def cmd_run(args) -> int:
-    from cl.core.config import apply_overrides, resolve, run_id
+    from cl.core.config import apply_overrides, check_device, resolve, run_id
     from cl.train.engine import Run
+    from cl.train.results import finished_result, saved_note
 
     for f in args.plugin:
         load_plugin_file(f)
     resolved = resolve(apply_overrides(raw_from_args(args), args.overrides))
-    run = Run(resolved, progress=not args.quiet)
-    if run.result_path.exists() and not args.force:
+    check_device(resolved.get("device"), available=True)
+    run = Run(resolved, progress=not args.quiet, force=args.force, wait=True)
+    done = None if args.force else finished_result(run.dir, run.id, move=False)
+    if done is None:
+        result = run.execute()  # waits for another process computing the same run, then reads its result
+        done = result if result.get("skipped") else None
+    if done is not None:
         print(f"{run_id(resolved)} already finished: {run.result_path} (use --force to run again)")
-        with open(run.result_path) as f:
-            print_result_table([json.load(f)])
+        print_result_table([done])
         return 0
-    result = run.execute()
     print_result_table([result])
     print(f"results: {run.dir}")
+    if result["status"] == "interrupted":
+        print(f"run interrupted: rerun the same command to resume it ({saved_note(result)})", file=sys.stderr)
+        return 130
     if result["status"] != "finished":
-        print(f"run {result['status']}: {result.get('error')}", file=sys.stderr)
+        print(f"run {result['status']}: {result.get('error')} ({saved_note(result)})", file=sys.stderr)
         return 1
     return 0
 
@@ -132,6 +138,14 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: runs that were running are marked interrupted; rerun the same command to resume "
+              "them from their last checkpoint", file=sys.stderr)
+        return 130
+    except OSError as e:  # a results folder that is read-only, a full disk, ...: one line, no traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover
