@@ -67,7 +67,7 @@ def finished_result(run_dir: str | Path, run_id: str | None, move: bool = True) 
     why = result_problem(rec, run_id)
     if why is None:
         return rec
-    if move:
+    if move and result_problem(rec, None) is not None:  # damaged; another run's valid result stays untouched
         move_aside(path, why)
     return None
 
