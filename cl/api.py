@@ -101,24 +101,25 @@ class RunResult:
                           extra={k: v for k, v in m.items() if k not in named and k not in timing})
         timings = Timings(**{k: m[k] for k in timing if k in m})
         run_dir = Path(run_dir)
-        done = result.get("status") == "finished"
-        paths = Paths(run_dir, run_dir / ("result.json" if done else "failed.json"), run_dir / "checkpoint.pt")
+        outcome = {"finished": "result.json", "interrupted": "interrupted.json"}.get(result.get("status"), "failed.json")
+        paths = Paths(run_dir, run_dir / outcome, run_dir / "checkpoint.pt")
         return cls(result["run_id"], result.get("status", "failed"), result.get("R") or [], metrics, timings, paths,
                    result.get("config") or {}, skipped, result.get("error"), result)
 
 
-def run(resolved: dict, *, progress: bool = False, force: bool = False, out_dir=None) -> RunResult:
-    """Run one resolved config through the run lifecycle (:class:`cl.train.engine.Run`); a run whose
-    ``result.json`` already exists is read back instead (``skipped``) unless ``force``."""
+def run(resolved: dict, *, progress: bool = False, force: bool = False, out_dir=None, wait: bool = False) -> RunResult:
+    """Run one resolved config through the run lifecycle (:class:`cl.train.engine.Run`). A run whose
+    ``result.json`` parses and matches its id is read back instead (``skipped``) unless ``force``; a run
+    that another process is computing is waited for (``wait``) or returned with status ``busy``."""
     from cl.train.engine import Run
+    from cl.train.results import finished_result
 
-    r = Run(resolved, progress=progress, out_dir=out_dir)
-    if r.result_path.exists() and not force:
-        return RunResult.from_result(json.loads(r.result_path.read_text()), r.dir, skipped=True)
+    r = Run(resolved, progress=progress, out_dir=out_dir, force=force, wait=wait)
+    done = None if force else finished_result(r.dir, r.id, move=False)
+    if done is not None:
+        return RunResult.from_result(done, r.dir, skipped=True)
     result = r.execute()
-    if result.get("status") == "finished":
-        (r.dir / "failed.json").unlink(missing_ok=True)
-    return RunResult.from_result(result, r.dir)
+    return RunResult.from_result(result, r.dir, skipped=bool(result.get("skipped")))
 
 
 def fit(strategy: str | dict | None = None, scenario: str | dict | None = None, backbone: str | dict | None = None,

@@ -61,20 +61,25 @@ def print_result_table(results: list[dict], file=None) -> None:
 
 def cmd_run(args) -> int:
     from cl.api import run
-    from cl.core.config import apply_overrides, resolve
+    from cl.core.config import apply_overrides, check_device, resolve
+    from cl.train.results import saved_note
 
     for f in args.plugin:
         load_plugin_file(f)
     resolved = resolve(apply_overrides(raw_from_args(args), args.overrides))
-    res = run(resolved, progress=not args.quiet, force=args.force)
+    check_device(resolved.get("device"), available=True)
+    res = run(resolved, progress=not args.quiet, force=args.force, wait=True)  # waits for another process's run
     if res.skipped:
         print(f"{res.run_id} already finished: {res.paths.result} (use --force to run again)")
         print_result_table([res.raw])
         return 0
     print_result_table([res.raw])
     print(f"results: {res.paths.run_dir}")
+    if res.status == "interrupted":
+        print(f"run interrupted: rerun the same command to resume it ({saved_note(res.raw)})", file=sys.stderr)
+        return 130
     if not res.finished:
-        print(f"run {res.status}: {res.error}", file=sys.stderr)
+        print(f"run {res.status}: {res.error} ({saved_note(res.raw)})", file=sys.stderr)
         return 1
     return 0
 
@@ -129,6 +134,14 @@ def main(argv=None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: runs that were running are marked interrupted; rerun the same command to resume "
+              "them from their last checkpoint", file=sys.stderr)
+        return 130
+    except OSError as e:  # a results folder that is read-only, a full disk, ...: one line, no traceback
+        where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+        print(f"error: {e.strerror or e}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

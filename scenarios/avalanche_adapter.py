@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 from dataclasses import dataclass, make_dataclass
 
 import torch
@@ -124,15 +125,36 @@ def from_avalanche(benchmark, name: str = "avalanche", batch_size: int = 1024) -
                     meta={"source": "avalanche", "benchmark": type(benchmark).__name__, "augment": "none"})
 
 
-def _resolve_factory(path: str):
-    if not path:
-        raise ConfigError("avalanche: set scenario.factory to a benchmark factory, e.g. "
-                          "avalanche.benchmarks.classic.SplitMNIST (or any module.attr returning a CLScenario)")
+ALLOWED_FACTORY_PACKAGES = ("avalanche.benchmarks",)
+
+
+def check_factory(path: str) -> tuple[str, str]:
+    """(module, attribute) of a factory that may be called: one from avalanche.benchmarks, or from a module
+    the user named explicitly (``--plugin``, or ``plugins:`` in a sweep file). Anything else (``subprocess.run``,
+    ``os.system``...) is refused before it is imported: a config value never chooses which code runs."""
+    from cl.core.registry import USER_MODULES
+
     mod, _, attr = path.rpartition(".")
     if not mod:
         mod, attr = "avalanche.benchmarks.classic", path
-    try:
-        obj = importlib.import_module(mod)
+    allowed = any(mod == p or mod.startswith(p + ".") for p in ALLOWED_FACTORY_PACKAGES) or mod in USER_MODULES
+    if not allowed:
+        named = ", ".join(sorted(USER_MODULES)) or "none"
+        raise ConfigError(f"scenario.factory={path!r}: a factory must come from avalanche.benchmarks or from a "
+                          f"module you load explicitly with --plugin FILE.py|module (or plugins: [...] in a sweep "
+                          f"file); modules loaded now: {named}")
+    return mod, attr
+
+
+def _resolve_factory(path: str):
+    if not path:
+        raise ConfigError("avalanche: set scenario.factory to a benchmark factory, e.g. "
+                          "avalanche.benchmarks.classic.SplitMNIST (or module.attr of a --plugin module)")
+    mod, attr = check_factory(path)
+    from cl.core.registry import plugin_module_name
+
+    try:  # a --plugin FILE.py is known by its file name (my_benchmarks.make for my_benchmarks.py)
+        obj = sys.modules.get(plugin_module_name(mod + ".py")) or importlib.import_module(mod)
     except ImportError as e:
         raise ConfigError(f"avalanche: cannot import module {mod!r} of factory {path!r}: {e}") from None
     for part in attr.split(":"):
@@ -148,6 +170,10 @@ class AvalancheConfig:
     kwargs: dict | None = None  # keyword arguments of the factory (YAML mapping or '{k: v}' on the CLI)
     pass_seed: bool = True  # give the run seed as `seed=` when the factory takes one and kwargs do not
     augment: str = "none"  # on-device augmentation (cl/augment.py)
+
+    def validate(self):  # called when the config is resolved: a refused factory fails before any run starts
+        if self.factory:
+            check_factory(self.factory)
 
 
 def avalanche_benchmark(cfg: AvalancheConfig, seed: int):

@@ -13,7 +13,6 @@ Decoded arrays are cached once (see :mod:`cl.data.cache`), so a second run memor
 from __future__ import annotations
 
 import io
-import pickle
 import re
 import tarfile
 from dataclasses import dataclass
@@ -74,7 +73,9 @@ def _detect(n: int):
 
 
 def _unpickle(f):
-    return pickle.load(f, encoding="bytes")
+    from cl.core.safe_load import load_numpy_pickle
+
+    return load_numpy_pickle(f, getattr(f, "name", "CIFAR pickle"))  # numpy arrays, lists, dicts, bytes only
 
 
 def _from_pickles(n: int, get) -> tuple[dict, dict]:

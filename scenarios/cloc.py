@@ -35,7 +35,9 @@ class ClocConfig:
 
 
 def _cloc_load(path: Path):
-    v = torch.load(path, weights_only=False)
+    from cl.core.safe_load import torch_load
+
+    v = torch_load(path)  # weights_only=True: tensors and lists only, never code from the file
     return list(v.tolist() if isinstance(v, torch.Tensor) else v)
 
 

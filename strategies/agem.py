@@ -84,12 +84,15 @@ class EpisodicMemory(Strategy):
 
     def extra_state(self):
         return {"mem": None if self.mem_x is None else {"x": self.mem_x.cpu(), "y": self.mem_y.cpu(),
-                                                          "t": self.mem_t.cpu()}}
+                                                          "t": self.mem_t.cpu()},
+                "pending": self.pending.state_dict()}
 
     def load_extra_state(self, state):
         mem = state.get("mem")
         if mem is not None:
             self.mem_x, self.mem_y, self.mem_t = (mem[k].to(self.device) for k in ("x", "y", "t"))
+        if "pending" in state:
+            self.pending.load_state_dict(state["pending"])
 
 
 @register("agem", AGEMConfig)

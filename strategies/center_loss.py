@@ -39,6 +39,8 @@ class CenterLossConfig(ERConfig):
 class CenterLoss(ER):
     """Center-loss regularisation with frozen centres and classifier rows (optionally with replay)."""
 
+    transient_attrs = ("_h", "_y")  # the last batch's features and labels, set by loss() before use
+
     def setup(self):
         super().setup()
         C, d = self.info.n_classes, self.model.backbone.out_dim

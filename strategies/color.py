@@ -84,6 +84,9 @@ class ExpertModel(nn.Module):
 class TaskKeyedExperts(Strategy):
     """Base of CoLoR and S-Prompts: per-task experts selected by nearest k-means key of frozen features."""
 
+    state_attrs = ("seen_tests",)  # (test_x, task) of the experiences seen so far: task-id accuracy
+    transient_attrs = ("_frozen_cache",)  # query features of seen_tests, recomputed when missing
+
     # -- experts: overridden by subclasses ------------------------------------------------------
     @classmethod
     def attach_experts(cls, cfg, model: ExpertModel, n_tasks: int) -> None:
@@ -256,10 +259,11 @@ class TaskKeyedExperts(Strategy):
         return out
 
     def extra_state(self):
-        return {"keys": self.keys.state_dict(), "task": self.task, "n_trained": self.n_trained,
+        return {**super().extra_state(), "keys": self.keys.state_dict(), "task": self.task, "n_trained": self.n_trained,
                 "task_id_history": self.task_id_history}
 
     def load_extra_state(self, state):
+        super().load_extra_state(state)
         self.keys.load_state_dict(state["keys"])
         self.task, self.n_trained = state["task"], state["n_trained"]
         self.task_id_history = state.get("task_id_history", [])

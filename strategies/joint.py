@@ -15,6 +15,8 @@ class JointConfig(StrategyConfig):
 class Joint(Strategy):
     """Trains on the union of all data seen so far (upper bound)."""
 
+    state_attrs = ("seen_x", "seen_y")  # the data seen so far (checkpointed)
+
     def setup(self):
         self.seen_x, self.seen_y = [], []
         self._init = {k: v.clone() for k, v in self.model.state_dict().items()} if self.cfg.reset else None

@@ -158,6 +158,8 @@ class L2LModel(L2PModel):
 class L2P(Strategy):
     """L2P: prompt pool with learnable keys, top-N by cosine to the frozen query, surrogate key loss."""
 
+    transient_attrs = ("current", "model.last_index", "model.last_key_loss")  # set before use (per experience / forward)
+
     @classmethod
     def build_model(cls, cfg, backbone, scenario):
         from cl.models.adapters import PromptPool

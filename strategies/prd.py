@@ -116,6 +116,8 @@ class PRDModel(nn.Module):
 class PRD(Strategy):
     """PRD: SupCon + detached prototypes + prototype-sample relation distillation (replay-free)."""
 
+    transient_attrs = ("last_parts",)  # the last step's loss terms (logging)
+
     @classmethod
     def build_model(cls, cfg: PRDConfig, backbone, scenario):
         if cfg.tune == "lora":

@@ -170,6 +170,8 @@ def make_adapter(backbone, kind: str, cfg):
 class SSIAT(Strategy):
     """SSIAT: shared adapter tuned every session, semantic shift of prototypes, Gaussian classifier alignment."""
 
+    transient_attrs = ("current",)  # the current session's classes, set in before_experience
+
     @classmethod
     def build_model(cls, cfg: SSIATConfig, backbone, scenario):
         adapters = make_adapter(backbone, cfg.adapter, cfg)

@@ -188,9 +188,13 @@ class XDER(Strategy):
 
     def extra_state(self):
         return {"mem": None if self.mem is None else {k: v.cpu() for k, v in self.mem.items()},
-                "class_task": self.class_task.cpu(), "cur": self.cur}
+                "class_task": self.class_task.cpu(), "cur": self.cur,
+                "counter": None if self.counter is None else self.counter.cpu(), "pending": self.pending.state_dict()}
 
     def load_extra_state(self, state):
         self.mem = None if state["mem"] is None else {k: v.to(self.device) for k, v in state["mem"].items()}
         self.class_task = state["class_task"].to(self.device)
         self.cur = state["cur"]
+        self.counter = None if state.get("counter") is None else state["counter"].to(self.device)
+        if "pending" in state:
+            self.pending.load_state_dict(state["pending"])

@@ -77,6 +77,9 @@ def test_single_test_experience_is_split_by_classes():
 
 
 def test_registered_factory_from_config(tmp_path):
+    from cl.core.registry import load_plugin_file
+
+    load_plugin_file(__name__)  # a factory outside avalanche.benchmarks must come from a module named as a plugin
     r = resolve({"scenario": {"name": "avalanche", "factory": f"{__name__}.tiny_factory",
                               "kwargs": "{n: 3}"}})
     sc = scenarios.get("avalanche").obj(section_config(r, "scenario"), 0)

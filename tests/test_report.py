@@ -80,8 +80,8 @@ def test_report_cli_and_empty_folder(tmp_path, capsys):
     from cl.cli import main
 
     (tmp_path / "empty").mkdir()
-    assert main(["report", str(tmp_path / "empty"), "--no-wandb"]) == 0
-    assert "0 finished" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "empty"), "--no-wandb"]) == 2  # a clear error, not an empty table
+    assert "no results in" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "nope")]) == 2
 
 

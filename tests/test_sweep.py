@@ -130,7 +130,7 @@ BAD = [
     ("exclude name", "grid: {strategy: [er]}\nexclude:\n  - {strategy: joint}\n  - {scenario: nope}\n", 4,
      ["nope", "gaussian"]),
     ("section", "grid:\n  strat.lr: [1]\n", 2, ["strat", "strategy"]),
-    ("base field", "base:\n  protocol: {name: offline, epochz: 2}\ngrid: {strategy: [er]}\n", 2, ["epochz", "epochs"]),
+    ("base field", "grid: {strategy: [er]}\nscenarios:\n  gaussian: {protocol.epochz: 2}\n", 3, ["epochz", "epochs"]),
     ("seed", "grid:\n  seed: [0, one]\n", 2, ["seed", "one"]),
 ]
 
@@ -163,7 +163,8 @@ def test_dry_run_lists_runs_and_status(tmp_path, capsys):
     f = write(tmp_path, f"out: {tmp_path}/o\n{BASE}\ngrid: {{strategy: [er], scenario: [gaussian], seed: [0, 1]}}\n")
     sw = load_sweep(f)
     (tmp_path / "o" / sw.runs[0].id).mkdir(parents=True)
-    (tmp_path / "o" / sw.runs[0].id / "result.json").write_text(json.dumps({"status": "finished"}))
+    (tmp_path / "o" / sw.runs[0].id / "result.json").write_text(json.dumps({"run_id": sw.runs[0].id,
+                                                                             "status": "finished", "R": [[1.0]]}))
     assert main(["sweep", f, "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "2 runs" in text and sw.runs[1].id in text

@@ -18,8 +18,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import re
 import typing
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
 from typing import Any
 
 import yaml
@@ -27,7 +29,12 @@ import yaml
 from cl.core.registry import ConfigError, backbones, scenarios, strategies, unknown
 
 RUN_KEYS = {"seed": 0, "device": "auto", "out": "results", "wandb": "auto", "project": "cl",
-            "group": None, "tags": [], "name": None}
+            "group": None, "tags": [], "name": None,
+            # torch intra-op threads of the run: part of the run id, because a CPU result depends on it
+            # (the same id gives bitwise the same R whatever the executor and the number of workers)
+            "threads": 1}
+#: set by resolve, never by the user: the code identity of non-built-in strategies/scenarios/backbones
+CODE_KEY = "code"
 SECTIONS = ("strategy", "scenario", "backbone", "protocol")
 #: the registry that names each plugin section's choices (the protocol section has a fixed set, PROTOCOLS)
 SECTION_REGISTRIES = {"strategy": strategies, "scenario": scenarios, "backbone": backbones}
@@ -43,12 +50,12 @@ class ProtocolConfig:
     """How the engine consumes a scenario."""
 
     name: str = "offline"  # offline | online
-    epochs: int = 1  # offline only
-    batch_size: int = 0  # 0: 32 offline, 10 online
-    eval_batch_size: int = 1000
+    epochs: int = field(default=1, metadata={"min": 1})  # offline only
+    batch_size: int = field(default=0, metadata={"min": 1})  # 0: 32 offline, 10 online
+    eval_batch_size: int = field(default=1000, metadata={"min": 1})
     eval_every: int = 0  # online: anytime evaluation every k samples on the test data of the classes seen so far (0: off)
     eval_subsample: int = 0  # online: anytime evaluation on at most this many test samples per experience (0: all)
-    window: int = 1000  # online: sliding-window size (samples) for windowed online accuracy
+    window: int = field(default=1000, metadata={"min": 1})  # online: sliding-window size (samples) for windowed online accuracy
     near_future_shift: int = 0  # online: also predict the batch this many batches ahead, before learning (0: off)
     realtime: bool = False  # online: Ghunaim et al. real-time accounting (a step costing C batches skips batches)
     realtime_cost: float = 0.0  # online, realtime: known step cost C in stream intervals (0: measure it)
@@ -64,6 +71,116 @@ class ProtocolConfig:
 
 
 PROTOCOLS = ("offline", "online")
+
+
+# -- validation of every value ----------------------------------------------------------------------
+# Every field of every config dataclass is checked when a config is resolved (``validate_dataclass``):
+#   floats finite and >= 0, ints >= 0, learning rates (``lr``, ``*_lr``) > 0, fractions (``*_fraction``,
+#   ``*_share``, ``dropout``, ``*_dropout``, ``p``) <= 1. A field declares other bounds with
+#   ``dataclasses.field(default=..., metadata={"min": a, "max": b, "min_exclusive": True, "finite": False})``
+#   (metadata={"bounds": None} turns the checks off). A default outside the bounds is a sentinel (0 = auto)
+#   and stays valid.
+_FRACTION = re.compile(r"(^|_)(fraction|share|dropout)$|^p$")
+
+
+def _bounds(f, value) -> dict:
+    md = dict(f.metadata or {})
+    if "bounds" in md and md["bounds"] is None:
+        return {}
+    b: dict = {}
+    if isinstance(value, float):
+        b = {"min": 0.0, "finite": True}
+        if f.name == "lr" or f.name.endswith("_lr"):
+            b["min_exclusive"] = True
+        if _FRACTION.search(f.name):
+            b["max"] = 1.0
+    elif isinstance(value, int) and not isinstance(value, bool):
+        b = {"min": 0}
+    b.update(md)
+    return b
+
+
+def _describe(b: dict, default=None) -> str:
+    lo, hi = b.get("min"), b.get("max")
+    parts = []
+    if lo is not None:
+        parts.append(f"{'>' if b.get('min_exclusive') else '>='} {lo}")
+    if hi is not None:
+        parts.append(f"<= {hi}")
+    if b.get("finite"):
+        parts.append("finite")
+    out = ", ".join(parts) or "any"
+    return out + (f" (or {default!r}, the default)" if default is not None else "")
+
+
+def check_value(where: str, value, b: dict, default=None) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not b:
+        return
+    bad = False
+    if b.get("finite", isinstance(value, float)) and isinstance(value, float) and not math.isfinite(value):
+        bad = True
+    lo, hi = b.get("min"), b.get("max")
+    if lo is not None and (value < lo or (b.get("min_exclusive") and value == lo)):
+        bad = True
+    if hi is not None and value > hi:
+        bad = True
+    if bad:
+        raise ConfigError(f"{where}={value!r} is out of range: valid values are {_describe(b, default)}")
+
+
+def _in_bounds(value, b: dict) -> bool:
+    try:
+        check_value("x", value, b)
+        return True
+    except ConfigError:
+        return False
+
+
+def validate_dataclass(obj, where: str) -> None:
+    """Check every numeric field (and the numbers in list fields) of a config dataclass instance."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        default = f.default if f.default is not MISSING else None
+        numeric_default = isinstance(default, (int, float)) and not isinstance(default, bool)
+        for v in (value if isinstance(value, (list, tuple)) else [value]):
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if numeric_default and v == default:
+                continue  # a declared default is valid (sentinels such as 0 = auto)
+            b = _bounds(f, v)
+            if not _in_bounds(v, b):
+                sentinel = default if numeric_default and not _in_bounds(default, b) else None
+                raise ConfigError(f"{where}: {f.name}={v!r} is out of range: valid values are "
+                                  f"{_describe(b, sentinel)}")
+    hook = getattr(obj, "validate", None)  # optional per-config cross-field checks, raising ConfigError
+    if callable(hook):
+        hook()
+
+
+DEVICE_RE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def check_device(name, available: bool = False) -> None:
+    """A device name the platform knows; with ``available``, also one that this machine has."""
+    if name in (None, "auto"):
+        return
+    if not isinstance(name, str) or not DEVICE_RE.match(name):
+        raise ConfigError(f"device={name!r} is not a device: valid values are auto, cpu, cuda, cuda:<index>, mps")
+    if not available:
+        return
+    import torch
+
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device={name!r}, but this machine has no usable CUDA GPU "
+                              f"(torch {torch.__version__}, torch.cuda.is_available() is False): "
+                              f"use --device cpu or auto")
+        idx = int(name.split(":")[1]) if ":" in name else 0
+        if idx >= torch.cuda.device_count():
+            raise ConfigError(f"device={name!r}: this machine has {torch.cuda.device_count()} GPU(s) "
+                              f"(valid: cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError("device='mps', but MPS is not available on this machine: use --device cpu or auto")
 
 
 def _coerce(value: Any, typ: Any, where: str) -> Any:
@@ -115,7 +232,9 @@ def build_dataclass(cls, values: dict, where: str):
         if k not in names:
             raise unknown(f"config key in {where}", k, names)
         kwargs[k] = _coerce(v, hints.get(k, Any), f"{where}.{k}")
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    validate_dataclass(obj, where)
+    return obj
 
 
 def _section(value: Any, section: str) -> dict:
@@ -134,6 +253,7 @@ DEFAULTS = {"strategy": "finetune", "scenario": "split-mnist", "backbone": "mlp"
 def resolve(raw: dict) -> dict:
     """Fill defaults, validate names and keys, return the resolved config dict."""
     raw = copy.deepcopy(raw or {})
+    raw.pop(CODE_KEY, None)  # recomputed below from the code that is loaded now, never taken from a file
     for k in raw:
         if k not in RUN_KEYS and k not in SECTIONS:
             raise unknown("config key", k, list(RUN_KEYS) + list(SECTIONS))
@@ -147,6 +267,7 @@ def resolve(raw: dict) -> dict:
             cfg = build_dataclass(ProtocolConfig, {**sec, "name": name}, "protocol")
             if cfg.batch_size == 0:
                 cfg.batch_size = 10 if name == "online" else 32
+            check_value("protocol.batch_size", cfg.batch_size, {"min": 1})
             out[section] = asdict(cfg)
             continue
         entry = SECTION_REGISTRIES[section].get(name)
@@ -161,6 +282,17 @@ def resolve(raw: dict) -> dict:
     for k, default in RUN_KEYS.items():
         out[k] = copy.deepcopy(raw.get(k, default))
     out["seed"] = _coerce(out["seed"], int, "seed")
+    out["threads"] = _coerce(out["threads"], int, "threads")
+    check_value("threads", out["threads"], {"min": 1})
+    check_device(out["device"])
+    code = {}
+    for section in ("strategy", "scenario", "backbone"):
+        reg = {"strategy": strategies, "scenario": scenarios, "backbone": backbones}[section]
+        ident = reg.get(out[section]["name"]).identity()
+        if ident is not None:
+            code[section] = ident
+    if code:
+        out[CODE_KEY] = code
     return out
 
 
@@ -211,26 +343,60 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader for which a key given twice in one mapping is an error (``FILE:LINE``), not "last one wins"."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for k_node, _ in node.value:
+            if isinstance(k_node, yaml.ScalarNode) and k_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(k_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}, again at line "
+                                f"{k_node.start_mark.line + 1})", k_node.start_mark)
+            seen[key] = k_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def duplicate_key_error(path: str, e) -> ConfigError | None:
+    """``FILE:LINE: duplicate key ...`` for a UniqueKeyLoader error, else None."""
+    if isinstance(e, yaml.constructor.ConstructorError) and "duplicate key" in str(e.problem or ""):
+        return ConfigError(f"{path}:{e.problem_mark.line + 1}: {e.problem}")
+    return None
+
+
 def load_yaml(path: str) -> dict:
-    """Read a YAML run file; errors name the file."""
+    """Read a YAML run file; errors name the file (and the line of a duplicate key)."""
     try:
         with open(path) as f:
-            data = yaml.safe_load(f) or {}
+            data = yaml.load(f, Loader=UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"run file {path!r} does not exist") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+        raise (duplicate_key_error(path, e) or ConfigError(f"{path}: invalid YAML: {e}")) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
 
 
 ID_EXCLUDE = ("out", "wandb", "project", "group", "tags", "name", "device")
+#: keys hashed only when they differ from these values, so that the ids of runs made before the keys
+#: existed (one thread, built-in code) stay the same
+ID_IMPLICIT = {"threads": 1, CODE_KEY: None}
 
 
 def run_id(resolved: dict) -> str:
-    """Stable id of a resolved config: strategy-scenario-seed-<hash of everything that changes results>."""
-    key = {k: v for k, v in resolved.items() if k not in ID_EXCLUDE}
+    """Stable id of a resolved config: strategy-scenario-seed-<hash of everything that changes results>:
+    every section, the seed, the thread count and the code identity of non-built-in strategies, scenarios
+    and backbones (``resolve`` puts it under ``code``); not the output folder, W&B settings or device."""
+    key = {k: v for k, v in resolved.items()
+           if k not in ID_EXCLUDE and not (k in ID_IMPLICIT and v == ID_IMPLICIT[k])}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in str(s))  # noqa: E731
     return f"{safe(resolved['strategy']['name'])}-{safe(resolved['scenario']['name'])}-s{resolved['seed']}-{digest}"

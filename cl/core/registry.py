@@ -28,12 +28,59 @@ def unknown(kind: str, value: Any, choices) -> ConfigError:
     return ConfigError(f"unknown {kind} {value!r}.{hint} Valid choices: {', '.join(choices)}")
 
 
+BUILTIN_PACKAGES = ("strategies", "scenarios", "cl")  # modules of these packages are the platform's own code
+
+#: modules the user named explicitly (``--plugin FILE.py`` / ``--plugin module``, a sweep file's ``plugins:``);
+#: only these (and avalanche.benchmarks) may provide a scenario factory (scenarios/avalanche_adapter.py)
+USER_MODULES: set[str] = set()
+
+
+def _is_builtin(module: str | None) -> bool:
+    return bool(module) and module.split(".")[0] in BUILTIN_PACKAGES
+
+
+def code_identity(obj) -> str | None:
+    """None for the platform's own code; else the defining module and a hash of its source file, so that a
+    plugin's runs never share a run id with a built-in's, nor with an edited version of the same file."""
+    import hashlib
+
+    module = getattr(obj, "__module__", None)
+    if _is_builtin(module):
+        return None
+    mod = sys.modules.get(module or "")
+    path = getattr(mod, "__file__", None)
+    digest = "nofile"
+    if path:
+        try:
+            digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+        except OSError:
+            pass
+    return f"{module}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}@{digest}"
+
+
 @dataclass
 class Entry:
     name: str
     obj: Any
     config: type | None
     description: str
+
+    @property
+    def module(self) -> str:
+        return getattr(self.obj, "__module__", "?")
+
+    @property
+    def builtin(self) -> bool:
+        return _is_builtin(self.module)
+
+    def identity(self) -> str | None:
+        return code_identity(self.obj)
+
+
+def _same_code(a, b) -> bool:
+    """The same object, or the same module and name re-executed (a plugin file imported twice)."""
+    return a is b or (getattr(a, "__module__", 1) == getattr(b, "__module__", 2)
+                      and getattr(a, "__qualname__", 1) == getattr(b, "__qualname__", 2))
 
 
 @dataclass
@@ -42,13 +89,33 @@ class Registry:
     group: str  # entry point group
     entries: dict[str, Entry] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)  # module -> import error
+    conflicts: dict[str, str] = field(default_factory=dict)  # name -> why it is registered twice
     _loaded: bool = False
+    _loading: bool = False
 
-    def register(self, name: str, config: type | None = None, description: str | None = None) -> Callable:
+    def register(self, name: str, config: type | None = None, description: str | None = None,
+                 override: bool = False) -> Callable:
+        """Register ``obj`` under ``name``. A name that another object holds already is an error, unless
+        ``override=True`` (then the new one replaces it, and its runs get their own run ids)."""
         def deco(obj):
             cfg = config if config is not None else getattr(obj, "Config", None)
             desc = description or (obj.__doc__ or "").strip().split("\n")[0]
-            self.entries[name] = Entry(name, obj, cfg, desc)
+            old = self.entries.get(name)
+            if old is not None and not _same_code(old.obj, obj):
+                if old.builtin is False and _is_builtin(getattr(obj, "__module__", None)) and self._loading:
+                    # a user's object registered before the built-ins were imported: never let either win silently
+                    if not getattr(old, "override", False):
+                        self.conflicts[name] = (f"{self.kind} {name!r} is registered by {old.module} and by the "
+                                                f"built-in {obj.__module__}; register({name!r}, override=True) "
+                                                f"to replace the built-in, or choose another name")
+                    return obj
+                if not override:
+                    raise ConfigError(f"{self.kind} {name!r} is already registered (by {old.module}); "
+                                      f"register({name!r}, override=True) replaces it, or choose another name")
+            entry = Entry(name, obj, cfg, desc)
+            entry.override = override  # type: ignore[attr-defined]
+            self.entries[name] = entry
+            self.conflicts.pop(name, None)
             return obj
 
         return deco
@@ -56,7 +123,13 @@ class Registry:
     def _load(self) -> None:
         if self._loaded:
             return
-        self._loaded = True
+        self._loaded = self._loading = True
+        try:
+            self._load_modules()
+        finally:
+            self._loading = False
+
+    def _load_modules(self) -> None:
         pkg = {"strategy": "strategies", "scenario": "scenarios", "backbone": "cl.models.backbones"}[self.kind]
         mod = importlib.import_module(pkg)
         if hasattr(mod, "__path__"):
@@ -83,6 +156,8 @@ class Registry:
 
     def get(self, name: str) -> Entry:
         self._load()
+        if name in self.conflicts:
+            raise ConfigError(self.conflicts[name])
         if name in self.entries:
             return self.entries[name]
         # prefix families such as "timm:<model>" or "split-cifar10/5"
@@ -90,6 +165,9 @@ class Registry:
             if key.endswith("*") and name.startswith(key[:-1]):
                 return e
         err = unknown(self.kind, name, self.entries)
+        if self.kind == "strategy":
+            err = ConfigError(f"{err}. A strategy in your own file: --plugin my_strategy.py (cl run / cl sweep), "
+                              f"or plugins: [my_strategy.py] in a sweep file (README: 'your own strategy')")
         if self.broken:
             err = ConfigError(f"{err} (could not import: " +
                               "; ".join(f"{m}: {e}" for m, e in self.broken.items()) + ")")
@@ -101,16 +179,51 @@ scenarios = Registry("scenario", "cl.scenarios")
 backbones = Registry("backbone", "cl.backbones")
 
 
+def plugin_module_name(path: str | Path) -> str:
+    return f"cl_user_plugin_{Path(path).stem}"
+
+
 def load_plugin_file(path: str | Path) -> None:
-    """Import a user's Python file so that its ``@register`` decorators run."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"plugin file {str(path)!r} does not exist")
-    name = f"cl_user_plugin_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
+    """Import a user's Python file (or an importable module name) so that its ``@register`` decorators run.
+    The built-ins are loaded first, so that a plugin registering a name that exists is an error at once.
+    Any failure of the file (syntax error, exception on import, a name clash) is a ConfigError naming it."""
+    for reg in (strategies, scenarios, backbones):
+        reg._load()
+    spath = str(path)
+    p = Path(path)
+    if not p.is_file():
+        if not spath.endswith(".py") and all(part.isidentifier() for part in spath.split(".")):
+            try:
+                importlib.import_module(spath)
+            except ConfigError as e:
+                raise ConfigError(f"plugin module {spath!r}: {e}") from None
+            except Exception as e:
+                raise ConfigError(f"plugin module {spath!r} failed to import: {type(e).__name__}: {e}") from None
+            USER_MODULES.add(spath)
+            return
+        raise ConfigError(f"plugin file {spath!r} does not exist")
+    name = plugin_module_name(p)
+    spec = importlib.util.spec_from_file_location(name, p)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as e:
+        sys.modules.pop(name, None)
+        raise ConfigError(f"plugin file {spath}:{e.lineno}: syntax error: {e.msg}") from None
+    except ConfigError as e:
+        sys.modules.pop(name, None)
+        raise ConfigError(f"plugin file {spath}: {e}") from None
+    except BaseException as e:  # noqa: BLE001 - a plugin raising anything (even SystemExit) is the user's error
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        sys.modules.pop(name, None)
+        import traceback
+
+        tb = traceback.extract_tb(e.__traceback__)
+        where = next((f"{f.filename}:{f.lineno}" for f in reversed(tb) if f.filename == str(p)), spath)
+        raise ConfigError(f"plugin file {spath} raised on import at {where}: {type(e).__name__}: {e}") from None
+    USER_MODULES.update({name, p.stem})
 
 
 def config_fields(cfg_cls) -> list[tuple[str, Any, str]]:

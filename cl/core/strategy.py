@@ -57,9 +57,10 @@ def uses_frozen_features(strategy_cls, cfg) -> bool:
     return bool(strategy_cls.frozen_features or getattr(cfg, "frozen_backbone", False))
 
 
-def register(name: str, config=None, description: str | None = None):
-    """Register a strategy class under ``name`` (usable from user files too)."""
-    return strategies.register(name, config, description)
+def register(name: str, config=None, description: str | None = None, override: bool = False):
+    """Register a strategy class under ``name`` (usable from user files too). A name that exists already
+    (a built-in's, say) is an error unless ``override=True``."""
+    return strategies.register(name, config, description, override)
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -212,9 +213,66 @@ class Strategy:
         self.optimizer.load_state_dict(state["optimizer"])
         self.load_extra_state(state.get("extra", {}))
 
+    #: the strategy's state beyond model and optimiser, by attribute name: tensors, plain values (dict, list,
+    #: tuple, int, float, str, bool, None), nn.Modules (saved as their state_dict), objects with
+    #: state_dict()/load_state_dict() (buffers, task keys, optimisers) and torch.Generators (by get_state()).
+    #: ``extra_state`` / ``load_extra_state`` save and restore them; a strategy with more to do overrides
+    #: those and calls super(). A checkpoint holds nothing else (docs/reliability.md).
+    state_attrs: tuple = ()
+    #: attributes that are recomputed before they are read (per-batch caches): not state, not checked
+    transient_attrs: tuple = ()
+
     def extra_state(self) -> dict:
-        """The strategy's own state (buffers, frozen copies as state_dicts, generator states): tensors and plain values."""
-        return {}
+        """The strategy's own state (buffers, frozen copies, generator states) as tensors and plain values:
+        by default the attributes named in ``state_attrs``."""
+        return {name: to_state(getattr(self, name)) for name in self.state_attrs}
 
     def load_extra_state(self, state: dict) -> None:
         """Restore what ``extra_state`` returned."""
+        for name in self.state_attrs:
+            if name in state:
+                setattr(self, name, from_state(getattr(self, name, None), state[name], f"{type(self).__name__}.{name}"))
+
+
+_MOD, _SD, _GEN = "__module_state__", "__state_dict__", "__generator_state__"
+
+
+def to_state(v):
+    """A declared attribute as tensors and plain values (see ``Strategy.state_attrs``)."""
+    if isinstance(v, torch.Tensor):
+        return v.detach().clone()
+    if isinstance(v, nn.Module):
+        return {_MOD: v.state_dict()}
+    if isinstance(v, torch.Generator):
+        return {_GEN: v.get_state()}
+    if hasattr(v, "state_dict") and hasattr(v, "load_state_dict") and not isinstance(v, type):
+        return {_SD: v.state_dict()}
+    if isinstance(v, dict):
+        return {k: to_state(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return type(v)(to_state(x) for x in v)
+    return v
+
+
+def from_state(cur, saved, where: str = "state"):
+    """Restore one declared attribute: modules, buffers and generators in place, tensors on the device of
+    the current value, containers element by element."""
+    if isinstance(saved, dict) and len(saved) == 1 and next(iter(saved)) in (_MOD, _SD, _GEN):
+        kind, val = next(iter(saved.items()))
+        if cur is None:
+            raise ValueError(f"{where}: cannot restore a {kind.strip('_')} into None; create the object in "
+                             f"__init__/setup() (or override load_extra_state)")
+        if kind == _GEN:
+            cur.set_state(val.cpu())
+        else:
+            cur.load_state_dict(val)
+        return cur
+    if isinstance(saved, torch.Tensor):
+        return saved.to(cur.device) if isinstance(cur, torch.Tensor) else saved
+    if isinstance(saved, dict):
+        c = cur if isinstance(cur, dict) else {}
+        return {k: from_state(c.get(k), v, f"{where}.{k}") for k, v in saved.items()}
+    if isinstance(saved, (list, tuple)):
+        c = list(cur) if isinstance(cur, (list, tuple)) and len(cur) == len(saved) else [None] * len(saved)
+        return type(saved)(from_state(a, b, f"{where}[{i}]") for i, (a, b) in enumerate(zip(c, saved)))
+    return saved

@@ -17,7 +17,8 @@ def add_cli(sub) -> None:
     p.add_argument("--workers", "-j", type=int,
                    help="local: worker processes (default: one per visible GPU, 1 on CPU; 0 = in this process); "
                         "ray on a local instance: CPUs to use")
-    p.add_argument("--threads", type=int, help="torch threads per run (default: CPU cores / workers)")
+    p.add_argument("--threads", type=int, help="torch threads of every run (sets the run key `threads`, part of "
+                                               "the run id; default 1, whatever the number of workers)")
     p.add_argument("--address", help="ray: address of an existing cluster (default: start a local Ray instance)")
     p.add_argument("--gpus-per-run", type=float, help="ray: GPUs per run (default: 1 if the cluster has GPUs)")
     p.add_argument("--cpus-per-run", type=float, help="ray: CPUs per run (default 1)")
@@ -34,19 +35,25 @@ def add_cli(sub) -> None:
 
 def cmd_sweep(args) -> int:
     overrides = list(args.overrides) + (["wandb=off"] if args.no_wandb else [])
+    if args.threads is not None:
+        overrides.append(f"threads={args.threads}")
     sweep = load_sweep(args.file, overrides, args.out, args.plugin)
+    if args.threads is None and sweep.executor.get("threads") is not None:  # executor.threads: every run's
+        sweep = load_sweep(args.file, overrides + [f"threads={sweep.executor['threads']}"], args.out, args.plugin)
     if args.dry_run:
         print_dry_run(sweep)
         return 0
     from cl.sweeps.executors import make_executor
 
     ex = dict(sweep.executor)
-    for k in ("executor", "workers", "threads", "address", "gpus_per_run", "cpus_per_run", "max_retries"):
+    ex.pop("threads", None)
+    for k in ("executor", "workers", "address", "gpus_per_run", "cpus_per_run", "max_retries"):
         v = getattr(args, k)
         if v is not None:
             ex["kind" if k == "executor" else k] = v
     kind = ex.pop("kind", "local")
-    executor = make_executor(kind, plugins=[str(Path(p).resolve()) for p in args.plugin], **ex)
+    plugins = [str(Path(p).resolve()) if Path(p).is_file() else p for p in args.plugin] + list(sweep.plugins)
+    executor = make_executor(kind, plugins=plugins, **ex)
     summary = run_sweep(sweep, executor, retry_failed=not args.skip_failed, log=lambda s: print(s, flush=True))
     if sweep.report and not args.no_report:
         from cl.sweeps.report import make_report
@@ -54,5 +61,5 @@ def cmd_sweep(args) -> int:
         rep = make_report(sweep.out, wandb=None if not args.no_wandb else False)
         print()
         print(rep["markdown_main"])
-        print(f"report: {rep['path']}")
+        print(f"report: {rep['path']}" if rep.get("path") else "report: not written (see the warning above)")
     return 1 if summary["failed"] else 0

@@ -1,8 +1,9 @@
 """Executors run the runs of a sweep.
 
 - ``local`` (default): worker processes on this machine, one per visible GPU (each pinned to its GPU with
-  ``CUDA_VISIBLE_DEVICES``), or a configurable number on CPU (default 1), each limited to its share of the
-  CPU cores with ``torch.set_num_threads``.  ``workers=0`` runs in the calling process.
+  ``CUDA_VISIBLE_DEVICES``), or a configurable number on CPU (default 1). Each run uses its own torch thread
+  count (the run key ``threads``, part of its id), never a share that depends on the number of workers.
+  ``workers=0`` runs in the calling process.
 - ``ray``: one Ray task per run on an existing cluster (``address``) or on a local Ray instance, with
   ``num_gpus`` per run and automatic retries when a worker or node is lost.  Needs ``pip install .[ray]``.
 
@@ -32,13 +33,18 @@ def _write_failed(run_dir: Path, rid: str, resolved: dict, error: str, tb: str =
     rec = {"run_id": rid, "config": resolved, "status": "failed", "error": error, "traceback": tb,
            "seed": resolved.get("seed")}
     if not (run_dir / "result.json").exists():  # never touch a finished run
-        atomic_write_json(run_dir / "failed.json", rec)
+        try:
+            atomic_write_json(run_dir / "failed.json", rec)
+            rec["saved"] = str(run_dir / "failed.json")
+        except OSError as e:  # a full disk or read-only folder: say so instead of pointing at a missing file
+            rec["saved"], rec["save_error"] = None, f"cannot write {run_dir / 'failed.json'}: {e.strerror or e}"
     return rec
 
 
 def _brief(result: dict) -> dict:
     """What an executor sends back to the sweep: the status and the metrics, not the whole result."""
-    keep = ("run_id", "status", "error", "traceback", "metrics", "resumed", "device")
+    keep = ("run_id", "status", "error", "traceback", "metrics", "resumed", "device", "threads", "skipped",
+            "saved", "save_error")
     return {k: result.get(k) for k in keep if k in result}
 
 
@@ -49,10 +55,8 @@ def execute_run(resolved: dict, plugins=(), device: str | None = None, threads: 
     rid = run_id(resolved)
     run_dir = Path(resolved.get("out") or "results") / rid
     try:
-        import torch
-
-        if threads:
-            torch.set_num_threads(int(threads))
+        # the torch thread count is the run's own (resolved["threads"], set by Run), not the executor's, so
+        # that a run id gives the same R whatever the executor and the number of workers
         from cl.api import run
         from cl.core.registry import load_plugin_file
 
@@ -61,7 +65,7 @@ def execute_run(resolved: dict, plugins=(), device: str | None = None, threads: 
         cfg = dict(resolved)
         if device and cfg.get("device") in (None, "auto"):
             cfg["device"] = device
-        res = run(cfg, progress=False)
+        res = run(cfg, progress=False)  # locks the run: another process computing it -> status "busy"
         return {**_brief(res.raw), "skipped": True} if res.skipped else _brief(res.raw)
     except BaseException as e:  # noqa: BLE001 - a run must never take the sweep down
         if isinstance(e, KeyboardInterrupt):
@@ -172,7 +176,7 @@ class LocalExecutor:
         if self.workers == 0:
             return "this process"
         where = f"GPUs {self.gpus}" if self.gpus else "CPU"
-        return f"{self.workers} local worker(s) on {where}, {self.threads} thread(s) each"
+        return f"{self.workers} local worker(s) on {where}"
 
     def _device(self, slot: int):
         return self.gpus[slot % len(self.gpus)] if self.gpus else None
@@ -192,7 +196,10 @@ class LocalExecutor:
             torch.set_num_threads(self.threads)
             dev = "cuda:0" if self.gpus else None
             for spec in specs:
-                on_done(spec, execute_run(spec.config, self.plugins, dev, self.threads))
+                rec = execute_run(spec.config, self.plugins, dev, self.threads)
+                on_done(spec, rec)
+                if rec.get("status") == "interrupted":  # Ctrl-C stops the sweep, not just this run
+                    raise KeyboardInterrupt
             return
         queue = list(specs)
         tries = {s.id: 0 for s in specs}

@@ -33,9 +33,41 @@ SECTIONS = ("strategy", "scenario", "backbone", "protocol")
 
 def _read(path: Path):
     try:
-        return json.loads(path.read_text())
+        rec = json.loads(path.read_text())
     except Exception as e:  # a damaged file is reported, not fatal
         return {"status": "unreadable", "error": f"{path}: {type(e).__name__}: {e}"}
+    if not isinstance(rec, dict):
+        return {"status": "unreadable", "error": f"{path}: JSON of the wrong shape ({type(rec).__name__})"}
+    if path.name == "result.json":  # valid JSON is not yet a result: the same test as the sweep's
+        from cl.train.results import result_problem
+
+        why = result_problem(rec, None)
+        bad_fields = [k for k, t in (("config", dict), ("metrics", dict)) if k in rec and not isinstance(rec[k], t)]
+        if why or bad_fields:
+            return {"status": "unreadable", "run_id": rec.get("run_id") if isinstance(rec.get("run_id"), str) else None,
+                    "error": f"{path}: {why or 'malformed fields ' + ', '.join(bad_fields)}"}
+    for k, t in (("config", dict), ("metrics", dict)):
+        if k in rec and not isinstance(rec[k], t):
+            rec.pop(k)
+    return rec
+
+
+def _write_atomic(path: Path, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, renamed over it: never a truncated file."""
+    import os
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        os.fchmod(fd, 0o666 & ~mask)
+        with os.fdopen(fd, "w", newline="") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def collect(root: str | Path) -> dict:
@@ -43,6 +75,7 @@ def collect(root: str | Path) -> dict:
     root = Path(root)
     manifest = _read(root / "sweep.json") if (root / "sweep.json").exists() else None
     dirs = sorted({p.parent for pat in ("*/result.json", "*/failed.json", "*/checkpoint.pt") for p in root.glob(pat)})
+    dirs = sorted(set(dirs) | {p.parent for p in root.glob("*/interrupted.json")})
     if not dirs and (root / "result.json").exists():
         dirs = [root]
     wanted = [r["id"] for r in manifest.get("runs", [])] if isinstance(manifest, dict) and "runs" in manifest else None
@@ -54,12 +87,14 @@ def collect(root: str | Path) -> dict:
             continue
         if (d / "result.json").exists():
             rec = _read(d / "result.json")
-        elif (d / "failed.json").exists():
-            rec = _read(d / "failed.json")
-            rec["status"] = rec.get("status") or "failed"
+        elif (d / "failed.json").exists() or (d / "interrupted.json").exists():
+            f = d / ("interrupted.json" if (d / "interrupted.json").exists() else "failed.json")
+            rec = _read(f)
+            rec["status"] = rec.get("status") or ("interrupted" if f.name == "interrupted.json" else "failed")
         else:
             rec = {"status": "partial", "error": "interrupted: checkpoint only (rerun the sweep to resume)"}
-        rec.setdefault("run_id", d.name)
+        if not isinstance(rec.get("run_id"), str):
+            rec["run_id"] = d.name
         rec["_dir"] = str(d)
         runs.append(rec)
         by_id[rec["run_id"]] = rec
@@ -256,7 +291,7 @@ def write_csv(runs, path: Path) -> None:
     flats = [_flat(r["config"]) if isinstance(r.get("config"), dict) else {} for r in runs]
     cfg_keys = sorted({k for f in flats for k in f if k != "seed"})
     head = ["run_id", "status", "strategy", "scenario", "row", "column", "seed"] + list(CSV_METRICS) + ["error"] + cfg_keys
-    with open(path, "w", newline="") as f:
+    def write(f):
         w = csv.writer(f)
         w.writerow(head)
         for r, fl in zip(runs, flats):
@@ -266,6 +301,8 @@ def write_csv(runs, path: Path) -> None:
                         (cfg.get("scenario") or {}).get("name"), r.get("_row"), r.get("_col"), cfg.get("seed")]
                        + [_metric(r, k) for k in CSV_METRICS] + [err[0] if err else ""]
                        + [fl.get(k) for k in cfg_keys])
+
+    _write_atomic(path, write)
 
 
 def _wandb_on(runs) -> bool:
@@ -308,9 +345,13 @@ def make_report(root: str | Path, out: str | Path | None = None, wandb: bool | N
 
         raise ConfigError(f"results folder {str(root)!r} does not exist")
     out = Path(out) if out else root / "report"
-    out.mkdir(parents=True, exist_ok=True)
     got = collect(root)
     runs = got["runs"]
+    if not runs and not got["missing"]:
+        from cl.core.registry import ConfigError
+
+        raise ConfigError(f"no results in {str(root)!r}: no <run>/result.json, failed.json or checkpoint.pt "
+                          f"(run `cl sweep FILE` first, or point cl report at a sweep's results folder)")
     label_runs(runs)
     # rows and columns in the sweep's order (the manifest's), else alphabetical
     order = {rid: i for i, rid in enumerate(r["id"] for r in (got["manifest"] or {}).get("runs", []))}
@@ -347,22 +388,37 @@ def make_report(root: str | Path, out: str | Path | None = None, wandb: bool | N
         md += ["## Runs not started", ""] + [f"- `{i}`" for i in got["missing"]] + [""]
     if got["ignored"]:
         md += [f"({got['ignored']} result folders not in this sweep's manifest were ignored)", ""]
-    write_csv(runs, out / "runs.csv")
+    written = True
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_csv(runs, out / "runs.csv")
+    except OSError as e:  # read-only folder, full disk: the report is printed, not written
+        import sys
+
+        print(f"warning: cannot write the report to {out}: {e.strerror or e}", file=sys.stderr)
+        written, plots_on = False, False
     images = plots(runs, rows, cols, out) if plots_on and fin else []
     if images:
         md += ["## Plots", ""] + [f"![{p}]({p})" for p in images] + [""]
     md += ["All runs: [runs.csv](runs.csv)", ""]
     text = "\n".join(md)
-    (out / "report.md").write_text(text)
+    if written:
+        try:
+            _write_atomic(out / "report.md", lambda f: f.write(text))
+        except OSError as e:
+            import sys
+
+            print(f"warning: cannot write {out / 'report.md'}: {e.strerror or e}", file=sys.stderr)
+            written = False
     main_text = "\n".join([md[0], "", md[2], ""] + parts)
     if bad or got["missing"]:
         main_text += "\n" + "\n".join(l for l in md if l.startswith("- `") or l.startswith("## Runs"))
     logged = False
     if (wandb if wandb is not None else _wandb_on(runs)) and fin:
         logged = log_wandb(runs, tables, [out / p for p in images], out)
-    return {"path": str(out / "report.md"), "markdown": text, "markdown_main": main_text, "rows": rows, "cols": cols,
+    return {"path": str(out / "report.md") if written else None, "markdown": text, "markdown_main": main_text, "rows": rows, "cols": cols,
             "failed": [r.get("run_id") for r in bad], "missing": got["missing"], "images": images,
-            "csv": str(out / "runs.csv"), "tables": tables, "wandb": logged}
+            "csv": str(out / "runs.csv") if written else None, "tables": tables, "wandb": logged}
 
 
 def add_cli(sub) -> None:
@@ -382,5 +438,6 @@ def cmd_report(args) -> int:
     wb = False if args.no_wandb else (True if args.wandb else None)
     rep = make_report(args.dir, args.out, wandb=wb, plots_on=not args.no_plots, metric=args.metric)
     print(rep["markdown_main"])
-    print(f"report: {rep['path']} ({len(rep['images'])} plots, CSV {rep['csv']})")
+    if rep["path"]:
+        print(f"report: {rep['path']} ({len(rep['images'])} plots, CSV {rep['csv']})")
     return 0

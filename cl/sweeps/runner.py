@@ -11,18 +11,22 @@ def run_sweep(sweep: Sweep, executor=None, retry_failed: bool = True, log=print,
     """Run every unfinished run of the sweep on the executor; returns counts and per-run statuses."""
     from cl.sweeps.executors import make_executor
 
+    from cl.train.results import finished_result, saved_note
+
     executor = executor or make_executor("local")
-    Path(sweep.out).mkdir(parents=True, exist_ok=True)
-    write_manifest(sweep)
     statuses, todo = {}, []
     for r in sweep.runs:
         st = run_status(sweep.out, r.id)
         if st == "finished":
             statuses[r.id] = "skipped"
-        elif st == "failed" and not retry_failed:
+        elif st == "failed" and not retry_failed:  # interrupted runs are always resumed
             statuses[r.id] = "failed"
         else:
+            finished_result(Path(sweep.out) / r.id, r.id)  # a bad result.json is moved aside, the run redone
             todo.append(r)
+    if todo:
+        Path(sweep.out).mkdir(parents=True, exist_ok=True)
+    write_manifest(sweep)
     n_skip = sum(1 for s in statuses.values() if s == "skipped")
     log(f"sweep {sweep.name!r}: {len(sweep.runs)} runs, {n_skip} already finished, {len(todo)} to run "
         f"on {executor.describe()} -> {sweep.out}/")
@@ -32,23 +36,37 @@ def run_sweep(sweep: Sweep, executor=None, retry_failed: bool = True, log=print,
     def on_done(spec: RunSpec, rec: dict):
         done[0] += 1
         statuses[spec.id] = rec.get("status", "failed")
+        if rec.get("skipped"):
+            statuses[spec.id] = "skipped"
+            log(f"[{done[0]}/{len(todo)}] skipped {spec.id}: finished by another process")
+            return
+        if statuses[spec.id] == "busy":
+            log(f"[{done[0]}/{len(todo)}] busy {spec.id}: {rec.get('error')}; skipped (rerun to collect it)")
+            return
         m = rec.get("metrics") or {}
         acc = m.get("avg_acc")
         extra = f"avg_acc {acc:.4f}" if isinstance(acc, (int, float)) else (rec.get("error") or "").splitlines()[0:1]
         if isinstance(extra, list):
             extra = extra[0] if extra else ""
         resumed = " (resumed)" if rec.get("resumed") else ""
+        if rec.get("save_error"):
+            extra = f"{extra} [{saved_note(rec)}]"
         log(f"[{done[0]}/{len(todo)}] {rec.get('status', 'failed')}{resumed} {spec.id}: {extra} "
             f"({m.get('wall_time', 0.0):.1f} s)")
 
     if todo:
         executor.run(todo, on_done)
-    failed = [rid for rid, s in statuses.items() if s not in ("finished", "skipped")]
-    summary = {"total": len(sweep.runs), "skipped": n_skip, "ran": len(todo), "failed": failed,
+    failed = [rid for rid, s in statuses.items() if s not in ("finished", "skipped", "busy")]
+    busy = [rid for rid, s in statuses.items() if s == "busy"]
+    n_now = sum(1 for r in todo if statuses.get(r.id) == "finished")
+    summary = {"total": len(sweep.runs), "skipped": n_skip, "ran": len(todo), "failed": failed, "busy": busy,
                "statuses": statuses, "wall_time": time.perf_counter() - t0}
-    log(f"sweep {sweep.name!r} done in {summary['wall_time']:.1f} s: "
-        f"{len(todo) - len([f for f in failed if f in {r.id for r in todo}])} finished now, {n_skip} skipped, "
-        f"{len(failed)} failed")
+    log(f"sweep {sweep.name!r} done in {summary['wall_time']:.1f} s: {n_now} finished now, "
+        f"{sum(1 for s in statuses.values() if s == 'skipped')} skipped, {len(failed)} failed"
+        + (f", {len(busy)} being computed by another process" if busy else ""))
     for rid in failed:
-        log(f"  failed: {rid} (see {Path(sweep.out) / rid / 'failed.json'})")
+        d = Path(sweep.out) / rid
+        note = next((f"see {d / n}" for n in ("failed.json", "interrupted.json") if (d / n).exists()),
+                    "no failure record could be written")
+        log(f"  {statuses[rid]}: {rid} ({note})")
     return summary

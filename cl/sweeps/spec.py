@@ -37,7 +37,7 @@ from cl.core.registry import ConfigError, load_plugin_file, unknown
 from cl.sweeps.yaml_lines import LDict, LList, SweepError, load_yaml_lines, plain
 
 TOP_KEYS = ("name", "description", "group", "tags", "out", "paper", "base", "grid", "strategies", "scenarios",
-            "exclude", "executor", "report")
+            "exclude", "executor", "report", "plugins")
 EXECUTOR_KEYS = ("kind", "workers", "threads", "address", "gpus_per_run", "cpus_per_run", "max_retries")
 NAME_AXES = SECTIONS  # strategy, scenario, backbone, protocol: values are names or {name: ..., field: ...}
 SWEEP_LEVEL_RUN_KEYS = ("out", "group", "tags")  # set by the sweep, not by base/grid
@@ -81,6 +81,7 @@ class Sweep:
     report: bool = True
     paper: Any = None
     description: str = ""
+    plugins: list = field(default_factory=list)  # the file's plugins: (paths relative to the file, resolved)
     merged: int = 0  # expanded combinations that collapsed onto an existing run id
     excluded: int = 0
 
@@ -152,6 +153,7 @@ class _Loader:
         for k in data:
             if k not in TOP_KEYS:
                 raise self.unknown(data.lineof(k), "sweep key", k, TOP_KEYS)
+        plugins = self.load_plugins(data)
         name = str(data.get("name") or Path(self.path).stem)
         group = str(data.get("group") or name)
         tags = data.get("tags") or []
@@ -199,9 +201,31 @@ class _Loader:
         rules = self.exclusions(data)
         sweep = Sweep(path=self.path, name=name, group=group, tags=[str(t) for t in tags], out=out, runs=[],
                       executor=plain(executor), report=bool(data.get("report", True)), paper=plain(data.get("paper")),
-                      description=str(data.get("description") or ""))
+                      description=str(data.get("description") or ""), plugins=plugins)
         self.expand(sweep, base_entries, axes, per, rules)
         return sweep
+
+    def load_plugins(self, data) -> list[str]:
+        """``plugins: [my_strategy.py, mypackage.benchmarks]``: files (relative to the sweep file) or modules,
+        imported before anything else is read; the only other place a scenario factory may come from."""
+        items = data.get("plugins") or []
+        if isinstance(items, str):
+            items = [items]
+        if not isinstance(items, list):
+            raise self.err(data.lineof("plugins"), "plugins: expected a list of Python files or module names")
+        out = []
+        for i, item in enumerate(items):
+            line = items.lineof(i) if isinstance(items, LList) else data.lineof("plugins")
+            if not isinstance(item, str):
+                raise self.err(line, f"plugins: expected a file or module name, got {item!r}")
+            path = Path(item) if Path(item).is_absolute() else Path(self.path).parent / item
+            target = str(path.resolve()) if item.endswith(".py") or path.is_file() else item
+            try:
+                load_plugin_file(target)
+            except ConfigError as e:
+                raise self.err(line, str(e)) from None
+            out.append(target)
+        return out
 
     def entries_of(self, mapping: dict, default_section, where) -> list:
         """Fixed settings -> [(section, field|None, value, line)] (field None: the section's name or mapping)."""

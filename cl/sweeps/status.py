@@ -7,19 +7,24 @@ from cl.sweeps.spec import Sweep
 
 
 def run_status(out: str | Path, rid: str) -> str:
-    d = Path(out) / rid
-    if (d / "result.json").exists():
-        return "finished"
-    if (d / "checkpoint.pt").exists():
-        return "partial"
-    if (d / "failed.json").exists():
-        return "failed"
-    return "pending"
+    """finished | running | partial | interrupted | failed | pending (cl.train.results.run_state): finished
+    only if result.json parses and names this run, finished."""
+    from cl.train.results import run_state
+
+    return run_state(Path(out) / rid, rid)
 
 
 def write_manifest(sweep: Sweep) -> None:
+    """The sweep's manifest; best effort (a read-only results folder of finished runs still reports)."""
     from cl.train.loggers import atomic_write_json
 
+    try:
+        _write_manifest(sweep, atomic_write_json)
+    except OSError as e:
+        print(f"warning: cannot write {Path(sweep.out) / 'sweep.json'}: {e.strerror or e}", file=sys.stderr)
+
+
+def _write_manifest(sweep: Sweep, atomic_write_json) -> None:
     atomic_write_json(Path(sweep.out) / "sweep.json", {
         "name": sweep.name, "file": sweep.path, "group": sweep.group, "tags": sweep.tags,
         "paper": sweep.paper, "description": sweep.description,

@@ -39,6 +39,9 @@ def _convert(node, loader):
         d.line, d.key_lines = node.start_mark.line + 1, {}
         for k_node, v_node in node.value:
             key = loader.construct_object(k_node, deep=True)
+            if key in d.key_lines:  # YAML would keep the last one silently
+                raise SweepError(f"{loader.name}:{k_node.start_mark.line + 1}: duplicate key {key!r} "
+                                 f"(first at line {d.key_lines[key]})")
             d[key] = _convert(v_node, loader)
             d.key_lines[key] = k_node.start_mark.line + 1
         return d
@@ -57,6 +60,7 @@ def load_yaml_lines(path: str | Path, top_keys=()):
     except FileNotFoundError:
         raise ConfigError(f"sweep file {path!r} does not exist") from None
     loader = yaml.SafeLoader(text)
+    loader.name = path
     try:
         node = loader.get_single_node()
         data = _convert(node, loader) if node is not None else LDict()

@@ -36,7 +36,7 @@ from cl.models.model import attach_preprocess, model_preprocess, preprocess_fact
 from cl.train import checkpoint
 from cl.train.evaluate import class_masks, evaluate
 from cl.train.loggers import Events, Progress, ResultFile, WandbLogger
-from cl.train.loop import Loop, NonFiniteLoss, RunContext  # noqa: F401 (NonFiniteLoss: re-exported)
+from cl.train.loop import Loop, NonFiniteLoss, RunContext, nonfinite_message  # noqa: F401 (re-exported)
 from cl.train.offline import OfflineLoop
 from cl.train.online import OnlineLoop
 from cl.train.state import RunState
@@ -45,6 +45,9 @@ LOOPS = {"offline": OfflineLoop, "online": OnlineLoop}
 
 
 def resolve_device(name: str) -> torch.device:
+    from cl.core.config import check_device
+
+    check_device(name, available=True)
     if name in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
@@ -106,7 +109,9 @@ def peak_memory_mb(device) -> float:
 class Run:
     """One platform run. ``Run(resolved).execute()`` returns the result dict and writes the result files."""
 
-    def __init__(self, resolved: dict, progress: bool = True, out_dir: str | Path | None = None):
+    def __init__(self, resolved: dict, progress: bool = True, out_dir: str | Path | None = None,
+                 force: bool = False, wait: bool = False):
+        self.force, self.wait = force, wait  # recompute a finished run; wait for another process's run
         self.cfg = resolved
         self.id = make_run_id(resolved)
         self.dir = Path(out_dir) if out_dir is not None else Path(resolved.get("out") or "results") / self.id
@@ -253,6 +258,25 @@ class Run:
 
     # -- the whole run --------------------------------------------------------------------------
     def execute(self) -> dict:
+        """One process computes a run (cl.train.results.RunLock); a finished run is returned, not redone.
+        The run's thread count is its own (``threads`` in the resolved config), whatever the executor."""
+        from cl.train import results
+
+        with results.RunLock(self.dir, self.id, wait=self.wait) as lock:
+            if not lock.acquired:
+                return results.busy_record(self.id, lock.holder)
+            done = None if self.force else results.finished_result(self.dir, self.id)
+            if done is not None:
+                return {**done, "skipped": True}
+            threads = torch.get_num_threads()
+            torch.set_num_threads(int(self.cfg.get("threads") or 1))
+            try:
+                return self._execute_locked()
+            finally:
+                torch.set_num_threads(threads)
+
+    def _execute_locked(self) -> dict:
+        """The phases: setup, restore, open loggers, then per experience train, evaluate, checkpoint; finish."""
         self.t_begin = time.perf_counter()
         self.setup()
         self.restore()
@@ -262,6 +286,7 @@ class Run:
         self.header = {"run_id": self.id, "config": cfg, "seed": cfg["seed"], "versions": versions(),
                        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})"
                                                 if device.type == "cuda" else ""),
+                       "threads": torch.get_num_threads(),
                        "scenario": self.scenario.summary(), "resumed": self.resumed,
                        "trainable_params": trainable_parameters(self.strategy.model)}
         autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and self.protocol.amp

@@ -20,16 +20,25 @@ import math
 import os
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_json(path: str | Path, obj) -> None:
-    """Write JSON to a temporary file in the same folder, then rename over ``path``."""
+    """Write JSON to a temporary file in the same folder, then rename over ``path``. The file gets the
+    permissions of any new file of the user (0666 minus the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "w") as f:
             json.dump(_jsonable(obj), f, indent=1, allow_nan=True)
             f.flush()
@@ -86,7 +95,9 @@ class Events:
                 continue
             try:
                 fn(*a, **kw)
-            except Exception as e:  # noqa: BLE001 - a logger never fails the run
+            except BaseException as e:  # noqa: BLE001 - a logger never fails the run (SystemExit included)
+                if not _guarded(e):  # the user's Ctrl-C goes on
+                    raise
                 warnings.warn(f"logger {type(lg).__name__} disabled for this run: {name}: {type(e).__name__}: {e}")
                 for g in (self.loggers, self._stepping):
                     if lg in g:
@@ -110,15 +121,16 @@ class Events:
 
 
 class ResultFile(Logger):
-    """The run's result file, written atomically: ``result.json`` when it finished, else ``failed.json``
-    (what was computed up to the failure), never touching a finished run's ``result.json``."""
+    """The run's outcome file, written atomically (cl.train.results.write_outcome): ``result.json`` when it finished,
+    else ``interrupted.json`` / ``failed.json`` (what was computed), never touching a finished run's ``result.json``."""
 
     def __init__(self, run_dir: Path):
         self.dir = Path(run_dir)
 
     def finish(self, result: dict) -> None:
-        name = "result.json" if result.get("status") == "finished" else "failed.json"
-        atomic_write_json(self.dir / name, result)
+        from cl.train.results import write_outcome
+
+        write_outcome(self.dir, result)  # result/interrupted/failed.json; never raises OSError; may set status
 
 
 class Progress(Logger):
@@ -159,24 +171,85 @@ def _wandb_mode() -> str:
     return "offline"
 
 
+#: seconds W&B may take to start online before the run falls back to offline logging (CL_WANDB_INIT_TIMEOUT)
+INIT_TIMEOUT_S = 5.0
+#: a failed online start is remembered for this long, in this process and in a marker file in the results
+#: folder (shared by a sweep's workers), so that a sweep pays the start-up wait at most once
+OUTAGE_MARKER, OUTAGE_TTL_S = ".wandb-unreachable", 3600.0
+_outage_in_process = False
+
+
+def _init_timeout() -> float:
+    try:
+        return float(os.environ.get("CL_WANDB_INIT_TIMEOUT", INIT_TIMEOUT_S))
+    except ValueError:
+        return INIT_TIMEOUT_S
+
+
+def _guarded(e: BaseException) -> bool:
+    """A logger's failure of any kind (SystemExit included) is absorbed; only the user's Ctrl-C goes on."""
+    return not isinstance(e, KeyboardInterrupt)
+
+
 class WandbLogger(Logger):
-    """One W&B run per platform run. Every call is guarded: a W&B failure disables W&B, never the run."""
+    """One W&B run per platform run. Every call is guarded: a W&B failure of any kind (an exception,
+    SystemExit, a stalled start) disables W&B, never the run. An online start is bounded by
+    ``CL_WANDB_INIT_TIMEOUT`` seconds (default 5), then the run logs offline, and later runs of the same
+    process or results folder go offline at once."""
 
     def __init__(self, resolved: dict, run_id: str, out_dir: Path):
         self.run = None
         setting = resolved.get("wandb", "auto")
         if setting in (False, "off", "false", "disabled", None) or os.environ.get("WANDB_MODE") == "disabled":
             return
+        self.marker = Path(resolved.get("out") or "results") / OUTAGE_MARKER
+        mode = _wandb_mode()
+        if mode == "online" and self._outage_known():
+            mode = "offline"
         try:
-            import wandb
+            self.run = self._init(resolved, run_id, out_dir, mode)
+        except BaseException as e:  # noqa: BLE001
+            if not _guarded(e):
+                raise
+            if mode != "online":
+                self._fail(e)
+                return
+            self._remember_outage(e)
+            try:
+                self.run = self._init(resolved, run_id, out_dir, "offline")
+            except BaseException as e2:  # noqa: BLE001
+                if not _guarded(e2):
+                    raise
+                self._fail(e2)
 
-            tags = list(resolved.get("tags") or []) + [resolved["strategy"]["name"], resolved["scenario"]["name"]]
-            self.run = wandb.init(project=resolved.get("project") or "cl", group=resolved.get("group"),
-                                  name=resolved.get("name") or run_id, id=None, tags=tags, config=resolved,
-                                  dir=str(out_dir), mode=_wandb_mode(), reinit="create_new",
-                                  settings=wandb.Settings(silent=True, console="off"))
-        except Exception as e:  # pragma: no cover - depends on the environment
-            self._fail(e)
+    @staticmethod
+    def _init(resolved, run_id, out_dir, mode):
+        import wandb
+
+        tags = list(resolved.get("tags") or []) + [resolved["strategy"]["name"], resolved["scenario"]["name"]]
+        return wandb.init(project=resolved.get("project") or "cl", group=resolved.get("group"),
+                          name=resolved.get("name") or run_id, id=None, tags=tags, config=resolved,
+                          dir=str(out_dir), mode=mode, reinit="create_new",
+                          settings=wandb.Settings(silent=True, console="off", init_timeout=_init_timeout()))
+
+    def _outage_known(self) -> bool:
+        if _outage_in_process:
+            return True
+        try:
+            return time.time() - self.marker.stat().st_mtime < OUTAGE_TTL_S
+        except OSError:
+            return False
+
+    def _remember_outage(self, e) -> None:
+        global _outage_in_process
+        _outage_in_process = True
+        warnings.warn(f"W&B could not start online ({type(e).__name__}: {str(e)[:200]}); logging offline "
+                      f"(wandb sync later), and the next runs of this sweep go offline at once")
+        try:
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
+            self.marker.write_text(f"{type(e).__name__}: {e}\n")
+        except OSError:
+            pass
 
     def _fail(self, e):
         warnings.warn(f"W&B disabled for this run: {type(e).__name__}: {e}")
@@ -187,7 +260,9 @@ class WandbLogger(Logger):
             return
         try:
             self.run.log(data, step=step)
-        except Exception as e:  # pragma: no cover
+        except BaseException as e:  # noqa: BLE001
+            if not _guarded(e):
+                raise
             self._fail(e)
 
     def finish(self, result: dict):
@@ -207,7 +282,9 @@ class WandbLogger(Logger):
                     self.run.summary[f"final/{k}"] = v
             self.run.summary["status"] = result.get("status")
             self.run.finish(exit_code=0 if result.get("status") == "finished" else 1)
-        except Exception as e:  # pragma: no cover
+        except BaseException as e:  # noqa: BLE001
+            if not _guarded(e):
+                raise
             self._fail(e)
         self.run = None
 

@@ -21,11 +21,16 @@ class NonFiniteLoss(RuntimeError):
     """A loss turned NaN or infinite: the run stops and keeps what was computed up to then."""
 
 
+def nonfinite_message(i: int, where: str) -> str:
+    """What a run that stopped on a non-finite loss in experience ``i`` says it kept."""
+    kept = f"accuracies up to experience {i - 1} are kept in failed.json" if i > 0 else "no experience was completed"
+    return f"non-finite loss in experience {i}, {where}: stopping; {kept}"
+
+
 def check_finite(losses: torch.Tensor, where: str, i: int) -> None:
     """One host read: raise :class:`NonFiniteLoss` if any of ``losses`` is not finite."""
     if not torch.isfinite(losses).all().item():
-        raise NonFiniteLoss(f"non-finite loss in experience {i}, {where}: stopping; "
-                            f"accuracies up to experience {i - 1} are kept in failed.json")
+        raise NonFiniteLoss(nonfinite_message(i, where))
 
 
 @dataclass
