@@ -16,8 +16,11 @@ Choices, following the authors' code (mammoth ``models/der.py``) where the paper
 * Reservoir buffer (``buffer_policy=reservoir``; ``class-balanced`` is GDumb's greedy policy), sizes
   count samples in total; replay batch 32 = mammoth's ``minibatch_size`` in its seq-CIFAR-10 best args.
 * Defaults lr 0.03, alpha 0.3: mammoth ``utils/best_args.py`` (d75fe5f), seq-CIFAR-10, buffers 200/500.
-* Deviation: the CE term uses the platform's masked head (classes not seen yet are outside the
-  softmax); mammoth's CE runs over every output, including future classes.
+* The CE terms run over every output, future classes included (``ce_classes=all``), as mammoth's
+  unmasked head does, so that the stored logits hold the low scores the CE gave the classes not seen yet;
+  ``ce_classes=seen`` uses the platform's masked head instead.
+* Open finding (reduced check, 1 seed, small CNN, 150 images per class, 2 epochs, buffer 200): DER ends
+  below ER (0.144 with ``all``, 0.135 with ``seen``, ER 0.228) with every old task at 0.0; not explained yet.
 """
 from __future__ import annotations
 
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from cl.core.registry import ConfigError
+from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.buffers import make_buffer
 
@@ -37,6 +40,10 @@ class DERConfig(StrategyConfig):
     replay_batch_size: int = 32
     alpha: float = 0.3  # weight of the logit-matching MSE
     buffer_policy: str = "reservoir"  # reservoir | class-balanced
+    ce_classes: str = "all"  # all: CE over every output (mammoth) | seen: the masked head's classes seen so far
+
+
+CE_CLASSES = ("all", "seen")
 
 
 def mask_logits(model, raw):
@@ -53,7 +60,13 @@ class DER(Strategy):
         if self.cfg.buffer_size < 0 or self.cfg.replay_batch_size < 1:
             raise ConfigError(f"strategy.buffer_size must be >= 0 and strategy.replay_batch_size >= 1, got "
                               f"{self.cfg.buffer_size} and {self.cfg.replay_batch_size}")
+        if self.cfg.ce_classes not in CE_CLASSES:
+            raise unknown("strategy.ce_classes", self.cfg.ce_classes, CE_CLASSES)
         self.buffer = make_buffer(self.cfg.buffer_policy, self.cfg.buffer_size, self.device)
+
+    def ce_logits(self, raw):
+        """The logits the cross-entropy terms see: every output, or only the classes seen so far."""
+        return raw if self.cfg.ce_classes == "all" else mask_logits(self.model, raw)
 
     def aug(self, x):
         return self.augment(x) if self.augment is not None else x
@@ -67,7 +80,7 @@ class DER(Strategy):
 
     def loss(self, x, y, t=None):
         raw = self.model.raw_logits(self.aug(x)).float()
-        loss = F.cross_entropy(mask_logits(self.model, raw), y)
+        loss = F.cross_entropy(self.ce_logits(raw), y)
         extra = self.replay_loss(t)
         if extra is not None:
             loss = loss + extra

@@ -2,7 +2,7 @@
 ``L = CE(f(x), y) + alpha * MSE(f(x'), z') + beta * CE(f(x''), y'')``.
 
 Everything else is DER's (strategies/der.py: unmasked stored logits, reservoir buffer, separate forward
-passes, masked CE). The two replay batches are drawn independently, as in mammoth ``models/derpp.py``.
+passes, CE over every output by default). The two replay batches are drawn independently, as in mammoth ``models/derpp.py``.
 Defaults alpha 0.1, beta 0.5, lr 0.03: mammoth ``utils/best_args.py`` (d75fe5f), seq-CIFAR-10, buffer 200.
 """
 from __future__ import annotations
@@ -30,5 +30,5 @@ class DERPP(DER):
         if mse is None:
             return None
         mem = self.buffer.sample(self.cfg.replay_batch_size)
-        ce = F.cross_entropy(self.model(self.aug(mem["x"])).float(), mem["y"])
+        ce = F.cross_entropy(self.ce_logits(self.model.raw_logits(self.aug(mem["x"])).float()), mem["y"])
         return mse + self.cfg.beta * ce
