@@ -172,7 +172,8 @@ class Recorder:
         self.save()
 
     def note(self, text: str) -> None:
-        self.data["notes"].append(text)
+        if text not in self.data["notes"]:
+            self.data["notes"].append(text)
         self.save()
 
     def memory(self, label: str, mb: float) -> None:

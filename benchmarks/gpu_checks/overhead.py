@@ -107,7 +107,7 @@ def run(rec) -> None:
                                            target=target, ref=round(href / aref, 2))
         missed = [w for w, f in figs.items() if f.get("met") is False]
         if missed:
-            def prof(bb=bb, n=max(20, n // 2), bs=bs):  # a short engine run (fp32): where its time goes
+            def prof(bb=bb, n=n, bs=bs):  # the measured engine run (fp32): where its time goes
                 engine_rate(ov, bb, n, bs, dev, False, tmp)
 
             rec.profile_if_missed(figs[missed[0]], f"overhead {tag}: engine, fp32 (missed vs {', '.join(missed)})",

@@ -88,7 +88,7 @@ def run(rec) -> None:
     fig = None
     if "frozen_plain" in res and "frozen_platform" in res:
         fig = rec.figure("vit.frozen.platform_vs_plain", res["frozen_platform"] / res["frozen_plain"], "x",
-                         "ViT-B/16 frozen forward: platform (cache fill, compile) / plain timm eager",
+                         f"{name} frozen forward: platform (cache fill, compile) / plain timm eager",
                          target=(">=", 1.2), ref=round(REF["frozen_plain_compiled"] / REF["frozen_plain"], 2))
     rec.profile_if_missed(fig, "pretrained: platform frozen forward (extract, one batch per call)",
                           lambda: extract(b, x_u8[:bs], pp, dev, bs), dev, steps=3)
@@ -132,5 +132,5 @@ def run(rec) -> None:
         fig = None
         if "lora_plain" in res and "lora_platform" in res:
             fig = rec.figure("vit.lora.platform_vs_plain", res["lora_platform"] / res["lora_plain"], "x",
-                             "ViT-B/16 LoRA r=8 step: platform adapters / plain peft", target=(">=", 1.0))
+                             f"{name} LoRA r=8 step: platform adapters / plain peft", target=(">=", 1.0))
         rec.profile_if_missed(fig, "pretrained: platform LoRA step", step, dev, steps=3)
