@@ -18,20 +18,32 @@ from pathlib import Path
 
 # -- hiding modules (rehearsing the GPU machine, which lacks some packages) ---------------------------
 class _Hide(importlib.abc.MetaPathFinder):
-    def __init__(self, names):
-        self.names = set(names)
+    """Stands in for a finder of ``sys.meta_path`` and finds nothing for the hidden names, so that
+    ``import NAME`` fails and ``importlib.util.find_spec(NAME)`` is None, as where NAME is not installed."""
+
+    def __init__(self, inner, names):
+        self.inner, self.names = inner, set(names)
 
     def find_spec(self, fullname, path=None, target=None):
         if fullname.split(".")[0] in self.names:
-            raise ModuleNotFoundError(f"No module named {fullname!r} (hidden by CL_GPU_HIDE)", name=fullname)
-        return None
+            return None
+        return self.inner.find_spec(fullname, path, target)
+
+    def find_distributions(self, *a, **k):  # importlib.metadata asks the finders too
+        f = getattr(self.inner, "find_distributions", None)
+        return f(*a, **k) if f is not None else iter(())
+
+    def invalidate_caches(self):
+        if hasattr(self.inner, "invalidate_caches"):
+            self.inner.invalidate_caches()
 
 
 def hide_modules(spec: str) -> None:
-    """Make ``import NAME`` fail for each comma-separated top-level NAME (set through ``CL_GPU_HIDE``)."""
+    """Make each comma-separated top-level NAME look absent (``CL_GPU_HIDE``: rehearsing the GPU machine)."""
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if names:
-        sys.meta_path.insert(0, _Hide(names))
+        sys.meta_path[:] = [_Hide(f, names) if hasattr(f, "find_spec") and not isinstance(f, _Hide) else f
+                            for f in sys.meta_path]
 
 
 def try_import(name: str):

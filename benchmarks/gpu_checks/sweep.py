@@ -24,7 +24,7 @@ STREAMS = Path(__file__).with_name("streams.py")
 SWEEP = """name: gpu-sweep-{workers}
 out: {out}
 base:
-  scenario: {{name: gpu-bench, train_per_class: {per_class}, test_per_class: 20}}
+  scenario: {{name: gpu-bench, train_per_class: {per_class}, test_per_class: {test_per_class}}}
   backbone: {{name: resnet18r, nf: 20}}
   protocol: {{name: online, batch_size: 10, checkpoint: false}}
   strategy: {{name: er, buffer_size: 200}}
@@ -87,7 +87,7 @@ class GpuSampler(threading.Thread):
 def one_sweep(rec, workers: int, n_runs: int, per_class: int, cap: float, tmp: Path, log) -> dict:
     out = tmp / f"w{workers}"
     f = tmp / f"sweep-w{workers}.yaml"
-    f.write_text(SWEEP.format(workers=workers, out=out, per_class=per_class,
+    f.write_text(SWEEP.format(workers=workers, out=out, per_class=per_class, test_per_class=20 if not rec.small else 2,
                               seeds=", ".join(str(s) for s in range(n_runs))))
     cmd = [sys.executable, "-m", "cl", "sweep", str(f), "-j", str(workers), "--plugin", str(STREAMS),
            "--no-report", "--no-wandb"]
