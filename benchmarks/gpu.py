@@ -281,6 +281,9 @@ def main(argv=None) -> int:
     write(out, report)
     for name in todo:
         report["checks"][name] = run_check(name, budgets[name], a.small, work, env, log)
+        if name == "env":  # the environment at the top of the output: card, driver, torch, timm, peft, ...
+            for line in markdown(report).splitlines()[3:7]:
+                log(line)
         report["wall_s"] = time.perf_counter() - t0
         write(out, report)
     report["wall_s"] = time.perf_counter() - t0
