@@ -151,8 +151,9 @@ def markdown(report: dict) -> str:
              f"- card: {card}; driver {smi[0].get('driver_version', '-')}; torch {env.get('torch', '-')} "
              f"(CUDA {env.get('torch_cuda', '-')}), Python {env.get('python', '-')}, {env.get('cpu_count', '-')} CPU cores",
              "- packages: " + "; ".join(f"{k} {str(v).split(' (')[0]}" for k, v in pk.items()),
-             f"- wheels: {report['wheels'].get('installed')} ({len(report['wheels'].get('wheels', []))} from "
-             f"{report['wheels'].get('dir')})", ""]
+             "- wheels: " + (f"installed: {report['wheels'].get('installed')} ({len(report['wheels'].get('wheels', []))} "
+                             f"from {report['wheels'].get('dir')})" if report["wheels"] else "not installed (--no-install)"),
+             ""]
     lines += ["## Targets", "", "| check | figure | value | target | reference (H200, gpu-anchors.md) | verdict |",
               "|---|---|---|---|---|---|"]
     for name, c in report["checks"].items():

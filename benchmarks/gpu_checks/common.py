@@ -89,7 +89,6 @@ def peak_mb(dev) -> float:
 def profile_table(fn, dev, steps: int = 5, rows: int = 15) -> str:
     """A torch.profiler table of ``steps`` calls of ``fn`` (after one warm-up call): top ops by self CUDA
     time on CUDA, by self CPU time on CPU."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])

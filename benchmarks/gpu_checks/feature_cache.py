@@ -94,5 +94,5 @@ def run(rec) -> None:
     same = all(abs(a - b) < 1e-6 for s in both for a, b in zip(accs["off"][s], accs["on"][s]))
     rec.figure("grid.same_accuracy", 1.0 if same else 0.0, "bool",
                "accuracies with and without the cache identical run by run", target=(">=", 1.0),
-               note=f"mean avg_acc off/on: " + "; ".join(
+               note="mean avg_acc off/on: " + "; ".join(
                    f"{s} {statistics.mean(accs['off'][s]):.4f}/{statistics.mean(accs['on'][s]):.4f}" for s in both))

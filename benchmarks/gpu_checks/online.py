@@ -7,6 +7,7 @@ Target: the graph-captured platform step >= 4x the eager hand-written loop on th
 """
 from __future__ import annotations
 
+import math
 import tempfile
 import warnings
 
@@ -185,11 +186,11 @@ def correctness(rec, dev) -> None:
         dR = float(np.abs(np.array(r0["R"]) - np.array(r1["R"])).max())
         a0, a1 = (r.get("metrics", {}).get("online_acc") for r in (r0, r1))
         dA = abs(a0 - a1) if a0 is not None and a1 is not None else float("nan")
-        worst = max(worst, dR, dA if dA == dA else 0.0)
+        worst = max(worst, dR, 0.0 if math.isnan(dA) else dA)
         note = f"online acc {a0:.4f} / {a1:.4f}; graph replays {replays}" + (f"; {msgs[0]}" if msgs else "")
         if dev.type == "cuda" and replays == 0:
             note += "; GRAPHS NOT USED (the comparison is eager vs eager)"
-        rec.figure(f"graphs.{name}.max_abs_diff", max(dR, dA if dA == dA else 0.0), "abs",
+        rec.figure(f"graphs.{name}.max_abs_diff", max(dR, 0.0 if math.isnan(dA) else dA), "abs",
                    f"{name}: graphs on vs off, max |dR|, |d online acc| (bf16 autocast)",
                    target=("<=", TOL), note=note)
         if dev.type == "cuda":

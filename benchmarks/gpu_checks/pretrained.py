@@ -92,6 +92,7 @@ def run(rec) -> None:
                          target=(">=", 1.2), ref=round(REF["frozen_plain_compiled"] / REF["frozen_plain"], 2))
     rec.profile_if_missed(fig, "pretrained: platform frozen forward (extract, one batch per call)",
                           lambda: extract(b, x_u8[:bs], pp, dev, bs), dev, steps=3)
+    comp = None
     if cuda and rec.has(45, "plain timm + torch.compile frozen forward (reference)"):
         comp = torch.compile(plain)
 
@@ -100,7 +101,7 @@ def run(rec) -> None:
                 comp(xf)
 
         measure("frozen_plain_compiled", comp_fwd, bs)
-    del b, plain
+    b = plain = comp = None  # free the frozen models before the training steps
 
     # -- LoRA step --------------------------------------------------------------------------------------
     def trainer(model, head, params):
