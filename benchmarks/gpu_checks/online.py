@@ -183,7 +183,7 @@ def correctness(rec, dev) -> None:
         if on is None:
             continue
         (r0, _, _), (r1, replays, msgs) = off, on
-        dR = float(np.abs(np.array(r0["R"]) - np.array(r1["R"])).max())
+        dR = float(np.nanmax(np.abs(np.array(r0["R"], dtype=float) - np.array(r1["R"], dtype=float))))  # None: not evaluated
         a0, a1 = (r.get("metrics", {}).get("online_acc") for r in (r0, r1))
         dA = abs(a0 - a1) if a0 is not None and a1 is not None else float("nan")
         worst = max(worst, dR, 0.0 if math.isnan(dA) else dA)
