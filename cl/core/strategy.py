@@ -116,12 +116,16 @@ class Strategy:
         self.optimizer.zero_grad(set_to_none=True)
         loss = self.loss(x, y, t)
         loss.backward()
+        self.before_optimizer_step(x, y, t)
         self.optimizer.step()
         self.after_step(x, y, t)
         return loss.detach()
 
     def after_step(self, x, y, t=None) -> None:
         pass
+
+    def before_optimizer_step(self, x, y, t=None) -> None:
+        """After backward, before the optimiser step: gradients are in ``p.grad`` (projection, importance)."""
 
     def after_experience(self, exp) -> None:
         pass

@@ -1,0 +1,66 @@
+"""Helpers shared by the regularisation and distillation strategies (EWC, SI, MAS, RWalk, LwF, iCaRL, ...).
+
+* ``build_model``: backbone + the configured head (as the engine builds it), remembering the scenario's
+  batch transform so that a strategy can featurise raw stored samples at a boundary (``model_preprocess``).
+* ``in_eval(model)``: a context that puts the model in eval mode and restores its mode after.
+* ``batched_apply``: a function over a tensor in batches, under no_grad, after the batch transform.
+* ``per_sample_grads``: per-sample gradients of a scalar loss of the logits, with ``torch.func`` (vmap of
+  grad over ``functional_call``), chunk by chunk; the model is in eval mode (BatchNorm uses running stats,
+  which is also what makes the samples independent).
+* ``finite_logits``: logits with the head's -inf (unseen classes) replaced by 0, for losses on raw outputs.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from cl.models.model import Model, build_head
+from cl.models.task_keys import remember_preprocess
+
+
+def build_model(cfg, backbone, scenario):
+    model = Model(backbone, build_head(getattr(cfg, "head", "linear"), backbone.out_dim, scenario.n_classes))
+    remember_preprocess(model, scenario)
+    return model
+
+
+@contextlib.contextmanager
+def in_eval(model):
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)
+
+
+@torch.no_grad()
+def batched_apply(fn, x, preprocess, batch_size=256):
+    outs = [fn(preprocess(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def trainable(model):
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def finite_logits(logits):
+    return logits.masked_fill(~torch.isfinite(logits), 0.0)
+
+
+def per_sample_grads(model, x, y, loss_fn, preprocess, chunk=64):
+    """Yield, chunk by chunk, {name: [b, *p.shape]} gradients of ``loss_fn(logits[1, C], y[1])`` per sample."""
+    from torch.func import functional_call, grad, vmap
+
+    params = {n: p.detach() for n, p in trainable(model).items()}
+    buffers = dict(model.named_buffers())
+
+    def f(ps, xi, yi):
+        out = functional_call(model, (ps, buffers), (xi[None],))
+        return loss_fn(out.float(), yi[None])
+
+    g = vmap(grad(f), in_dims=(None, 0, 0), randomness="same")
+    with in_eval(model):
+        for i in range(0, len(y), chunk):
+            yield g(params, preprocess(x[i:i + chunk]), y[i:i + chunk])

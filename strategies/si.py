@@ -1,0 +1,82 @@
+"""Synaptic Intelligence (Zenke, Poole, Ganguli, ICML 2017).
+
+Loss on experience t: CE + c * sum_k Omega_k (theta_k - theta*_k)^2 (eq. 4; no 1/2, as in the paper, the
+authors' code and Mammoth's ``si``). During training the path integral is accumulated per parameter,
+omega += -g * delta_theta, where g is the gradient of the task loss alone (the authors' ``unreg_grads``;
+Mammoth takes the gradient before adding the penalty's) and delta_theta the change the optimiser step made
+(so momentum, Adam and weight decay are followed exactly). g is read in ``before_optimizer_step`` as
+p.grad minus the penalty's closed-form gradient 2 c Omega (theta - theta*). At the end of an experience
+Omega += omega / ((theta_end - theta_start)^2 + xi), theta* = theta_end and omega restarts (eq. 5).
+
+Defaults c = 0.5, xi = 1.0: Mammoth's best seq-CIFAR-10 arguments (utils/best_args.py). Deviation:
+Mammoth clips gradient values to [-1, 1] before the step; we do not (the paper does not).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from cl.core.strategy import Strategy, StrategyConfig, register
+from strategies._reg import build_model, trainable
+
+
+@dataclass
+class SIConfig(StrategyConfig):
+    si_c: float = 0.5
+    xi: float = 1.0  # damping
+
+
+@register("si", SIConfig, "Synaptic intelligence (path-integral importance)")
+class SI(Strategy):
+    build_model = classmethod(lambda cls, cfg, backbone, scenario: build_model(cfg, backbone, scenario))
+
+    def setup(self):
+        ps = trainable(self.model)
+        self.omega = {n: torch.zeros_like(p) for n, p in ps.items()}  # running path integral
+        self.big_omega = {n: torch.zeros_like(p) for n, p in ps.items()}
+        self.anchor = {n: p.detach().clone() for n, p in ps.items()}  # theta at the start of the experience
+        self.has_penalty = False
+        self._g, self._before = {}, {}
+
+    def task_loss(self, x, y, t=None):
+        return super().loss(x, y, t)
+
+    def loss(self, x, y, t=None):
+        loss = self.task_loss(x, y, t)
+        if not self.has_penalty:
+            return loss
+        pen = sum((self.big_omega[n] * (p - self.anchor[n]).pow(2)).sum() for n, p in trainable(self.model).items())
+        return loss + self.cfg.si_c * pen
+
+    @torch.no_grad()
+    def before_optimizer_step(self, x, y, t=None):
+        for n, p in trainable(self.model).items():
+            g = p.grad if p.grad is not None else torch.zeros_like(p)
+            if self.has_penalty:
+                g = g - 2 * self.cfg.si_c * self.big_omega[n] * (p - self.anchor[n])
+            self._g[n], self._before[n] = g.clone(), p.detach().clone()
+
+    @torch.no_grad()
+    def after_step(self, x, y, t=None):
+        for n, p in trainable(self.model).items():
+            self.omega[n] -= self._g[n] * (p - self._before[n])
+
+    @torch.no_grad()
+    def after_experience(self, exp):
+        for n, p in trainable(self.model).items():
+            self.big_omega[n] += self.omega[n] / ((p - self.anchor[n]).pow(2) + self.cfg.xi)
+            self.anchor[n] = p.detach().clone()
+            self.omega[n].zero_()
+        self.has_penalty = True
+        self._g, self._before = {}, {}
+
+    def extra_state(self):
+        cpu = lambda d: {n: v.cpu() for n, v in d.items()}  # noqa: E731
+        return {"omega": cpu(self.omega), "big_omega": cpu(self.big_omega), "anchor": cpu(self.anchor),
+                "has_penalty": self.has_penalty}
+
+    def load_extra_state(self, state):
+        dev = lambda d: {n: v.to(self.device) for n, v in d.items()}  # noqa: E731
+        self.omega, self.big_omega, self.anchor = dev(state["omega"]), dev(state["big_omega"]), dev(state["anchor"])
+        self.has_penalty = state["has_penalty"]
