@@ -301,7 +301,7 @@ def test_icarl_memory_is_herded_reduced_and_classifies_by_nme():
 
 
 # -- exact resume from a boundary ------------------------------------------------------------------------------
-REG = ["ewc", "si", "mas", "lwf", "lwf-mc", "icarl"]
+REG = ["ewc", "si", "mas", "lwf", "lwf-mc", "icarl", "lucir"]
 
 
 def _interrupt_at(name, index):
@@ -320,7 +320,7 @@ def _interrupt_at(name, index):
 @pytest.mark.parametrize("name,extra", [(n, {}) for n in REG] + [("ewc", {"online": True})])
 def test_resume_from_a_boundary_is_exact(tmp_path, name, extra):
     strat = {"name": name, **extra}
-    if name == "icarl":
+    if name in ("icarl", "lucir"):
         strat["buffer_size"] = 20
     cfg = resolve(tiny(strat, scenario={"name": "gaussian", "train_per_class": 12, "test_per_class": 4,
                                         "n_classes": 6, "n_tasks": 3}, protocol={"name": "offline", "epochs": 2}))
@@ -337,3 +337,61 @@ def test_resume_from_a_boundary_is_exact(tmp_path, name, extra):
     res = Run(cfg, progress=False, out_dir=tmp_path / "cut").execute()
     assert full["status"] == res["status"] == "finished" and res["resumed"]
     assert res["R"] == full["R"]
+
+
+# -- LUCIR -------------------------------------------------------------------------------------------------
+def make_lucir(**cfg):
+    from strategies.lucir import LUCIR, LUCIRConfig
+
+    torch.manual_seed(0)
+    bb = nn.Linear(2, 3)
+    bb.out_dim = 3
+    sc = SimpleNamespace(n_classes=4, preprocess_fn=lambda dev: (lambda x: x.float()))
+    c = LUCIRConfig(momentum=0.0, weight_decay=0.0, lr=0.1, sigma_init=2.0, **cfg)
+    model = LUCIR.build_model(c, bb, sc)
+    s = LUCIR(c, model, RunInfo(4, (2,), torch.device("cpu"), 0))
+    s.setup()
+    x0 = torch.tensor([[1.0, 0.2], [0.1, 1.0], [0.9, 0.4], [-0.2, 1.1]])
+    e0 = exp_of(x0, torch.tensor([0, 1, 0, 1]))
+    s.model.observe(e0.train_y)
+    s.before_experience(e0)
+    s.after_experience(e0)
+    x1 = torch.tensor([[-1.0, -0.3], [0.5, -1.0], [-0.8, -0.1], [0.2, -0.9]])
+    e1 = exp_of(x1, torch.tensor([2, 3, 2, 3]), index=1)
+    w_old = s.model.head.weight.detach()[:2].clone()
+    s.before_experience(e1)
+    s.model.observe(e1.train_y)
+    return s, x1, e1, w_old
+
+
+def test_lucir_imprints_new_weights_and_less_forget_is_zero_for_unchanged_model():
+    s, x1, e1, w_old = make_lucir()
+    assert s.lam == pytest.approx(5.0 * (2 / 2) ** 0.5)
+    f = F.normalize(s.model.features(x1), dim=1).detach()
+    want = F.normalize(f[e1.train_y == 2].mean(0), dim=0) * w_old.norm(dim=1).mean()
+    assert torch.allclose(s.model.head.weight[2], want, atol=1e-6)
+    y = e1.train_y  # new classes only: no margin term; unchanged model: no less-forget term
+    assert s.loss(x1, y).item() == pytest.approx(F.cross_entropy(s.model(x1), y).item(), abs=1e-6)
+    with torch.no_grad():
+        s.model.backbone.weight.add_(torch.tensor([[0.5, 0.0], [0.0, -0.5], [0.3, 0.3]]))
+    h, h_old = s.model.features(x1), s.teacher.features(x1)
+    lf = (1 - F.cosine_similarity(h, h_old, dim=1)).mean()
+    assert lf.item() > 1e-3
+    assert s.loss(x1, y).item() == pytest.approx((F.cross_entropy(s.model(x1), y) + s.lam * lf).item(), rel=1e-5)
+
+
+def test_lucir_margin_ranking_matches_hand_computation_and_old_weights_stay_fixed():
+    s, x1, e1, w_old = make_lucir(margin=0.9, k_mr=1)
+    x = torch.cat([x1, torch.tensor([[1.0, 0.3], [0.0, 1.0]])])
+    y = torch.tensor([2, 3, 2, 3, 0, 1])
+    cos = F.normalize(s.model.features(x), dim=1) @ F.normalize(s.model.head.weight, dim=1).t()
+    mr = []
+    for i in (4, 5):  # the old-class samples: gt cosine vs the hardest new class (k = 1)
+        mr.append(max(0.0, 0.9 - cos[i, y[i]].item() + cos[i, 2:].max().item()))
+    want = F.cross_entropy(s.model(x), y).item() + sum(mr) / 2
+    assert sum(mr) > 0
+    assert s.loss(x, y).item() == pytest.approx(want, rel=1e-5)
+    w_new = s.model.head.weight.detach()[2:].clone()
+    s.train_step(x, y)
+    assert torch.equal(s.model.head.weight.detach()[:2], w_old)  # old classes' weights restored after the step
+    assert not torch.equal(s.model.head.weight.detach()[2:], w_new)  # the new ones train
