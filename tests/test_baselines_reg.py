@@ -301,7 +301,7 @@ def test_icarl_memory_is_herded_reduced_and_classifies_by_nme():
 
 
 # -- exact resume from a boundary ------------------------------------------------------------------------------
-REG = ["ewc", "si", "mas", "lwf", "lwf-mc", "icarl", "lucir"]
+REG = ["ewc", "si", "mas", "lwf", "lwf-mc", "icarl", "lucir", "bic"]
 
 
 def _interrupt_at(name, index):
@@ -320,7 +320,7 @@ def _interrupt_at(name, index):
 @pytest.mark.parametrize("name,extra", [(n, {}) for n in REG] + [("ewc", {"online": True})])
 def test_resume_from_a_boundary_is_exact(tmp_path, name, extra):
     strat = {"name": name, **extra}
-    if name in ("icarl", "lucir"):
+    if name in ("icarl", "lucir", "bic"):
         strat["buffer_size"] = 20
     cfg = resolve(tiny(strat, scenario={"name": "gaussian", "train_per_class": 12, "test_per_class": 4,
                                         "n_classes": 6, "n_tasks": 3}, protocol={"name": "offline", "epochs": 2}))
@@ -395,3 +395,49 @@ def test_lucir_margin_ranking_matches_hand_computation_and_old_weights_stay_fixe
     s.train_step(x, y)
     assert torch.equal(s.model.head.weight.detach()[:2], w_old)  # old classes' weights restored after the step
     assert not torch.equal(s.model.head.weight.detach()[2:], w_new)  # the new ones train
+
+
+# -- BiC ---------------------------------------------------------------------------------------------------
+def test_bic_bias_layer_changes_only_new_class_logits_and_fits_on_validation():
+    from strategies.bic import bias_correct
+
+    z = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+    out = bias_correct(z, torch.tensor([2, 3]), 0.5, -1.0)
+    assert torch.equal(out, torch.tensor([[1.0, 2.0, 0.5, 1.0]]))
+    s = make("bic", n_classes=4, seen=[0, 1, 2, 3], buffer_size=8, bic_epochs=200, bic_lr=0.05)
+    # validation logits where the new classes (2, 3) are over-scored by +2: the fit must push them down
+    g = torch.Generator().manual_seed(0)
+    y = torch.tensor([0, 1, 2, 3] * 8)
+    logits = torch.randn(32, 4, generator=g) + 3 * F.one_hot(y, 4)
+    logits[:, 2:] += 2.0
+    a, b = s.fit_bias(logits, y, torch.tensor([2, 3]))
+    before = F.cross_entropy(logits, y)
+    after = F.cross_entropy(bias_correct(logits, torch.tensor([2, 3]), a, b), y)
+    assert b < 0 and after < before - 0.1
+
+
+def test_bic_validation_is_held_out_memory_and_new_data():
+    s = make("bic", n_in=2, n_classes=4, seen=[0, 1], buffer_size=8, val_every=2, bic_epochs=1)
+    x0 = torch.randn(12, 2, generator=torch.Generator().manual_seed(1))
+    e0 = exp_of(x0, torch.tensor([0, 1] * 6))
+    s.before_experience(e0)
+    s.after_experience(e0)  # 8 // 2 = 4 exemplars per class; ranks 1 and 3 are validation
+    assert len(s.memory) == 8 and s.val_y is None
+    s.model.head.observe(torch.tensor([2, 3]))
+    x1 = torch.randn(10, 2, generator=torch.Generator().manual_seed(2)) + 5
+    e1 = exp_of(x1, torch.tensor([2, 3] * 5), index=1)
+    s.before_experience(e1)
+    mem_val = s.memory.x[s.memory.rank % 2 == 1]
+    assert sorted(s.val_y.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]  # 2 per old class, as many per new class
+    assert torch.equal(s.val_x[:4], mem_val)
+    tx, ty = s.train_data(e1)
+    assert len(ty) == 10 - 4 + 4
+    for v in s.val_x:  # no validation sample is trained on
+        assert not (tx == v).all(1).any()
+    seen, want_y, want_x = {}, s.val_y.clone(), s.val_x.clone()
+    s.fit_bias = lambda z, y, idx: seen.update(z=z, y=y, idx=idx) or (0.5, -1.0)
+    s.after_experience(e1)
+    assert torch.equal(seen["y"], want_y) and seen["idx"].tolist() == [2, 3]  # stage 2 sees the validation set only
+    assert torch.allclose(seen["z"], s.model(want_x))
+    z = s.model(x1[:2])
+    assert torch.equal(s.predict(x1[:2]), torch.cat([z[:, :2], 0.5 * z[:, 2:] - 1.0], 1))
