@@ -301,7 +301,7 @@ def test_icarl_memory_is_herded_reduced_and_classifies_by_nme():
 
 
 # -- exact resume from a boundary ------------------------------------------------------------------------------
-REG = ["ewc", "si", "mas", "lwf", "lwf-mc", "icarl", "lucir", "bic"]
+REG = ["ewc", "si", "mas", "lwf", "lwf-mc", "icarl", "lucir", "bic", "rwalk"]
 
 
 def _interrupt_at(name, index):
@@ -441,3 +441,45 @@ def test_bic_validation_is_held_out_memory_and_new_data():
     assert torch.allclose(seen["z"], s.model(want_x))
     z = s.model(x1[:2])
     assert torch.equal(s.predict(x1[:2]), torch.cat([z[:, :2], 0.5 * z[:, 2:] - 1.0], 1))
+
+
+# -- RWalk -------------------------------------------------------------------------------------------------
+def test_rwalk_score_is_per_step_fisher_normalised_path_integral():
+    from strategies.rwalk import RWalk, RWalkConfig
+
+    target = {"b": B1}
+
+    class QuadRW(RWalk):
+        def task_loss(self, x, y, t=None):
+            return 0.5 * (A * (self.model.theta - target["b"]) ** 2).sum()
+
+    lr, lam, al, eps = 0.1, 0.5, 0.9, 0.01
+    s = QuadRW(RWalkConfig(lr=lr, rwalk_lambda=lam, fisher_alpha=al, eps=eps), Quad(), RunInfo(1, (1,), torch.device("cpu"), 0))
+    s.setup()
+    th, Fr, path = torch.tensor([1.0, -2.0]), torch.zeros(2), torch.zeros(2)
+    for _ in range(4):
+        g = A * (th - B1)
+        Fr = al * g ** 2 + (1 - al) * Fr
+        d = -lr * g
+        path += -g * d / (0.5 * Fr * d ** 2 + eps)
+        th = th + d
+        s.train_step(None, None)
+    assert torch.allclose(s.fisher["theta"], Fr, atol=1e-6)
+    assert torch.allclose(s.path["theta"], path, rtol=1e-5)
+    s.after_experience(None)
+    sc, Fs, anchor = path.clamp_min(0), Fr.clone(), th.clone()
+    assert torch.allclose(s.score["theta"], sc, rtol=1e-5) and torch.allclose(s.fisher_star["theta"], Fs)
+    target["b"] = B2
+    path2 = torch.zeros(2)
+    for _ in range(3):  # the score uses the task gradient only; the step follows task + penalty
+        g = A * (th - B2)
+        g_all = g + 2 * lam * (Fs + sc) * (th - anchor)
+        Fr = al * g ** 2 + (1 - al) * Fr
+        d = -lr * g_all
+        path2 += -g * d / (0.5 * Fr * d ** 2 + eps)
+        th = th + d
+        s.train_step(None, None)
+    assert torch.allclose(s.model.theta.detach(), th, atol=1e-5)
+    assert torch.allclose(s.path["theta"], path2, rtol=1e-4)
+    s.after_experience(None)
+    assert torch.allclose(s.score["theta"], (sc + path2.clamp_min(0)) / 2, rtol=1e-4)
