@@ -64,3 +64,31 @@ def per_sample_grads(model, x, y, loss_fn, preprocess, chunk=64):
     with in_eval(model):
         for i in range(0, len(y), chunk):
             yield g(params, preprocess(x[i:i + chunk]), y[i:i + chunk])
+
+
+def quad_penalty(params: dict, weight: dict, anchor: dict):
+    """sum_n sum weight_n * (p_n - anchor_n)^2: the quadratic penalty of EWC, SI, MAS and RWalk."""
+    return sum((weight[n] * (p - anchor[n]).pow(2)).sum() for n, p in params.items())
+
+
+@torch.no_grad()
+def task_gradients(params: dict, coef: float, weight: dict | None, anchor: dict) -> dict:
+    """p.grad minus the closed-form gradient of ``coef * quad_penalty`` (2 coef weight (p - anchor)): the task
+    loss's own gradient, for path integrals (SI, RWalk). ``weight=None``: no penalty yet, p.grad as is."""
+    out = {}
+    for n, p in params.items():
+        g = p.grad if p.grad is not None else torch.zeros_like(p)
+        if weight is not None:
+            g = g - 2 * coef * weight[n] * (p - anchor[n])
+        out[n] = g.clone()
+    return out
+
+
+def warn_if_stiff(name: str, lr: float, curvature: float) -> None:
+    """Plain SGD on a quadratic penalty with curvature k along a coordinate diverges when lr * k > 2. Warn at the
+    boundary (one host read) when the penalty's largest curvature crosses that bound."""
+    if lr * curvature > 2:
+        import warnings
+
+        warnings.warn(f"{name}: lr * max penalty curvature = {lr * curvature:.3g} > 2: SGD on the penalty diverges "
+                      f"along its stiffest parameters; lower the penalty weight or the learning rate", stacklevel=2)

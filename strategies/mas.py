@@ -17,7 +17,7 @@ import torch
 
 from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.task_keys import model_preprocess
-from strategies._reg import build_model, finite_logits, per_sample_grads, trainable
+from strategies._reg import build_model, finite_logits, per_sample_grads, quad_penalty, trainable, warn_if_stiff
 
 
 @dataclass
@@ -48,13 +48,13 @@ class MAS(Strategy):
         loss = super().loss(x, y, t)
         if not self.importance:
             return loss
-        pen = sum((self.importance[n] * (p - self.anchor[n]).pow(2)).sum() for n, p in trainable(self.model).items())
-        return loss + self.cfg.mas_lambda * pen
+        return loss + self.cfg.mas_lambda * quad_penalty(trainable(self.model), self.importance, self.anchor)
 
     def after_experience(self, exp):
         imp = mas_importance(self.model, exp.train_x, self.preprocess, self.cfg.importance_chunk)
         self.importance = {n: self.importance.get(n, 0) + v for n, v in imp.items()}
         self.anchor = {n: p.detach().clone() for n, p in trainable(self.model).items()}
+        warn_if_stiff("mas", self.cfg.lr, 2 * self.cfg.mas_lambda * max(float(v.max()) for v in self.importance.values()))
 
     def extra_state(self):
         return {"importance": {n: v.cpu() for n, v in self.importance.items()},

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from cl.core.strategy import Strategy, StrategyConfig, register
-from strategies._reg import build_model, trainable
+from strategies._reg import build_model, quad_penalty, task_gradients, trainable, warn_if_stiff
 
 
 @dataclass
@@ -51,19 +51,18 @@ class RWalk(Strategy):
         loss = self.task_loss(x, y, t)
         if not self.has_penalty:
             return loss
-        pen = sum(((self.fisher_star[n] + self.score[n]) * (p - self.anchor[n]).pow(2)).sum()
-                  for n, p in trainable(self.model).items())
-        return loss + self.cfg.rwalk_lambda * pen
+        return loss + self.cfg.rwalk_lambda * quad_penalty(trainable(self.model), self._weight(), self.anchor)
+
+    def _weight(self):
+        return {n: self.fisher_star[n] + self.score[n] for n in self.score}
 
     @torch.no_grad()
     def before_optimizer_step(self, x, y, t=None):
-        a = self.cfg.fisher_alpha
-        for n, p in trainable(self.model).items():
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            if self.has_penalty:
-                g = g - 2 * self.cfg.rwalk_lambda * (self.fisher_star[n] + self.score[n]) * (p - self.anchor[n])
-            self.fisher[n].mul_(1 - a).add_(a * g.pow(2))
-            self._g[n], self._before[n] = g.clone(), p.detach().clone()
+        a, ps = self.cfg.fisher_alpha, trainable(self.model)
+        self._g = task_gradients(ps, self.cfg.rwalk_lambda, self._weight() if self.has_penalty else None, self.anchor)
+        for n, p in ps.items():
+            self.fisher[n].mul_(1 - a).add_(a * self._g[n].pow(2))
+        self._before = {n: p.detach().clone() for n, p in ps.items()}
 
     @torch.no_grad()
     def after_step(self, x, y, t=None):
@@ -81,6 +80,7 @@ class RWalk(Strategy):
             self.anchor[n] = p.detach().clone()
         self.has_penalty = True
         self._g, self._before = {}, {}
+        warn_if_stiff("rwalk", self.cfg.lr, 2 * self.cfg.rwalk_lambda * max(float(v.max()) for v in self._weight().values()))
 
     def extra_state(self):
         cpu = lambda d: {n: v.cpu() for n, v in d.items()}  # noqa: E731

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from cl.core.strategy import Strategy, StrategyConfig, register
-from strategies._reg import build_model, trainable
+from strategies._reg import build_model, quad_penalty, task_gradients, trainable, warn_if_stiff
 
 
 @dataclass
@@ -46,16 +46,13 @@ class SI(Strategy):
         loss = self.task_loss(x, y, t)
         if not self.has_penalty:
             return loss
-        pen = sum((self.big_omega[n] * (p - self.anchor[n]).pow(2)).sum() for n, p in trainable(self.model).items())
-        return loss + self.cfg.si_c * pen
+        return loss + self.cfg.si_c * quad_penalty(trainable(self.model), self.big_omega, self.anchor)
 
     @torch.no_grad()
     def before_optimizer_step(self, x, y, t=None):
-        for n, p in trainable(self.model).items():
-            g = p.grad if p.grad is not None else torch.zeros_like(p)
-            if self.has_penalty:
-                g = g - 2 * self.cfg.si_c * self.big_omega[n] * (p - self.anchor[n])
-            self._g[n], self._before[n] = g.clone(), p.detach().clone()
+        ps = trainable(self.model)
+        self._g = task_gradients(ps, self.cfg.si_c, self.big_omega if self.has_penalty else None, self.anchor)
+        self._before = {n: p.detach().clone() for n, p in ps.items()}
 
     @torch.no_grad()
     def after_step(self, x, y, t=None):
@@ -70,6 +67,7 @@ class SI(Strategy):
             self.omega[n].zero_()
         self.has_penalty = True
         self._g, self._before = {}, {}
+        warn_if_stiff("si", self.cfg.lr, 2 * self.cfg.si_c * max(float(v.max()) for v in self.big_omega.values()))
 
     def extra_state(self):
         cpu = lambda d: {n: v.cpu() for n, v in d.items()}  # noqa: E731

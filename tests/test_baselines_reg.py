@@ -17,6 +17,7 @@ from cl.models.herding import class_means, herding, nme_logits
 from cl.models.model import Model
 from cl.train.engine import Run
 from conftest import tiny
+from test_resume import _interrupt_at
 
 pytestmark = pytest.mark.usefixtures("restore_registry")
 
@@ -136,6 +137,17 @@ def test_ewc_penalty_is_fisher_weighted_distance():
     want = 1.5 * ((fw * (W - W0) ** 2).sum() + (fb * (b - b0) ** 2).sum())
     assert s.penalty().item() == pytest.approx(want.item(), rel=1e-5)
     assert s.loss(X, Y).item() == pytest.approx(F.cross_entropy(s.model(X), Y).item() + want.item(), rel=1e-5)
+
+
+def test_ewc_warns_when_the_penalty_is_too_stiff_for_sgd():
+    s = make("ewc", ewc_lambda=1e4, lr=0.1)
+    with pytest.warns(UserWarning, match="diverges"):
+        s.after_experience(exp_of(X, Y))
+    s = make("ewc", ewc_lambda=1.0, lr=0.1)  # lr * lambda * max F < 2: silent
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        s.after_experience(exp_of(X, Y))
 
 
 @pytest.mark.parametrize("online", [True, False])
@@ -302,19 +314,6 @@ def test_icarl_memory_is_herded_reduced_and_classifies_by_nme():
 
 # -- exact resume from a boundary ------------------------------------------------------------------------------
 REG = ["ewc", "si", "mas", "lwf", "lwf-mc", "icarl", "lucir", "bic", "rwalk"]
-
-
-def _interrupt_at(name, index):
-    cls = strategies.get(name).obj
-    orig = cls.before_experience
-
-    def boom(self, exp):
-        if exp.index == index:
-            raise KeyboardInterrupt
-        return orig(self, exp)
-
-    cls.before_experience = boom
-    return lambda: setattr(cls, "before_experience", orig)
 
 
 @pytest.mark.parametrize("name,extra", [(n, {}) for n in REG] + [("ewc", {"online": True})])
