@@ -52,5 +52,5 @@ class ExemplarMemory:
         return {"x": self.x.cpu(), "y": self.y.cpu(), "rank": self.rank.cpu()}
 
     def load_state_dict(self, s: dict) -> None:
-        mv = lambda v: None if v is None else v.to(self.device)  # noqa: E731
+        mv = lambda v: None if v is None else v.to(self.device)
         self.x, self.y, self.rank = mv(s["x"]), mv(s["y"]), mv(s["rank"])

@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from cl.core.registry import ConfigError
 from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.task_keys import model_preprocess
-from strategies._reg import build_model, per_sample_grads, quad_penalty, trainable, warn_if_stiff
+from strategies._reg import (
+    build_model,
+    per_sample_grads,
+    quad_penalty,
+    trainable,
+    warn_if_stiff,
+)
 
 
 @dataclass

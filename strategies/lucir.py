@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from cl.core.strategy import StrategyConfig, register
 from cl.models.distill import feature_distill

@@ -42,7 +42,7 @@ class DistillBase(Strategy):
         return self.augment(x) if self.augment is not None else x
 
     def before_experience(self, exp):
-        self.seen_classes = sorted(set(self.old_classes) | set(int(c) for c in exp.classes))
+        self.seen_classes = sorted(set(self.old_classes) | {int(c) for c in exp.classes})
         self._seen_idx = None
 
     def seen_idx(self):

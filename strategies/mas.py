@@ -17,7 +17,14 @@ import torch
 
 from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.task_keys import model_preprocess
-from strategies._reg import build_model, finite_logits, per_sample_grads, quad_penalty, trainable, warn_if_stiff
+from strategies._reg import (
+    build_model,
+    finite_logits,
+    per_sample_grads,
+    quad_penalty,
+    trainable,
+    warn_if_stiff,
+)
 
 
 @dataclass

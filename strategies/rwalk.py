@@ -22,7 +22,13 @@ from dataclasses import dataclass
 import torch
 
 from cl.core.strategy import Strategy, StrategyConfig, register
-from strategies._reg import build_model, quad_penalty, task_gradients, trainable, warn_if_stiff
+from strategies._reg import (
+    build_model,
+    quad_penalty,
+    task_gradients,
+    trainable,
+    warn_if_stiff,
+)
 
 
 @dataclass
@@ -38,7 +44,7 @@ class RWalk(Strategy):
 
     def setup(self):
         ps = trainable(self.model)
-        z = lambda: {n: torch.zeros_like(p) for n, p in ps.items()}  # noqa: E731
+        z = lambda: {n: torch.zeros_like(p) for n, p in ps.items()}
         self.fisher, self.path, self.score, self.fisher_star = z(), z(), z(), z()
         self.anchor = {n: p.detach().clone() for n, p in ps.items()}
         self.has_penalty = False
@@ -60,7 +66,7 @@ class RWalk(Strategy):
     def before_optimizer_step(self, x, y, t=None):
         a, ps = self.cfg.fisher_alpha, trainable(self.model)
         self._g = task_gradients(ps, self.cfg.rwalk_lambda, self._weight() if self.has_penalty else None, self.anchor)
-        for n, p in ps.items():
+        for n in ps:
             self.fisher[n].mul_(1 - a).add_(a * self._g[n].pow(2))
         self._before = {n: p.detach().clone() for n, p in ps.items()}
 
@@ -83,7 +89,7 @@ class RWalk(Strategy):
         warn_if_stiff("rwalk", self.cfg.lr, 2 * self.cfg.rwalk_lambda * max(float(v.max()) for v in self._weight().values()))
 
     def extra_state(self):
-        cpu = lambda d: {n: v.cpu() for n, v in d.items()}  # noqa: E731
+        cpu = lambda d: {n: v.cpu() for n, v in d.items()}
         return {k: cpu(getattr(self, k)) for k in ("fisher", "path", "score", "fisher_star", "anchor")} | \
             {"has_penalty": self.has_penalty}
 

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 import torch
 
 from cl.core.strategy import Strategy, StrategyConfig, register
-from strategies._reg import build_model, quad_penalty, task_gradients, trainable, warn_if_stiff
+from strategies._reg import (
+    build_model,
+    quad_penalty,
+    task_gradients,
+    trainable,
+    warn_if_stiff,
+)
 
 
 @dataclass
@@ -70,11 +76,11 @@ class SI(Strategy):
         warn_if_stiff("si", self.cfg.lr, 2 * self.cfg.si_c * max(float(v.max()) for v in self.big_omega.values()))
 
     def extra_state(self):
-        cpu = lambda d: {n: v.cpu() for n, v in d.items()}  # noqa: E731
+        cpu = lambda d: {n: v.cpu() for n, v in d.items()}
         return {"omega": cpu(self.omega), "big_omega": cpu(self.big_omega), "anchor": cpu(self.anchor),
                 "has_penalty": self.has_penalty}
 
     def load_extra_state(self, state):
-        dev = lambda d: {n: v.to(self.device) for n, v in d.items()}  # noqa: E731
+        dev = lambda d: {n: v.to(self.device) for n, v in d.items()}
         self.omega, self.big_omega, self.anchor = dev(state["omega"]), dev(state["big_omega"]), dev(state["anchor"])
         self.has_penalty = state["has_penalty"]

@@ -4,8 +4,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from conftest import tiny
+from test_resume import _interrupt_at
+from torch import nn
 
 from cl.core.config import resolve
 from cl.core.registry import strategies
@@ -16,8 +18,6 @@ from cl.models.heads import IncrementalLinear
 from cl.models.herding import class_means, herding, nme_logits
 from cl.models.model import Model
 from cl.train.engine import Run
-from conftest import tiny
-from test_resume import _interrupt_at
 
 pytestmark = pytest.mark.usefixtures("restore_registry")
 
@@ -300,7 +300,7 @@ def test_icarl_memory_is_herded_reduced_and_classifies_by_nme():
     x2, y2 = torch.tensor([[-1.0, -1.0], [-2.0, -1.5]]), torch.tensor([2, 2])
     e2 = exp_of(x2, y2, index=1)
     s.before_experience(e2)
-    tx, ty = s.train_data(e2)
+    _, ty = s.train_data(e2)
     assert len(ty) == 2 + 4  # new data + exemplars
     s.after_experience(e2)
     assert sorted(s.memory.y.tolist()) == [0, 1, 2]  # 4 // 3 = 1 per class: the first of each herding order
@@ -380,7 +380,7 @@ def test_lucir_imprints_new_weights_and_less_forget_is_zero_for_unchanged_model(
 
 
 def test_lucir_margin_ranking_matches_hand_computation_and_old_weights_stay_fixed():
-    s, x1, e1, w_old = make_lucir(margin=0.9, k_mr=1)
+    s, x1, _, w_old = make_lucir(margin=0.9, k_mr=1)
     x = torch.cat([x1, torch.tensor([[1.0, 0.3], [0.0, 1.0]])])
     y = torch.tensor([2, 3, 2, 3, 0, 1])
     cos = F.normalize(s.model.features(x), dim=1) @ F.normalize(s.model.head.weight, dim=1).t()

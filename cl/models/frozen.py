@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 class FrozenCopy:
