@@ -15,6 +15,7 @@ import contextlib
 
 import torch
 
+from cl.core.strategy import Strategy
 from cl.models.model import Model, build_head
 from cl.models.task_keys import remember_preprocess
 
@@ -92,3 +93,26 @@ def warn_if_stiff(name: str, lr: float, curvature: float) -> None:
 
         warnings.warn(f"{name}: lr * max penalty curvature = {lr * curvature:.3g} > 2: SGD on the penalty diverges "
                       f"along its stiffest parameters; lower the penalty weight or the learning rate", stacklevel=2)
+
+
+class PathPenalty(Strategy):
+    """Base of the path-integral strategies (SI, RWalk): loss = task_loss + coef * quad_penalty(weight, anchor) once
+    ``has_penalty``; ``record_step_start`` (call from ``before_optimizer_step``) keeps the task gradient and the
+    weights before the step in ``_g`` / ``_before``. Subclasses define ``penalty_coef()`` and ``penalty_weight()``."""
+
+    build_model = classmethod(lambda cls, cfg, backbone, scenario: build_model(cfg, backbone, scenario))
+
+    def task_loss(self, x, y, t=None):
+        return Strategy.loss(self, x, y, t)
+
+    def loss(self, x, y, t=None):
+        loss = self.task_loss(x, y, t)
+        if not self.has_penalty:
+            return loss
+        return loss + self.penalty_coef() * quad_penalty(trainable(self.model), self.penalty_weight(), self.anchor)
+
+    def record_step_start(self) -> dict:
+        ps = trainable(self.model)
+        self._g = task_gradients(ps, self.penalty_coef(), self.penalty_weight() if self.has_penalty else None, self.anchor)
+        self._before = {n: p.detach().clone() for n, p in ps.items()}
+        return ps

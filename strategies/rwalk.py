@@ -21,14 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cl.core.strategy import Strategy, StrategyConfig, register
-from strategies._reg import (
-    build_model,
-    quad_penalty,
-    task_gradients,
-    trainable,
-    warn_if_stiff,
-)
+from cl.core.strategy import StrategyConfig, register
+from strategies._reg import PathPenalty, trainable, warn_if_stiff
 
 
 @dataclass
@@ -39,9 +33,7 @@ class RWalkConfig(StrategyConfig):
 
 
 @register("rwalk", RWalkConfig, "RWalk: running Fisher + per-step path score (KL-normalised path integral)")
-class RWalk(Strategy):
-    build_model = classmethod(lambda cls, cfg, backbone, scenario: build_model(cfg, backbone, scenario))
-
+class RWalk(PathPenalty):
     def setup(self):
         ps = trainable(self.model)
         z = lambda: {n: torch.zeros_like(p) for n, p in ps.items()}
@@ -50,25 +42,17 @@ class RWalk(Strategy):
         self.has_penalty = False
         self._g, self._before = {}, {}
 
-    def task_loss(self, x, y, t=None):
-        return super().loss(x, y, t)
+    def penalty_coef(self):
+        return self.cfg.rwalk_lambda
 
-    def loss(self, x, y, t=None):
-        loss = self.task_loss(x, y, t)
-        if not self.has_penalty:
-            return loss
-        return loss + self.cfg.rwalk_lambda * quad_penalty(trainable(self.model), self._weight(), self.anchor)
-
-    def _weight(self):
+    def penalty_weight(self):
         return {n: self.fisher_star[n] + self.score[n] for n in self.score}
 
     @torch.no_grad()
     def before_optimizer_step(self, x, y, t=None):
-        a, ps = self.cfg.fisher_alpha, trainable(self.model)
-        self._g = task_gradients(ps, self.cfg.rwalk_lambda, self._weight() if self.has_penalty else None, self.anchor)
-        for n in ps:
+        a = self.cfg.fisher_alpha
+        for n in self.record_step_start():
             self.fisher[n].mul_(1 - a).add_(a * self._g[n].pow(2))
-        self._before = {n: p.detach().clone() for n, p in ps.items()}
 
     @torch.no_grad()
     def after_step(self, x, y, t=None):
@@ -86,7 +70,7 @@ class RWalk(Strategy):
             self.anchor[n] = p.detach().clone()
         self.has_penalty = True
         self._g, self._before = {}, {}
-        warn_if_stiff("rwalk", self.cfg.lr, 2 * self.cfg.rwalk_lambda * max(float(v.max()) for v in self._weight().values()))
+        warn_if_stiff("rwalk", self.cfg.lr, 2 * self.cfg.rwalk_lambda * max(float(v.max()) for v in self.penalty_weight().values()))
 
     def extra_state(self):
         cpu = lambda d: {n: v.cpu() for n, v in d.items()}

@@ -17,14 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from cl.core.strategy import Strategy, StrategyConfig, register
-from strategies._reg import (
-    build_model,
-    quad_penalty,
-    task_gradients,
-    trainable,
-    warn_if_stiff,
-)
+from cl.core.strategy import StrategyConfig, register
+from strategies._reg import PathPenalty, trainable, warn_if_stiff
 
 
 @dataclass
@@ -34,9 +28,7 @@ class SIConfig(StrategyConfig):
 
 
 @register("si", SIConfig, "Synaptic intelligence (path-integral importance)")
-class SI(Strategy):
-    build_model = classmethod(lambda cls, cfg, backbone, scenario: build_model(cfg, backbone, scenario))
-
+class SI(PathPenalty):
     def setup(self):
         ps = trainable(self.model)
         self.omega = {n: torch.zeros_like(p) for n, p in ps.items()}  # running path integral
@@ -45,20 +37,15 @@ class SI(Strategy):
         self.has_penalty = False
         self._g, self._before = {}, {}
 
-    def task_loss(self, x, y, t=None):
-        return super().loss(x, y, t)
+    def penalty_coef(self):
+        return self.cfg.si_c
 
-    def loss(self, x, y, t=None):
-        loss = self.task_loss(x, y, t)
-        if not self.has_penalty:
-            return loss
-        return loss + self.cfg.si_c * quad_penalty(trainable(self.model), self.big_omega, self.anchor)
+    def penalty_weight(self):
+        return self.big_omega
 
     @torch.no_grad()
     def before_optimizer_step(self, x, y, t=None):
-        ps = trainable(self.model)
-        self._g = task_gradients(ps, self.cfg.si_c, self.big_omega if self.has_penalty else None, self.anchor)
-        self._before = {n: p.detach().clone() for n, p in ps.items()}
+        self.record_step_start()
 
     @torch.no_grad()
     def after_step(self, x, y, t=None):
