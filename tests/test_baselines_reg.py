@@ -224,7 +224,7 @@ def test_si_importance_is_hand_computed_path_integral_on_a_quadratic():
 
 # -- MAS ---------------------------------------------------------------------------------------------------
 def test_mas_importance_is_mean_absolute_gradient_of_output_norm():
-    s = make("mas", seen=[0, 1, 2])
+    s = make("mas", seen=[0, 1, 2], mas_lambda=1.0)
     W0, b0 = s.model.head.fc.weight.detach().clone(), s.model.head.fc.bias.detach().clone()
     Xm = torch.tensor([[1.0, 0.5], [-1.0, -0.5], [0.2, -2.0]])  # first two give opposite gradients
     s.after_experience(exp_of(Xm, torch.tensor([0, 1, 2])))
