@@ -101,8 +101,38 @@ EXCLUDE_OPERATORS = [
 ]
 
 # Surviving mutants that are equivalent (no observable change) or accepted, per module:
-# (operator regex, text of the original source line, stripped, or a unique part of it, reason).
-EQUIVALENT: dict[str, list[tuple[str, str, str]]] = {}
+# (operator regex, part of the original source line, part of the mutated line ("" = any), reason).
+# Source parts are compared with all whitespace removed.  Each is explained in docs/testing.md.
+_NEVER_NEG = "a size is never negative, so the two conditions agree"
+EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
+    "metrics": [
+        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "c.size == 0", "", _NEVER_NEG),
+        (r"core/NumberReplacer$", "c.size == 0", "c.size == -1",
+         "the test only short-cuts the empty stream, which the loop turns into [] anyway"),
+        (r"core/ReplaceComparisonOperator_LtE_Eq$", "every <= 0 or", "every == 0",
+         "a negative `every` gives an empty range: no points either way"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if s.size == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if s[-1] > 0 else", "",
+         "s[-1] >= 0 once the widths (from s_0 = 0) are checked non-negative, so != 0 means > 0"),
+        (r"core/NumberReplacer$", "return np.zeros((0, 0))", "",
+         "the empty matrix is only tested for size 0 by its caller; shapes (1, 0) and (0, 1) have size 0 too"),
+        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "if A.size == 0:", "", _NEVER_NEG),
+        (r"core/NumberReplacer$", "if A.size == 0:", "A.size == -1",
+         "an empty matrix has no columns: the loop returns [] anyway"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if prev.size == 0 or", "", _NEVER_NEG),
+        (r"core/NumberReplacer$", "range(max(0, n_batches - shift))", "max( -1,", "range(-1) and range(0) are both empty"),
+        (r"core/NumberReplacer$", "start: float = 0.0", "start: float = -1.0",
+         "batch 0 arrives at time 0 >= start either way, and the schedule sets `free` from then on"),
+        (r"core/ReplaceComparisonOperator_GtE_Gt$", "ok = g >= free - 1e-9", "",
+         "with the 1e-9 tolerance, > and >= differ only if g == free - 1e-9 exactly (accepted: no real cost hits it)"),
+        (r"core/NumberReplacer$", "free = g + max(float(cost), 1.0)", "max(float(cost), 0.0)",
+         "a cost below 1 leaves the learner free before the next batch (g + 1) either way"),
+    ],
+}
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -232,7 +262,7 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
     from cosmic_ray.work_db import WorkDB
 
     lines = source.splitlines()
-    equiv = [(re.compile(op), text, why) for op, text, why in EQUIVALENT.get(name, [])]
+    equiv = [(re.compile(op), _squash(a), _squash(b), why) for op, a, b, why in EQUIVALENT.get(name, [])]
     res = {"module": name, "path": m.path, "tests": m.tests, "functions": m.functions, "killed": 0, "timeout": 0,
            "incompetent": 0, "survived": 0, "equivalent": 0, "skipped": 0, "pending": 0, "survivors": []}
     wdb = WorkDB(str(db), WorkDB.Mode.open)
@@ -254,10 +284,13 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
             else:
                 mu = item.mutations[0]
                 line = lines[mu.start_pos[0] - 1].strip() if mu.start_pos[0] <= len(lines) else ""
-                reason = next((why for op, text, why in equiv if op.match(mu.operator_name) and text in line), None)
+                plus = _squash(" ".join(l[1:] for l in (r.diff or "").splitlines()
+                                        if l.startswith("+") and not l.startswith("+++")))
+                reason = next((why for op, a, b, why in equiv
+                               if op.match(mu.operator_name) and a in _squash(line) and b in plus), None)
                 res["equivalent" if reason else "survived"] += 1
                 res["survivors"].append({"line": mu.start_pos[0], "operator": mu.operator_name,
-                                         "source": line, "function": qualified_names(source).get(mu.start_pos[0]),
+                                         "source": line, "mutated": plus, "function": qualified_names(source).get(mu.start_pos[0]),
                                          "equivalent": reason, "diff": r.diff})
     finally:
         wdb.close()

@@ -44,6 +44,7 @@ def test_anytime_forgetting_non_monotone_and_undefined_tasks():
     assert M.anytime_forgetting_per_task([[0.5], [0.9]]) == [approx(-0.4)]  # not clipped
     assert M.anytime_forgetting_curve(A) == approx([0.0, -0.2, 0.1, (0.5 - 0.05) / 2])
     assert M.anytime_forgetting_per_task([]) == [] and M.anytime_forgetting([]) == 0.0
+    assert M.anytime_forgetting_per_task([[0.5]]) == [None]  # one point: not defined yet
     # NaN entries count as "not evaluated", like None
     assert M.anytime_forgetting_per_task([[np.nan, 0.5], [0.4, 0.2]]) == [None, approx(0.3)]
 
@@ -77,6 +78,8 @@ def test_bwt_and_fwt_use_the_right_entries():
     assert M.summary(R3, random_init=b)["fwt"] == approx(M.fwt(R3, b))
     assert "fwt" not in M.summary(R3)
     assert M.bwt([[0.4]]) == 0.0 and M.fwt([[0.4]], [0.1]) == 0.0
+    assert M.fwt([[0.4, 0.3], [0.2, 0.9]], [0.0, 0.1]) == approx(0.2)  # two experiences: one term
+    assert M.bwt([[0.4, 0.3], [0.2, 0.9]]) == approx(-0.2)
     assert M.intransigence(R3, [1.0, 0.9, 0.8]) == approx([0.1, 0.1, 0.2])
 
 
@@ -87,6 +90,12 @@ def test_partial_matrix_and_bad_shape():
     assert M.bwt(part) == approx(0.6 - 0.9)
     with pytest.raises(ValueError):
         M.average_accuracy([0.1, 0.2])
+    with pytest.raises(ValueError):
+        M.bwt(np.zeros((2, 2, 2)))
+    assert M.average_incremental_accuracy(part) == approx((0.9 + 0.7) / 2)
+    assert M.intransigence(part, [1.0, 1.0, 1.0]) == approx([0.1, 0.2])  # one value per row
+    # FWT of a partial run: the rows that exist (i = 1 .. rows - 1), as for a complete run
+    assert M.fwt(part, [0.0, 0.1, 0.05]) == approx(0.2 - 0.1)
 
 
 # -- online metrics -------------------------------------------------------------------------------
@@ -109,6 +118,10 @@ def test_online_accuracy_curve_cumulative_and_windowed():
     assert M.online_accuracy_curve(c, 2) == [(2, approx(0.5)), (4, approx(0.5)), (6, approx(4 / 6))]
     assert M.online_accuracy_curve(c, 3, window=2) == [(3, approx(0.0)), (6, approx(1.0))]
     assert M.online_accuracy_curve(c, 0) == [] and M.online_accuracy_curve([], 2) == []
+    assert M.online_accuracy_curve([1], 1) == [(1, 1.0)]
+    assert M.online_accuracy_curve(c, 3, window=5) == [(3, approx(1 / 3)), (6, approx(3 / 5))]  # short window
+    assert M.online_accuracy_curve([1, 1, 0, 0, 0, 1, 0], 3, window=2) == [(3, approx(0.5)), (6, approx(0.5))]
+    assert M.online_accuracy_curve(c[:6], 3) == [(3, approx(1 / 3)), (6, approx(4 / 6))]  # the last sample counts
 
 
 def test_anytime_auc_weights_uneven_evaluation_points():
@@ -120,10 +133,16 @@ def test_anytime_auc_weights_uneven_evaluation_points():
     assert M.anytime_auc_samples([5, 10, 15], a) == approx(M.anytime_auc(a)) == approx(0.5)
     assert M.anytime_auc_samples([], []) == 0.0 and M.anytime_auc([]) == 0.0
     assert M.anytime_auc_samples([0], [0.3]) == approx(0.3)
+    assert M.anytime_auc_samples([0, 10], [0.3, 0.5]) == approx(0.5)  # a point at 0 samples has no width
+    assert M.anytime_auc_samples([0, 1], [0.2, 0.6]) == approx(0.6)
     with pytest.raises(ValueError):
         M.anytime_auc_samples([10, 5], [0.1, 0.2])
     with pytest.raises(ValueError):
+        M.anytime_auc_samples([10, 9.5], [0.1, 0.2])  # any decrease
+    with pytest.raises(ValueError):
         M.anytime_auc_samples([10, 20], [0.1])
+    with pytest.raises(ValueError):
+        M.anytime_auc_samples([10], [0.1, 0.2])
 
 
 # -- schedules --------------------------------------------------------------------------------------
