@@ -54,13 +54,14 @@ class Module:
     note: str = ""
 
 
-ENGINE_TESTS = ["tests/test_engine.py", "tests/test_mutation_engine.py", "tests/test_resume.py"]
-ONLINE_TESTS = ["tests/test_online.py", "tests/test_mutation_engine.py", "tests/test_engine.py"]
+# with -x the first failing test ends a mutant's run: the fast, targeted files come first
+ENGINE_TESTS = ["tests/test_mutation_engine.py", "tests/test_engine.py", "tests/test_resume.py"]
+ONLINE_TESTS = ["tests/test_mutation_engine.py", "tests/test_online.py", "tests/test_engine.py"]
 
 MODULES: dict[str, Module] = {
     # -- numbers: metrics and the shared pieces strategies hold
-    "metrics": Module("cl/core/metrics.py", ["tests/test_metrics.py", "tests/test_mutation_metrics.py"], conftest=False),
-    "buffers": Module("cl/models/buffers.py", ["tests/test_buffers.py", "tests/test_mutation_buffers.py"]),
+    "metrics": Module("cl/core/metrics.py", ["tests/test_mutation_metrics.py", "tests/test_metrics.py"], conftest=False),
+    "buffers": Module("cl/models/buffers.py", ["tests/test_mutation_buffers.py", "tests/test_buffers.py"]),
     "heads": Module("cl/models/heads.py", ["tests/test_mutation_heads.py"]),
     "prototypes": Module("cl/models/prototypes.py", ["tests/test_mutation_heads.py"]),
     # -- the run lifecycle and both loops (measure once the engine restructuring has landed)
@@ -78,8 +79,8 @@ MODULES: dict[str, Module] = {
                            functions=["run_status", "run_sweep", "cmd_sweep"], note="status logic only"),
     "settings": Module("cl/data/settings.py", ["tests/test_settings.py", "tests/test_scenarios.py"]),
     # -- strategies
-    "er": Module("strategies/er.py", ["tests/test_strategies_er_family.py", "tests/test_engine.py",
-                                      "tests/test_mutation_engine.py"]),
+    "er": Module("strategies/er.py", ["tests/test_mutation_engine.py", "tests/test_strategies_er_family.py",
+                                      "tests/test_engine.py"]),
     "er_ace": Module("strategies/er_ace.py", ["tests/test_strategies_er_family.py"]),
     "uer": Module("strategies/uer.py", ["tests/test_strategies_er_family.py", "tests/test_strategies2_mechanism.py"]),
     "pec": Module("strategies/pec.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_heads_pec_center.py"]),

@@ -145,3 +145,26 @@ def test_state_dict_round_trip_continues_identically():
     assert b.items()["y"].tolist() == a.items()["y"].tolist()
     a.advance_host(3)
     assert a.n_seen == 19 and int(a.count) == 16
+
+
+def test_no_two_samples_of_a_batch_write_the_same_slot(monkeypatch):
+    """Colliding samples other than the last writer go to the trash row, so the write has no duplicate slot
+    (duplicate indices in index_copy_ are applied in an undefined order on CUDA).  Controlled draws make two
+    adjacent samples and two samples further apart collide."""
+    writes = []
+    real_copy, real_rand = torch.Tensor.index_copy_, torch.rand
+
+    def spy(self, dim, index, source):
+        writes.append(index.clone())
+        return real_copy(self, dim, index, source)
+
+    draws = iter([torch.tensor([0.1, 0.1, 0.9, 0.2, 0.5])])  # pos 2..6 -> slots 0, 0, lost, 1, lost(3)
+    monkeypatch.setattr(torch.Tensor, "index_copy_", spy)
+    monkeypatch.setattr(buffers.torch, "rand", lambda *a, **k: next(draws) if a == (5,) else real_rand(*a, **k))
+    buf = ReservoirBuffer(2)
+    buf.add(y=torch.tensor([10, 11]))
+    buf.add(y=torch.tensor([20, 21, 22, 23, 24]))
+    assert buf.items()["y"].tolist() == [21, 23]
+    idx = writes[-1]
+    real_slots = idx[idx < 2].tolist()
+    assert sorted(real_slots) == [0, 1], idx  # one writer per slot
