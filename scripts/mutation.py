@@ -79,9 +79,9 @@ MODULES: dict[str, Module] = {
                            functions=["run_status", "run_sweep", "cmd_sweep"], note="status logic only"),
     "settings": Module("cl/data/settings.py", ["tests/test_settings.py", "tests/test_scenarios.py"]),
     # -- strategies
-    "er": Module("strategies/er.py", ["tests/test_mutation_engine.py", "tests/test_strategies_er_family.py",
-                                      "tests/test_engine.py"]),
-    "er_ace": Module("strategies/er_ace.py", ["tests/test_strategies_er_family.py"]),
+    "er": Module("strategies/er.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py",
+                                      "tests/test_engine.py::test_er_replays_only_after_the_first_step"]),
+    "er_ace": Module("strategies/er_ace.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py"]),
     "uer": Module("strategies/uer.py", ["tests/test_strategies_er_family.py", "tests/test_strategies2_mechanism.py"]),
     "pec": Module("strategies/pec.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_heads_pec_center.py"]),
     "prd": Module("strategies/prd.py", ["tests/test_mutation_strategies.py", "tests/test_strategies2_mechanism.py",
@@ -128,6 +128,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "with the 1e-9 tolerance, > and >= differ only if g == free - 1e-9 exactly (accepted: no real cost hits it)"),
         (r"core/NumberReplacer$", "free = g + max(float(cost), 1.0)", "max(float(cost), 0.0)",
          "a cost below 1 leaves the learner free before the next batch (g + 1) either way"),
+    ],
+    "buffers": [
+        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "if self.capacity == 0:", "",
+         "capacity 0 without the early return stores nothing either: every sample goes to the trash row and "
+         "len() stays 0 (the return is a shortcut; a negative capacity is refused in __init__)"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(self) == 0:", "", _NEVER_NEG),
     ],
 }
 
