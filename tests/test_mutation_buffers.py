@@ -168,3 +168,12 @@ def test_no_two_samples_of_a_batch_write_the_same_slot(monkeypatch):
     idx = writes[-1]
     real_slots = idx[idx < 2].tolist()
     assert sorted(real_slots) == [0, 1], idx  # one writer per slot
+
+
+def test_stored_samples_are_detached_from_the_graph():
+    """Features that require grad (a strategy storing embeddings) are stored as plain data: no graph kept."""
+    buf = ReservoirBuffer(4)
+    x = torch.randn(3, 2, requires_grad=True)
+    buf.add(x=x * 2, y=torch.arange(3))
+    assert not buf.data["x"].requires_grad and buf.data["x"].grad_fn is None
+    assert torch.equal(buf.items()["x"], (x * 2).detach())
