@@ -80,7 +80,7 @@ def test_prd_loss_distils_old_relations_into_the_new_model():
     assert float(s.last_parts["distill"]) == pytest.approx(want, rel=1e-5)
     z = nn.functional.normalize(m.projector(h_new), dim=1)
     total = (supcon_loss(z, y, 0.1) + 2.0 * prototype_loss(h_new, m.prototypes, y) + 4.0 * want)
-    assert float(loss.detach()) == pytest.approx(float(total), rel=1e-5)
+    assert float(loss.detach()) == pytest.approx(float(total.detach()), rel=1e-5)
 
 
 def test_prd_first_task_has_no_distillation_and_supcon_by_hand():
