@@ -130,11 +130,14 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "a cost below 1 leaves the learner free before the next batch (g + 1) either way"),
     ],
     "buffers": [
-        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "if self.capacity == 0:", "",
+        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$|core/NumberReplacer$", "if self.capacity == 0:",
+         "if self.capacity",
          "capacity 0 without the early return stores nothing either: every sample goes to the trash row and "
          "len() stays 0 (the return is a shortcut; a negative capacity is refused in __init__)"),
-        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(self) == 0:", "", _NEVER_NEG),
-        (r"core/ReplaceBinaryOperator_Sub_(Add|Mul|FloorDiv)$", "clamp_max_(size - 1)", "",
+        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "if len(self) == 0:", "",
+         "an empty buffer (nothing offered, or capacity 0) has no data tensors: the sample is {} either way"),
+        (r"core/ReplaceBinaryOperator_Sub_(Add|Mul|FloorDiv)$|core/NumberReplacer$", "clamp_max_(size - 1)",
+         "clamp_max_(size",
          "accepted: a guard against u * size rounding up to size; torch.rand gives u < 1 and u * size < size "
          "in float32, so the clamp never acts on CPU or CUDA with the built-in generator"),
     ],

@@ -177,3 +177,10 @@ def test_stored_samples_are_detached_from_the_graph():
     buf.add(x=x * 2, y=torch.arange(3))
     assert not buf.data["x"].requires_grad and buf.data["x"].grad_fn is None
     assert torch.equal(buf.items()["x"], (x * 2).detach())
+
+
+def test_a_buffer_of_one_item_samples_it():
+    buf = ReservoirBuffer(5)
+    buf.add(x=torch.tensor([[4.0]]), y=torch.tensor([7]))
+    out = buf.sample(3)
+    assert out["y"].tolist() == [7, 7, 7] and out["x"].tolist() == [[4.0]] * 3
