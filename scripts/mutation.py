@@ -261,10 +261,12 @@ def filter_session(db: Path, m: Module, source: str) -> dict:
     return counts
 
 
-def reset_survivors(db: Path) -> int:
+def reset_survivors(db: Path, job_ids: list[str]) -> int:
+    """Forget the results of these (surviving) mutants, so that ``exec`` runs them again."""
     con = sqlite3.connect(db)
     try:
-        n = con.execute("DELETE FROM work_results WHERE test_outcome IN ('SURVIVED', 'survived')").rowcount
+        n = sum(con.execute("DELETE FROM work_results WHERE job_id = ? AND test_outcome IN ('SURVIVED', 'survived')",
+                            (j,)).rowcount for j in job_ids)
         con.commit()
         return n
     finally:
@@ -302,7 +304,7 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
                 reason = next((why for op, a, b, why in equiv
                                if op.match(mu.operator_name) and a in _squash(line) and b in plus), None)
                 res["equivalent" if reason else "survived"] += 1
-                res["survivors"].append({"line": mu.start_pos[0], "operator": mu.operator_name,
+                res["survivors"].append({"job_id": item.job_id, "line": mu.start_pos[0], "operator": mu.operator_name,
                                          "source": line, "mutated": plus, "function": qualified_names(source).get(mu.start_pos[0]),
                                          "equivalent": reason, "diff": r.diff})
     finally:
@@ -352,7 +354,8 @@ def run_module(name: str, args) -> dict:
         print(f"{name}: session created, left out {skipped}")
         (out / f"{name}.filtered.json").write_text(json.dumps(skipped))
     elif args.survivors:
-        print(f"{name}: {reset_survivors(db)} surviving mutants to run again")
+        todo = [sv["job_id"] for sv in collect(db, m, name, source)["survivors"] if not sv["equivalent"]]
+        print(f"{name}: {reset_survivors(db, todo)} surviving non-equivalent mutants to run again")
     from cosmic_ray.work_db import WorkDB
 
     wdb = WorkDB(str(db), WorkDB.Mode.open)
@@ -403,7 +406,8 @@ def main(argv=None) -> int:
     p.add_argument("--all", action="store_true", help="every module")
     p.add_argument("--list", action="store_true", help="list the modules and their tests")
     p.add_argument("--report", action="store_true", help="print the table of the modules run so far")
-    p.add_argument("--survivors", action="store_true", help="run the surviving mutants again (after new tests)")
+    p.add_argument("--survivors", action="store_true",
+                   help="run the surviving non-equivalent mutants again (after new tests)")
     p.add_argument("--fresh", action="store_true", help="start the module's session over")
     p.add_argument("--out", default=os.environ.get("CL_MUTATION_OUT", "/tmp/cl-mutation"),
                    help="sessions and reports (default $CL_MUTATION_OUT or /tmp/cl-mutation, outside the repository)")
