@@ -141,6 +141,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "accepted: a guard against u * size rounding up to size; torch.rand gives u < 1 and u * size < size "
          "in float32, so the clamp never acts on CPU or CUDA with the built-in generator"),
     ],
+    "heads": [
+        (r"core/RemoveDecorator$", "@torch.no_grad()", "",
+         "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),
+    ],
 }
 
 

@@ -140,3 +140,10 @@ def test_unknown_metric_is_a_config_error_naming_the_choices():
     assert METRICS == ("euclidean", "cosine")
     with pytest.raises(ConfigError, match="cosine"):
         PrototypeHead(2, 2, metric="cosin")
+
+
+def test_prototype_update_keeps_no_autograd_graph():
+    head = PrototypeHead(2, 2)
+    h = torch.randn(3, 2, requires_grad=True)
+    head.update(h * 3, torch.tensor([0, 1, 1]))
+    assert not head.sums.requires_grad and head.sums.grad_fn is None and not head.means.requires_grad
