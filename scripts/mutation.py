@@ -244,6 +244,10 @@ def filter_session(db: Path, m: Module, source: str) -> dict:
     spans = annotation_lines(source)
     names = qualified_names(source)
     counts = {"operator": 0, "annotation": 0, "function": 0}
+    known = set(names.values())
+    for f in m.functions:
+        if not any(n == f or n.startswith(f + ".") for n in known):
+            print(f"warning: {m.path} has no function {f!r} (renamed? update MODULES)", file=sys.stderr)
     wdb = WorkDB(str(db), WorkDB.Mode.open)
     try:
         for item in list(wdb.pending_work_items):
