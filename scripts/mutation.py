@@ -141,6 +141,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "accepted: a guard against u * size rounding up to size; torch.rand gives u < 1 and u * size < size "
          "in float32, so the clamp never acts on CPU or CUDA with the built-in generator"),
     ],
+    "prototypes": [
+        (r"core/NumberReplacer$", "self.counts.index_add_(0, y,", "index_add_( -1,",
+         "counts is 1-D: dimension -1 is dimension 0"),
+        (r"core/ReplaceComparisonOperator_Eq_(LtE|Lt|GtE|Gt)$", 'if self.metric == "cosine":', 'self.metric<="cosine"',
+         "the metric is validated to be euclidean or cosine, and 'euclidean' <= 'cosine' is False: same branch"),
+    ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),
