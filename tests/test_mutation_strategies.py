@@ -12,6 +12,7 @@ import torch.nn as nn
 from cl.core.strategy import RunInfo
 from cl.models.heads import IncrementalLinear
 from cl.models.model import Model
+from cl.train.graphs import is_graph_safe
 from strategies.er import ER, ERConfig
 from strategies.er_ace import ERACE, ERACEConfig
 from strategies.pec import PEC, PECConfig
@@ -223,3 +224,11 @@ def test_er_ace_loss_masks_seen_absent_classes_for_the_incoming_batch_only():
     t = _er(ERACE, ERACEConfig)
     t.load_state_dict(s.state_dict())
     assert t.seen.tolist() == [True, True, True, False]
+
+
+def test_er_defaults_and_graph_safety():
+    """Defaults change results (buffer size, replay batch, one forward pass); ER's step must stay capturable
+    as a CUDA graph (no per-step host branch), ER-ACE's too."""
+    cfg = ERConfig()
+    assert (cfg.buffer_size, cfg.replay_batch_size, cfg.single_forward) == (500, 10, True)
+    assert is_graph_safe(_er()) and is_graph_safe(_er(ERACE, ERACEConfig))
