@@ -151,6 +151,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_(LtE|Lt|GtE|Gt)$", 'if self.metric == "cosine":', 'self.metric<="cosine"',
          "the metric is validated to be euclidean or cosine, and 'euclidean' <= 'cosine' is False: same branch"),
     ],
+    "er_ace": [
+        (r"core/RemoveDecorator$", "@dataclass", "",
+         "ERACEConfig adds no field: without @dataclass it still inherits ERConfig's dataclass fields and __init__"),
+    ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),
