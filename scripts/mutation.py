@@ -322,13 +322,14 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
             else:
                 mu = item.mutations[0]
                 line = lines[mu.start_pos[0] - 1].strip() if mu.start_pos[0] <= len(lines) else ""
-                plus = _squash(" ".join(l[1:] for l in (r.diff or "").splitlines()
-                                        if l.startswith("+") and not l.startswith("+++")))
+                plus_raw = " ".join(l[1:].strip() for l in (r.diff or "").splitlines()
+                                    if l.startswith("+") and not l.startswith("+++"))
+                plus = _squash(plus_raw)
                 reason = next((why for op, a, b, why in equiv
                                if op.match(mu.operator_name) and a in _squash(line) and b in plus), None)
                 res["equivalent" if reason else "survived"] += 1
                 res["survivors"].append({"job_id": item.job_id, "line": mu.start_pos[0], "operator": mu.operator_name,
-                                         "source": line, "mutated": plus, "function": qualified_names(source).get(mu.start_pos[0]),
+                                         "source": line, "mutated": plus_raw, "function": qualified_names(source).get(mu.start_pos[0]),
                                          "equivalent": reason, "diff": r.diff})
     finally:
         wdb.close()
@@ -415,7 +416,8 @@ def survivors_md(results: list[dict]) -> str:
         out.append(f"\n### {r['module']}\n")
         for s in r["survivors"]:
             tag = f"equivalent: {s['equivalent']}" if s["equivalent"] else "NOT EQUIVALENT"
-            out.append(f"- line {s['line']} `{s['operator']}` in `{s['function']}`: `{s['source']}` ({tag})")
+            mutated = f" -> `{s['mutated']}`" if s.get("mutated") else " -> (line removed)"
+            out.append(f"- line {s['line']} `{s['operator']}` in `{s['function']}`: `{s['source']}`{mutated} ({tag})")
     return "\n".join(out)
 
 
