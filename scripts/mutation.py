@@ -1,0 +1,473 @@
+#!/usr/bin/env python
+"""Mutation testing of the modules whose bugs change results, with cosmic-ray, one module at a time.
+
+Each module is mutated in a scratch copy of the working tree (never in place) and every mutant runs only
+the tests that exercise that module (``MODULES`` below), so a mutant costs seconds, not the full suite.
+Too slow for CI (minutes to tens of minutes a module on 2 cores): run it by hand after changing a module
+or its tests, and record the scores and the surviving mutants in docs/testing.md.
+
+    pip install -e '.[mutation]'                # cosmic-ray, pinned
+    python scripts/mutation.py --list           # modules, their test files, last scores
+    python scripts/mutation.py --module metrics # one module (several: --module a --module b)
+    python scripts/mutation.py --all            # every module
+    python scripts/mutation.py --module metrics --survivors   # after adding tests: re-run the survivors only
+    python scripts/mutation.py --report         # the score table of what was run, from the sessions
+
+Results go to ``--out`` (default ``$CL_MUTATION_OUT`` or ``/tmp/cl-mutation``, outside the repository): per module a cosmic-ray session
+(``<module>.sqlite``, resumable: an interrupted run continues where it stopped), ``<module>.json``
+(counts and every surviving mutant with its diff) and ``summary.md`` (the table).  Cosmic-ray must be
+importable by the Python running this script; the tests run with ``--python`` (default: the same one).
+
+Which mutants count: cosmic-ray's operators, less the implausible ones in ``EXCLUDE_OPERATORS``
+(cross-kind operator swaps such as ``+`` -> ``<<``, comparisons turned into ``is``) and less mutations
+inside type annotations (never evaluated: every module has ``from __future__ import annotations``).
+A module entry may restrict mutation to some functions (``functions``: qualified-name prefixes).
+Surviving mutants listed in ``EQUIVALENT`` (same behaviour, by reason) are reported apart; the score is
+killed / (killed + surviving non-equivalent), timeouts count as killed (as cosmic-ray does).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import hashlib
+import json
+import os
+import re
+import shutil
+import sqlite3
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL = "cosmic-ray==8.7.0"  # keep in step with the `mutation` extra of pyproject.toml
+
+
+@dataclass
+class Module:
+    path: str
+    tests: list[str]
+    conftest: bool = True  # False: the tests need no fixture from tests/conftest.py (which imports torch)
+    functions: list[str] = field(default_factory=list)  # only mutate these (qualified-name prefixes); [] = all
+    note: str = ""
+
+
+# with -x the first failing test ends a mutant's run: the fast, targeted files come first
+ENGINE_TESTS = ["tests/test_mutation_engine.py", "tests/test_engine.py", "tests/test_resume.py"]
+ONLINE_TESTS = ["tests/test_mutation_engine.py", "tests/test_online.py", "tests/test_engine.py"]
+
+MODULES: dict[str, Module] = {
+    # -- numbers: metrics and the shared pieces strategies hold
+    "metrics": Module("cl/core/metrics.py", ["tests/test_mutation_metrics.py", "tests/test_metrics.py"], conftest=False),
+    "buffers": Module("cl/models/buffers.py", ["tests/test_mutation_buffers.py", "tests/test_buffers.py"]),
+    "heads": Module("cl/models/heads.py", ["tests/test_mutation_heads.py"]),
+    "prototypes": Module("cl/models/prototypes.py", ["tests/test_mutation_heads.py"]),
+    # -- the run lifecycle and both loops (measure once the engine restructuring has landed)
+    "engine": Module("cl/train/engine.py", ENGINE_TESTS,
+                     functions=["evaluate", "Run.execute", "Run._offline_experience", "Run._summarise",
+                                "Run._log_experience", "seed_everything"],
+                     note="run lifecycle + offline loop"),
+    "checkpoint": Module("cl/train/engine.py", ["tests/test_resume.py", "tests/test_mutation_engine.py"],
+                         functions=["_rng_state", "_set_rng_state", "_live_storages", "_refs_live",
+                                    "_strategy_attrs", "_restore_strategy_attrs", "_picklable",
+                                    "Run._save_checkpoint", "Run._load_checkpoint"],
+                         note="checkpoint save/load (inside engine.py)"),
+    "online": Module("cl/train/online.py", ONLINE_TESTS, note="online loop"),
+    "sweep-status": Module("cl/sweeps/sweep.py", ["tests/test_mutation_sweep.py", "tests/test_sweep_exec.py"],
+                           functions=["run_status", "run_sweep", "cmd_sweep"], note="status logic only"),
+    "settings": Module("cl/data/settings.py", ["tests/test_settings.py", "tests/test_scenarios.py"]),
+    # -- strategies
+    "er": Module("strategies/er.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py",
+                                      "tests/test_engine.py::test_er_replays_only_after_the_first_step"]),
+    "er_ace": Module("strategies/er_ace.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py"]),
+    "uer": Module("strategies/uer.py", ["tests/test_strategies_er_family.py", "tests/test_strategies2_mechanism.py"]),
+    "pec": Module("strategies/pec.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_heads_pec_center.py"]),
+    "prd": Module("strategies/prd.py", ["tests/test_mutation_strategies.py", "tests/test_strategies2_mechanism.py",
+                                        "tests/test_strategies2_engine.py"]),
+    "ncm": Module("strategies/ncm.py", ["tests/test_strategies_heads_pec_center.py"]),
+}
+
+# Operator names (regular expressions, matched from the start) left out of every run: replacements of an
+# arithmetic operator by a bitwise / shift one (or the reverse), by % or **, and comparisons turned into
+# identity tests.  They are implausible bugs and nearly always crash; they would triple the run time.
+_ARITH = "Add|Sub|Mul|Div|FloorDiv|Mod|Pow"
+EXCLUDE_OPERATORS = [
+    rf"core/ReplaceBinaryOperator_({_ARITH})_(Mod|Pow|LShift|RShift|BitOr|BitAnd|BitXor)$",
+    rf"core/ReplaceBinaryOperator_(BitOr|BitAnd|BitXor)_({_ARITH}|LShift|RShift)$",
+    r"core/ReplaceBinaryOperator_(LShift|RShift)_",
+    r"core/ReplaceComparisonOperator_(Eq|NotEq|Lt|LtE|Gt|GtE)_(Is|IsNot)$",
+    r"core/ReplaceComparisonOperator_(Is|IsNot)_(Eq|NotEq|Lt|LtE|Gt|GtE)$",
+]
+
+# Surviving mutants that are equivalent (no observable change) or accepted, per module:
+# (operator regex, part of the original source line, part of the mutated line ("" = any), reason).
+# Source parts are compared with all whitespace removed.  Each is explained in docs/testing.md.
+_NEVER_NEG = "a size is never negative, so the two conditions agree"
+EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
+    "metrics": [
+        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "c.size == 0", "", _NEVER_NEG),
+        (r"core/NumberReplacer$", "c.size == 0", "c.size == -1",
+         "the test only short-cuts the empty stream, which the loop turns into [] anyway"),
+        (r"core/ReplaceComparisonOperator_LtE_Eq$", "every <= 0 or", "every == 0",
+         "a negative `every` gives an empty range: no points either way"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if s.size == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if s[-1] > 0 else", "",
+         "s[-1] >= 0 once the widths (from s_0 = 0) are checked non-negative, so != 0 means > 0"),
+        (r"core/NumberReplacer$", "return np.zeros((0, 0))", "",
+         "the empty matrix is only tested for size 0 by its caller; shapes (1, 0) and (0, 1) have size 0 too"),
+        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "if A.size == 0:", "", _NEVER_NEG),
+        (r"core/NumberReplacer$", "if A.size == 0:", "A.size == -1",
+         "an empty matrix has no columns: the loop returns [] anyway"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if prev.size == 0 or", "", _NEVER_NEG),
+        (r"core/NumberReplacer$", "range(max(0, n_batches - shift))", "max( -1,", "range(-1) and range(0) are both empty"),
+        (r"core/NumberReplacer$", "start: float = 0.0", "start: float = -1.0",
+         "batch 0 arrives at time 0 >= start either way, and the schedule sets `free` from then on"),
+        (r"core/ReplaceComparisonOperator_GtE_Gt$", "ok = g >= free - 1e-9", "",
+         "with the 1e-9 tolerance, > and >= differ only if g == free - 1e-9 exactly (accepted: no real cost hits it)"),
+        (r"core/NumberReplacer$", "free = g + max(float(cost), 1.0)", "max(float(cost), 0.0)",
+         "a cost below 1 leaves the learner free before the next batch (g + 1) either way"),
+    ],
+    "buffers": [
+        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$|core/NumberReplacer$", "if self.capacity == 0:",
+         "if self.capacity",
+         "capacity 0 without the early return stores nothing either: every sample goes to the trash row and "
+         "len() stays 0 (the return is a shortcut; a negative capacity is refused in __init__)"),
+        (r"core/NumberReplacer$", "torch.zeros((self.capacity + 1,)", "self.capacity+2,",
+         "one more spare row, never written (losers go to row `capacity`) nor read (reads stop at len())"),
+        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "if len(self) == 0:", "",
+         "an empty buffer (nothing offered, or capacity 0) has no data tensors: the sample is {} either way"),
+        (r"core/NumberReplacer$", "if len(self) == 0:", "len(self) == -1",
+         "an empty buffer (nothing offered, or capacity 0) has no data tensors: the sample is {} either way"),
+        (r"core/ReplaceBinaryOperator_Sub_(Add|Mul|FloorDiv)$|core/NumberReplacer$", "clamp_max_(size - 1)",
+         "clamp_max_(size",
+         "accepted: a guard against u * size rounding up to size; torch.rand gives u < 1 and u * size < size "
+         "in float32, so the clamp never acts on CPU or CUDA with the built-in generator"),
+    ],
+    "prototypes": [
+        (r"core/NumberReplacer$", "self.counts.index_add_(0, y,", "index_add_( -1,",
+         "counts is 1-D: dimension -1 is dimension 0"),
+        (r"core/ReplaceComparisonOperator_Eq_(LtE|Lt|GtE|Gt)$", 'if self.metric == "cosine":', 'self.metric<="cosine"',
+         "the metric is validated to be euclidean or cosine, and 'euclidean' <= 'cosine' is False: same branch"),
+    ],
+    "er_ace": [
+        (r"core/RemoveDecorator$", "@dataclass", "",
+         "ERACEConfig adds no field: without @dataclass it still inherits ERConfig's dataclass fields and __init__"),
+    ],
+    "heads": [
+        (r"core/RemoveDecorator$", "@torch.no_grad()", "",
+         "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),
+    ],
+}
+
+
+def _squash(text: str) -> str:
+    return re.sub(r"\s+", "", text)
+
+
+# ---------------------------------------------------------------------------------------------------
+def _tool(name: str) -> list[str]:
+    exe = Path(sys.executable).parent / name
+    if exe.exists():
+        return [str(exe)]
+    found = shutil.which(name)
+    if not found:
+        sys.exit(f"{name} not found: install the mutation extra ({TOOL}) for {sys.executable}")
+    return [found]
+
+
+def _files(root: Path) -> list[str]:
+    out = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=root, check=True,
+                         capture_output=True).stdout.decode()
+    return [f for f in out.split("\0") if f and (root / f).is_file()]
+
+
+def fresh_copy(dst: Path) -> None:
+    """A copy of the working tree (tracked and untracked-not-ignored files) at ``dst``."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    for f in _files(ROOT):
+        (dst / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / f, dst / f)
+
+
+def test_command(m: Module, python: str) -> str:
+    args = [python, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-p", "no:randomly"]
+    if not m.conftest:
+        args.append("--noconftest")
+    return " ".join(args + m.tests)
+
+
+def test_env(work: Path) -> dict:
+    env = dict(os.environ)
+    env.update(PYTHONPATH=str(work), WANDB_MODE="offline", WANDB_SILENT="true", HF_HUB_OFFLINE="1",
+               PYTEST_DISABLE_PLUGIN_AUTOLOAD="1", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               CUDA_VISIBLE_DEVICES=env.get("CL_MUTATION_CUDA", ""))
+    return env
+
+
+def annotation_lines(source: str) -> set[tuple[int, int, int, int]]:
+    """(start line, start col, end line, end col) of every type annotation in the module."""
+    spans = set()
+    for node in ast.walk(ast.parse(source)):
+        anns = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            a = node.args
+            anns += [x.annotation for x in a.posonlyargs + a.args + a.kwonlyargs if x.annotation]
+            anns += [x.annotation for x in (a.vararg, a.kwarg) if x is not None and x.annotation]
+            if node.returns:
+                anns.append(node.returns)
+        elif isinstance(node, ast.AnnAssign):
+            anns.append(node.annotation)
+        for an in anns:
+            spans.add((an.lineno, an.col_offset, an.end_lineno, an.end_col_offset))
+    return spans
+
+
+def qualified_names(source: str) -> dict[int, str]:
+    """line -> qualified name of the innermost function or class around it ("Run._save_checkpoint")."""
+    out: dict[int, str] = {}
+
+    def visit(node, prefix):
+        for ch in ast.iter_child_nodes(node):
+            if isinstance(ch, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = f"{prefix}{ch.name}"
+                first = min([ch.lineno] + [d.lineno for d in ch.decorator_list])
+                for ln in range(first, ch.end_lineno + 1):
+                    out[ln] = name
+                visit(ch, name + ".")
+            else:
+                visit(ch, prefix)
+
+    visit(ast.parse(source), "")
+    return out
+
+
+def _inside(pos, span) -> bool:
+    (l0, c0), (l1, c1) = pos
+    a0, b0, a1, b1 = span
+    return (l0, c0) >= (a0, b0) and (l1, c1) <= (a1, b1)
+
+
+def filter_session(db: Path, m: Module, source: str) -> dict:
+    """Mark as skipped the work items left out (operators, annotations, functions outside ``functions``)."""
+    from cosmic_ray.work_db import WorkDB
+    from cosmic_ray.work_item import WorkerOutcome, WorkResult
+
+    excl = re.compile("|".join(f"(?:{e})" for e in EXCLUDE_OPERATORS))
+    spans = annotation_lines(source)
+    names = qualified_names(source)
+    counts = {"operator": 0, "annotation": 0, "function": 0}
+    known = set(names.values())
+    for f in m.functions:
+        if not any(n == f or n.startswith(f + ".") for n in known):
+            print(f"warning: {m.path} has no function {f!r} (renamed? update MODULES)", file=sys.stderr)
+    wdb = WorkDB(str(db), WorkDB.Mode.open)
+    try:
+        for item in list(wdb.pending_work_items):
+            why = None
+            for mu in item.mutations:
+                pos = (tuple(mu.start_pos), tuple(mu.end_pos))
+                if excl.match(mu.operator_name):
+                    why = "operator"
+                elif any(_inside(pos, s) for s in spans):
+                    why = "annotation"
+                elif m.functions and not any(names.get(mu.start_pos[0], "") == f or
+                                             names.get(mu.start_pos[0], "").startswith(f + ".") for f in m.functions):
+                    why = "function"
+            if why:
+                counts[why] += 1
+                wdb.set_result(item.job_id, WorkResult(output=f"filtered: {why}", worker_outcome=WorkerOutcome.SKIPPED))
+    finally:
+        wdb.close()
+    return counts
+
+
+def reset_survivors(db: Path, job_ids: list[str]) -> int:
+    """Forget the results of these (surviving) mutants, so that ``exec`` runs them again."""
+    con = sqlite3.connect(db)
+    try:
+        n = sum(con.execute("DELETE FROM work_results WHERE job_id = ? AND test_outcome IN ('SURVIVED', 'survived')",
+                            (j,)).rowcount for j in job_ids)
+        con.commit()
+        return n
+    finally:
+        con.close()
+
+
+def collect(db: Path, m: Module, name: str, source: str) -> dict:
+    from cosmic_ray.work_db import WorkDB
+
+    lines = source.splitlines()
+    equiv = [(re.compile(op), _squash(a), _squash(b), why) for op, a, b, why in EQUIVALENT.get(name, [])]
+    res = {"module": name, "path": m.path, "tests": m.tests, "functions": m.functions, "killed": 0, "timeout": 0,
+           "incompetent": 0, "survived": 0, "equivalent": 0, "skipped": 0, "pending": 0, "survivors": []}
+    wdb = WorkDB(str(db), WorkDB.Mode.open)
+    try:
+        results = dict(wdb.results)
+        for item in wdb.work_items:
+            r = results.get(item.job_id)
+            if r is None:
+                res["pending"] += 1
+                continue
+            if r.worker_outcome.value == "skipped":
+                res["skipped"] += 1
+                continue
+            outcome = r.test_outcome.value if r.test_outcome is not None else "incompetent"
+            if outcome == "killed":
+                res["timeout" if (r.output or "") == "timeout" else "killed"] += 1
+            elif outcome == "incompetent":
+                res["incompetent"] += 1
+            else:
+                mu = item.mutations[0]
+                line = lines[mu.start_pos[0] - 1].strip() if mu.start_pos[0] <= len(lines) else ""
+                plus_raw = " ".join(l[1:].strip() for l in (r.diff or "").splitlines()
+                                    if l.startswith("+") and not l.startswith("+++"))
+                plus = _squash(plus_raw)
+                reason = next((why for op, a, b, why in equiv
+                               if op.match(mu.operator_name) and a in _squash(line) and b in plus), None)
+                res["equivalent" if reason else "survived"] += 1
+                res["survivors"].append({"job_id": item.job_id, "line": mu.start_pos[0], "operator": mu.operator_name,
+                                         "source": line, "mutated": plus_raw, "function": qualified_names(source).get(mu.start_pos[0]),
+                                         "equivalent": reason, "diff": r.diff})
+    finally:
+        wdb.close()
+    killed = res["killed"] + res["timeout"]
+    res["score_raw"] = killed / (killed + res["survived"] + res["equivalent"]) if killed + res["survived"] + res["equivalent"] else None
+    res["score"] = killed / (killed + res["survived"]) if killed + res["survived"] else None
+    res["survivors"].sort(key=lambda s: (s["line"], s["operator"]))
+    return res
+
+
+def run_module(name: str, args) -> dict:
+    m = MODULES[name]
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / "work" / name
+    db = out / f"{name}.sqlite"
+    fresh_copy(work)  # always refreshed: current tests, and a clean module even after a hard kill
+    source = (work / m.path).read_text()
+    digest = hashlib.sha256((source + json.dumps(m.functions) + json.dumps(EXCLUDE_OPERATORS)).encode()).hexdigest()
+    stamp = out / f"{name}.source-sha256"
+    if args.fresh or not db.exists() or not stamp.exists() or stamp.read_text() != digest:
+        db.unlink(missing_ok=True)
+        stamp.write_text(digest)
+        new = True
+    else:
+        new = False
+    cmd = test_command(m, args.python)
+    env = test_env(work)
+    t0 = time.perf_counter()
+    base = subprocess.run(cmd.split(), cwd=work, env=env, capture_output=True, text=True)
+    t_base = time.perf_counter() - t0
+    if base.returncode != 0:
+        print(base.stdout[-3000:], base.stderr[-3000:], sep="\n")
+        sys.exit(f"{name}: the tests fail without any mutation ({cmd}); fix them first")
+    timeout = max(30.0, 4 * t_base + 10)
+    cfg = work / "cosmic-ray.toml"
+    cfg.write_text("[cosmic-ray]\n"
+                   f"module-path = {json.dumps(m.path)}\n"
+                   f"timeout = {timeout:.0f}\n"
+                   "excluded-modules = []\n"
+                   f"test-command = {json.dumps(cmd)}\n"
+                   "[cosmic-ray.distributor]\nname = \"local\"\n")
+    if new:
+        subprocess.run(_tool("cosmic-ray") + ["init", str(cfg), str(db)], cwd=work, env=env, check=True)
+        skipped = filter_session(db, m, source)
+        print(f"{name}: session created, left out {skipped}")
+        (out / f"{name}.filtered.json").write_text(json.dumps(skipped))
+    elif args.survivors:
+        todo = [sv["job_id"] for sv in collect(db, m, name, source)["survivors"] if not sv["equivalent"]]
+        print(f"{name}: {reset_survivors(db, todo)} surviving non-equivalent mutants to run again")
+    from cosmic_ray.work_db import WorkDB
+
+    wdb = WorkDB(str(db), WorkDB.Mode.open)
+    pending = sum(1 for _ in wdb.pending_work_items)
+    wdb.close()
+    print(f"{name}: {pending} mutants to run, tests {t_base:.1f} s unmutated -> timeout {timeout:.0f} s; {cmd}",
+          flush=True)
+    if pending:
+        subprocess.run(_tool("cosmic-ray") + ["exec", str(cfg), str(db)], cwd=work, env=env, check=True)
+    res = collect(db, m, name, source)
+    res["test_seconds"] = round(t_base, 2)
+    (out / f"{name}.json").write_text(json.dumps(res, indent=1))
+    return res
+
+
+def table(results: list[dict]) -> str:
+    rows = ["| module | file | mutants run | killed | timeout | survived (non-equiv.) | equivalent | "
+            "incompetent | score | raw score |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"  # noqa: E731
+    for r in results:
+        ran = r["killed"] + r["timeout"] + r["survived"] + r["equivalent"] + r["incompetent"]
+        fn = f" ({', '.join(r['functions'])})" if r.get("functions") else ""
+        rows.append(f"| {r['module']} | `{r['path']}`{fn} | {ran} | {r['killed']} | {r['timeout']} | {r['survived']} | "
+                    f"{r['equivalent']} | {r['incompetent']} | {pct(r['score'])} | {pct(r['score_raw'])} |")
+    return "\n".join(rows)
+
+
+def survivors_md(results: list[dict]) -> str:
+    out = []
+    for r in results:
+        if not r["survivors"]:
+            continue
+        out.append(f"\n### {r['module']}\n")
+        for s in r["survivors"]:
+            tag = f"equivalent: {s['equivalent']}" if s["equivalent"] else "NOT EQUIVALENT"
+            mutated = f" -> `{s['mutated']}`" if s.get("mutated") else " -> (line removed)"
+            out.append(f"- line {s['line']} `{s['operator']}` in `{s['function']}`: `{s['source']}`{mutated} ({tag})")
+    return "\n".join(out)
+
+
+def load_results(out: Path) -> list[dict]:
+    """Every module's results, recounted from its session with the current ``EQUIVALENT`` list."""
+    res = []
+    for n, m in MODULES.items():
+        db, src = out / f"{n}.sqlite", out / "work" / n / m.path
+        if db.exists() and src.exists():
+            r = collect(db, m, n, src.read_text())
+            if r["killed"] + r["timeout"] + r["survived"] + r["equivalent"] + r["incompetent"]:
+                res.append(r)
+    return res
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--module", "-m", action="append", choices=sorted(MODULES), help="module(s) to mutate")
+    p.add_argument("--all", action="store_true", help="every module")
+    p.add_argument("--list", action="store_true", help="list the modules and their tests")
+    p.add_argument("--report", action="store_true", help="print the table of the modules run so far")
+    p.add_argument("--survivors", action="store_true",
+                   help="run the surviving non-equivalent mutants again (after new tests)")
+    p.add_argument("--fresh", action="store_true", help="start the module's session over")
+    p.add_argument("--out", default=os.environ.get("CL_MUTATION_OUT", "/tmp/cl-mutation"),
+                   help="sessions and reports (default $CL_MUTATION_OUT or /tmp/cl-mutation, outside the repository)")
+    p.add_argument("--python", default=sys.executable, help="the Python that runs the tests")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.list:
+        done = {r["module"]: r for r in load_results(out)}
+        for n, m in MODULES.items():
+            sc = done.get(n, {}).get("score")
+            fn = f" [{', '.join(m.functions)}]" if m.functions else ""
+            print(f"{n:13} {m.path}{fn}\n{'':13} tests: {' '.join(m.tests)}"
+                  f"{'' if sc is None else f'   score {100 * sc:.1f}%'}")
+        return 0
+    names = sorted(MODULES) if args.all else (args.module or [])
+    if not names and not args.report:
+        p.error("give --module NAME (see --list), --all or --report")
+    for n in names:
+        r = run_module(n, args)
+        print(table([r]))
+    results = load_results(out)
+    if results:
+        md = "## Mutation scores\n\n" + table(results) + "\n\n## Surviving mutants\n" + survivors_md(results) + "\n"
+        (out / "summary.md").write_text(md)
+        print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
