@@ -51,6 +51,10 @@ def bias_correct(logits, new_idx, alpha, beta):
 
 @register("bic", BiCConfig, "BiC: distillation + bias correction layer trained on held-out exemplars")
 class BiC(DistillBase):
+    # the current experience's new classes, held-out validation split and kept indices: recomputed by
+    # before_experience before they are read
+    transient_attrs = DistillBase.transient_attrs + ("cur_new", "_cur_new_idx", "val_x", "val_y", "_keep")
+
     def setup(self):
         super().setup()
         if self.cfg.val_every < 2 or self.cfg.buffer_size < 1:

@@ -67,6 +67,8 @@ class ScaledCosineHead(MaskedHead):
 
 @register("lucir", LUCIRConfig, "LUCIR: cosine head, less-forget constraint, margin ranking, herding memory")
 class LUCIR(DistillBase):
+    transient_attrs = DistillBase.transient_attrs + ("_new_idx",)  # recomputed by before_experience
+
     @classmethod
     def build_model(cls, cfg, backbone, scenario):
         model = Model(backbone, ScaledCosineHead(backbone.out_dim, scenario.n_classes, cfg.sigma_init))

@@ -31,6 +31,8 @@ class LwFConfig(StrategyConfig):
 
 class DistillBase(Strategy):
     """A frozen copy taken at each boundary and the list of classes it had seen (shared by LwF, LwF.MC, iCaRL)."""
+    #: recomputed by before_experience before they are read (per-experience working values, not state)
+    transient_attrs = ("seen_classes", "_seen_idx", "_old_idx")
 
     build_model = classmethod(lambda cls, cfg, backbone, scenario: build_model(cfg, backbone, scenario))
 

@@ -5,7 +5,9 @@ import textwrap
 import pytest
 
 from cl.cli import main
-from cl.sweeps.sweep import load_sweep, run_status, run_sweep
+from cl.sweeps.runner import run_sweep
+from cl.sweeps.spec import load_sweep
+from cl.sweeps.status import run_status
 
 pytestmark = pytest.mark.usefixtures("restore_registry")
 
@@ -97,5 +99,6 @@ def test_run_status_of_each_kind_of_run_folder(tmp_path):
                        "c": ["failed.json"], "d": []}.items():
         (tmp_path / rid).mkdir()
         for n in names:
-            (tmp_path / rid / n).write_text("{}")
+            body = {"run_id": rid, "status": "finished", "R": [[1.0]]} if n == "result.json" else {}
+            (tmp_path / rid / n).write_text(json.dumps(body))
     assert [run_status(tmp_path, r) for r in "abcde"] == ["finished", "partial", "failed", "pending", "pending"]

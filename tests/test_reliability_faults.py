@@ -364,7 +364,7 @@ def test_broken_plugin_files(tmp_path, capsys, body, msg):
 
 
 def test_unknown_strategy_says_how_to_load_one(capsys):
-    assert cli(["run", "-s", "lwf", "-d", "gaussian", "--no-wandb"]) == 2
+    assert cli(["run", "-s", "podnet-x", "-d", "gaussian", "--no-wandb"]) == 2
     assert "--plugin my_strategy.py" in capsys.readouterr().err
 
 
