@@ -11,7 +11,7 @@ writes into ``DIR/report/``:
   scenarios the upper triangle (experiences not trained yet, whose classes the model cannot predict) is
   left blank rather than drawn as measured zeros; domain-incremental scenarios keep it (forward transfer);
 - ``curves_<column>.png``: average accuracy after each experience, one line per strategy (± std band over
-  seeds, the number of seeds in the legend, the legend outside the axes);
+  seeds, the number of seeds in the legend, the legend below the axes);
 - ``runs.csv``: one line per run with its status, metrics and flattened config.
 
 Row labels: the strategy name plus its settings that differ from the strategy's registered defaults (so a
@@ -26,6 +26,7 @@ import json
 import math
 import re
 import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -263,7 +264,7 @@ def plots(runs, rows, cols, out: Path) -> list[str]:
     files = []
     fin = [r for r in runs if r.get("status") == "finished"]
     for col in cols:
-        fig, ax = plt.subplots(figsize=(7.5, 4))
+        fig, ax = plt.subplots(figsize=(6.5, 4))
         drew = False
         for row in rows:
             curves = [c for c in (_curve(r) for r in fin if r["_row"] == row and r["_col"] == col) if c is not None]
@@ -272,7 +273,8 @@ def plots(runs, rows, cols, out: Path) -> list[str]:
             T = min(len(c) for c in curves)
             C = np.stack([c[:T] for c in curves]) * 100
             x = np.arange(1, T + 1)
-            ax.plot(x, C.mean(0), marker="o", markersize=3, label=f"{row} (n={len(C)})")
+            label = textwrap.fill(f"{row} (n={len(C)})", 90, subsequent_indent="    ")
+            ax.plot(x, C.mean(0), marker="o", markersize=3, label=label)
             if len(C) > 1:
                 ax.fill_between(x, C.mean(0) - C.std(0, ddof=1), C.mean(0) + C.std(0, ddof=1), alpha=0.2)
             drew = True
@@ -283,8 +285,9 @@ def plots(runs, rows, cols, out: Path) -> list[str]:
             ax.set_ylim(0, 100)
             ax.set_title(f"{col}\nmean over seeds (n in the legend), band: ± 1 std", fontsize=9)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, frameon=False)
-            fig.tight_layout()
+            # below the axes, so it never covers a curve; the saved canvas grows to hold it (no tight_layout:
+            # that would shrink the axes instead)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), borderaxespad=0.0, frameon=False)
             p = out / f"curves_{_slug(col)}.png"
             fig.savefig(p, dpi=120, bbox_inches="tight")
             files.append(p.name)
