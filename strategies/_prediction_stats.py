@@ -22,25 +22,67 @@ import torch
 from cl.core.metrics import prediction_collapse
 
 
+def _counting_predict(inner):
+    def predict(self, x, t=None):
+        if getattr(self, "_in_predict", False):  # a nested call (super().predict): count once, outside
+            return inner(self, x, t)
+        self._in_predict = True
+        try:
+            out = inner(self, x, t)
+        finally:
+            self._in_predict = False
+        self._count_predictions(out)
+        return out
+
+    predict._counts_predictions = True
+    predict.__doc__, predict.__name__ = inner.__doc__, inner.__name__
+    return predict
+
+
+def _marking_train_step(inner):
+    def train_step(self, x, y, t=None):
+        self._pred_fresh = True
+        return inner(self, x, y, t)
+
+    train_step._marks_fresh = True
+    train_step.__doc__, train_step.__name__ = inner.__doc__, inner.__name__
+    return train_step
+
+
 class PredictionStats:
-    """Mixin (put it before :class:`cl.core.strategy.Strategy`): counts eval-mode predictions."""
+    """Mixin (put it before :class:`cl.core.strategy.Strategy`): counts eval-mode predictions.
+
+    Subclasses that define their own ``predict`` / ``train_step`` (without calling ``super()``) are wrapped
+    when the class is created, so their predictions are counted too."""
 
     _pred_counts: torch.Tensor | None = None
     _pred_fresh: bool = True
 
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        f = cls.__dict__.get("predict")
+        if f is not None and not getattr(f, "_counts_predictions", False):
+            cls.predict = _counting_predict(f)
+        f = cls.__dict__.get("train_step")
+        if f is not None and not getattr(f, "_marks_fresh", False):
+            cls.train_step = _marking_train_step(f)
+
+    @_marking_train_step
     def train_step(self, x, y, t=None):
-        self._pred_fresh = True
         return super().train_step(x, y, t)
 
+    @_counting_predict
     def predict(self, x, t=None):
-        out = super().predict(x, t)
-        if not self.model.training:
-            n = out.shape[-1]
-            if self._pred_counts is None or self._pred_fresh or len(self._pred_counts) != n:
-                self._pred_counts = torch.zeros(n, dtype=torch.long, device=out.device)
-                self._pred_fresh = False
-            self._pred_counts += torch.bincount(out.argmax(-1).flatten(), minlength=n)[:n]
-        return out
+        return super().predict(x, t)
+
+    def _count_predictions(self, out):
+        if self.model.training:
+            return
+        n = out.shape[-1]
+        if self._pred_counts is None or self._pred_fresh or len(self._pred_counts) != n:
+            self._pred_counts = torch.zeros(n, dtype=torch.long, device=out.device)
+            self._pred_fresh = False
+        self._pred_counts += torch.bincount(out.argmax(-1).flatten(), minlength=n)[:n]
 
     def _seen_classes(self) -> int | None:
         for owner in (getattr(self.model, "head", None), self.model):

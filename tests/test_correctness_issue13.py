@@ -262,6 +262,24 @@ def test_a_collapsed_strategy_says_so():
     assert m["prediction_collapsed"] is True and m["pred_classes_used"] == 1
 
 
+@pytest.mark.parametrize("name", ["finetune-lora", "ncm", "linear-probe"])
+def test_strategies_with_their_own_predict_count_predictions_once(name):
+    torch.manual_seed(0)
+    s, sc = make(name)
+    s.before_experience(sc[0]) if hasattr(s, "before_experience") else None
+    s.train_step(sc[0].train_x[:8], sc[0].train_y[:8])
+    s.model.eval()
+    s.predict(sc[0].test_x[:7])
+    s.predict(sc[0].test_x[:5])
+    m = s.extra_metrics()
+    assert int(s._pred_counts.sum()) == 12 and "pred_top_class_share" in m
+    s.model.train()
+    s.train_step(sc[0].train_x[:8], sc[0].train_y[:8])  # a training step starts a new evaluation round
+    s.model.eval()
+    s.predict(sc[0].test_x[:3])
+    assert int(s._pred_counts.sum()) == 3
+
+
 # -- 5. ER-ACE future classes -------------------------------------------------------------------------------
 @pytest.mark.parametrize("future", [False, True])
 def test_er_ace_future_classes_option(future):
