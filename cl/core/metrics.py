@@ -135,14 +135,16 @@ def summary(R, sizes=None, random_init=None) -> dict:
 
 # -- prediction collapse (issue 13) --------------------------------------------------------------
 
-def prediction_collapse(counts, seen: int | None = None, threshold: float = 0.5) -> dict:
+def prediction_collapse(counts, seen: int | None = None, threshold: float = 0.8) -> dict:
     """Summary of a histogram of predicted classes (``counts[c]`` = test samples predicted as c).
 
     Returns ``pred_top_class_share`` (share of the predictions that go to the most predicted class),
     ``pred_classes_used`` (classes predicted at least once) and ``prediction_collapsed``: True when one
     class takes at least ``threshold`` of the predictions while at least three classes have been seen
     (``seen``, default: the length of ``counts``) -- a model that answers one class for (nearly)
-    everything, whatever its accuracy says.  Empty counts give {}."""
+    everything, whatever its accuracy says.  The threshold is 0.8, not 0.5: a class-incremental model that
+    forgot everything but its last two-class task spreads its answers over those two classes (about half
+    each), which is forgetting, not collapse.  Empty counts give {}."""
     c = np.asarray(counts, dtype=float).ravel()
     total = c.sum()
     if total <= 0:
