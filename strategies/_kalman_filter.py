@@ -19,7 +19,15 @@ matrix ``M`` (m x K).  Per batch of B features:
 are Monte Carlo estimates ``mean_s softmax(beta (mu + s * eps_s))`` with the latent
 logits ``f ~ N(mu, s^2 I_K)``, ``mu = M-^T phi``, ``s^2 = phi^T A- phi`` computed from
 the PRIOR quantities (the state after the previous batch, drifted once), so a
-test-then-train prediction never sees its label.  ``gamma`` (and optionally the
+test-then-train prediction never sees its label.
+
+Parametrisation of gamma (``gamma_param``): ``"log1m"`` (default) stores ``psi = log(1 - gamma)``, so that a
+step of size delta in psi multiplies the gap ``1 - gamma`` by ``exp(delta)``: gamma can move by orders of
+magnitude near 1 (0.999 -> 0.99 is delta = 2.3).  ``"logit"`` is ``gamma = sigmoid(psi)`` (before issue 13);
+with plain SGD its step in gamma is ``gamma (1 - gamma)`` times smaller than the gradient, about 1e-3 at
+gamma = 0.999, so gamma barely moved from its initial value.  The parametrisation alone does not fix the
+scale (``d gamma / d psi = -(1 - gamma)`` in both); the strategy therefore steps psi with its own Adam
+optimiser (scale-free steps; see strategies/kalman.py).  ``gamma`` (and optionally the
 noise variances) are learned online by gradient steps on the one-step Gaussian log
 predictive ``log N(Y_n | Phi gamma M, S(gamma))`` before the update; the
 calibration ``beta`` by gradient steps on the Monte Carlo class log predictive.
@@ -39,6 +47,13 @@ from cl.models.heads import MaskedHead
 LOG2PI = math.log(2 * math.pi)
 
 
+def _log1m(p: float) -> float:
+    """log(1 - p) with log1m(1) = -inf (exact gamma = 1 is static regression, not learnable there)."""
+    if p >= 1:
+        return -math.inf
+    return math.log1p(-p)
+
+
 def _logit(p: float) -> float:
     """logit with logit(1) = inf and logit(0) = -inf (exact gamma = 1 or 0, not learnable there)."""
     if p >= 1:
@@ -53,20 +68,26 @@ class KalmanHead(MaskedHead):
 
     ``forward(h)`` returns log predictive class probabilities (masked to the seen classes),
     computed with the prior quantities.  ``update(h, y)`` runs predict + update in place.
-    Learnable scalars (``psi`` with gamma = sigmoid(psi), ``log_beta``, ``log_s2``, ``log_sw2``) are
-    ``nn.Parameter``s that the owner steps with its own optimiser.
+    Learnable scalars (``psi`` with gamma = 1 - exp(psi), or sigmoid(psi) with ``gamma_param="logit"``;
+    ``log_beta``, ``log_s2``, ``log_sw2``) are ``nn.Parameter``s that the owner steps with its own optimiser.
     """
+
+    GAMMA_PARAMS = ("log1m", "logit")
 
     def __init__(self, in_dim: int, n_classes: int, sigma_w2: float = 1.0, sigma2: float = 1.0,
                  gamma: float = 0.999, beta: float = 1.0, bias: bool = True, mc_samples: int = 32,
-                 predictive_noise: bool = False, dtype: torch.dtype = torch.float64):
+                 predictive_noise: bool = False, dtype: torch.dtype = torch.float64, gamma_param: str = "log1m"):
         super().__init__(n_classes)
+        if gamma_param not in self.GAMMA_PARAMS:
+            raise ValueError(f"gamma_param must be one of {self.GAMMA_PARAMS}, got {gamma_param!r}")
+        self.gamma_param = gamma_param
         self.bias, self.mc_samples, self.predictive_noise, self.dtype = bias, mc_samples, predictive_noise, dtype
         m = in_dim + int(bias)
         self.dim = m
         self.register_buffer("M", torch.zeros(m, n_classes, dtype=dtype))
         self.register_buffer("A", torch.eye(m, dtype=dtype) * sigma_w2)
-        self.psi = nn.Parameter(torch.tensor(_logit(gamma), dtype=dtype))
+        psi = _log1m(gamma) if gamma_param == "log1m" else _logit(gamma)
+        self.psi = nn.Parameter(torch.tensor(psi, dtype=dtype))
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta), dtype=dtype))
         self.log_s2 = nn.Parameter(torch.tensor(math.log(sigma2), dtype=dtype))
         self.log_sw2 = nn.Parameter(torch.tensor(math.log(sigma_w2), dtype=dtype))
@@ -74,7 +95,9 @@ class KalmanHead(MaskedHead):
     # -- scalars ---------------------------------------------------------------------------------
     @property
     def gamma(self) -> torch.Tensor:
-        return torch.sigmoid(self.psi)
+        if self.gamma_param == "logit":
+            return torch.sigmoid(self.psi)
+        return 1 - torch.exp(self.psi.clamp(max=0.0))  # psi <= 0 keeps gamma in [0, 1]
 
     @property
     def beta(self) -> torch.Tensor:

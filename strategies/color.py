@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from cl.core.registry import unknown
 from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
+from strategies._prediction_stats import PredictionStats
 from cl.models.task_keys import TaskKeys, batched, by_length, freeze_batchnorm, grouped_apply, model_preprocess, \
     remember_preprocess, trim_padding
 
@@ -81,7 +82,7 @@ class ExpertModel(nn.Module):
         self.seen[y] = True
 
 
-class TaskKeyedExperts(Strategy):
+class TaskKeyedExperts(PredictionStats, Strategy):
     """Base of CoLoR and S-Prompts: per-task experts selected by nearest k-means key of frozen features."""
 
     state_attrs = ("seen_tests",)  # (test_x, task) of the experiences seen so far: task-id accuracy
@@ -256,6 +257,7 @@ class TaskKeyedExperts(Strategy):
         if self.task_id_history:
             out["task_id_acc"] = self.task_id_history[-1]
             out["task_id_acc_per_exp"] = list(self.task_id_history)
+        out.update(self.prediction_stats())
         return out
 
     def extra_state(self):
@@ -311,7 +313,10 @@ class CoLoR(TaskKeyedExperts):
 
 @dataclass
 class FinetuneLoRAConfig(StrategyConfig):
-    lr: float = 0.01
+    # Adam at 5e-4: the LoRA literature's range is about 1e-4 to 1e-3.  The earlier default, 0.01, collapsed
+    # a 77-intent MiniLM run to one predicted class (issue 13); every backbone family here (MiniLM, ViT,
+    # EfficientNet convolutions) trains at this rate.
+    lr: float = 5e-4
     optimizer: str = "adam"
     r: int = 8
     alpha: int = 16
@@ -319,7 +324,7 @@ class FinetuneLoRAConfig(StrategyConfig):
 
 
 @register("finetune-lora", FinetuneLoRAConfig)
-class FinetuneLoRA(Strategy):
+class FinetuneLoRA(PredictionStats, Strategy):
     """Fine-tuning of one shared LoRA adapter + a growing linear head (no task keys; the LoRA lower bound)."""
 
     @classmethod

@@ -4,6 +4,7 @@ from dataclasses import dataclass
 import torch
 
 from cl.core.strategy import Strategy, StrategyConfig, register
+from strategies._prediction_stats import PredictionStats
 
 
 @dataclass
@@ -12,7 +13,7 @@ class JointConfig(StrategyConfig):
 
 
 @register("joint", JointConfig)
-class Joint(Strategy):
+class Joint(PredictionStats, Strategy):
     """Trains on the union of all data seen so far (upper bound)."""
 
     state_attrs = ("seen_x", "seen_y")  # the data seen so far (checkpointed)

@@ -4,7 +4,9 @@ One prompt P_s (``length`` = 10 tokens) and one linear head per task / domain on
 backbone; only those two are trained, with plain CE on the task's data, the network kept in eval()
 mode (dropout off, as the official code does).  Prompts sit right after the class token, after the
 position embeddings (ViT) / word embeddings (MiniLM), input layer only
-(``backbone(x, prompts=P)``, see :mod:`cl.models.adapters`); the feature is the backbone's own pooling.
+(``backbone(x, prompts=P)``, see :mod:`cl.models.adapters`); the feature is the backbone's own pooling
+over the real tokens (MiniLM: mean of the word tokens' outputs, original position ids; the prompt outputs
+are left out -- before issue 13 the MiniLM mean also averaged the prompt outputs).
 
 Task keys: k-means (k = 5) on L2-normalised frozen features (no prompt) of each task's training data;
 at test time the nearest key picks the prompt and head.  The official code measures the distance with

@@ -5,6 +5,12 @@ after training on experiences 0..i (T x T; rows may be partial for a run that
 stopped early).  Accuracies are fractions in [0, 1].  Entries above the diagonal (j > i: experiences not
 trained yet) are None (read as NaN) unless the run evaluated them (``protocol.eval_future`` or ``fwt``); the metrics
 here read the diagonal and below only, except FWT, which needs R[i-1][i].
+
+Convention (issue 13): ``avg_acc`` and ``avg_inc_acc`` are both means **over experiences** (every
+experience counts once, whatever its test-set size), the literature's convention (Chaudhry et al.;
+iCaRL's average incremental accuracy as SSIAT / APER compute it per task).  The sample-weighted versions,
+the accuracy on the union of the seen test sets, are ``avg_acc_weighted`` and ``avg_inc_acc_weighted``
+(given the test-set sizes).  Before issue 13 ``avg_inc_acc`` was the weighted one and ``avg_acc`` not.
 """
 from __future__ import annotations
 
@@ -20,12 +26,17 @@ def _R(R) -> np.ndarray:
     return R
 
 
-def average_accuracy(R, i: int | None = None) -> float:
+def average_accuracy(R, i: int | None = None, sizes: Sequence[int] | None = None) -> float:
     """A_i = mean_j<=i R[i, j] (Chaudhry et al.); i defaults to the last row.
-    For a square matrix and the last row this is the mean of the final row."""
+    For a square matrix and the last row this is the mean of the final row.  With ``sizes`` (test-set
+    sizes per experience): the sample-weighted mean, i.e. the accuracy on the union of the test sets."""
     R = _R(R)
     i = R.shape[0] - 1 if i is None else i
-    return float(R[i, : i + 1].mean())
+    row = R[i, : i + 1]
+    if sizes is None:
+        return float(row.mean())
+    w = np.asarray(sizes[: i + 1], dtype=float)
+    return float((row * w).sum() / w.sum()) if w.sum() else float(row.mean())
 
 
 def average_incremental_accuracy(R, sizes: Sequence[int] | None = None) -> float:
@@ -106,18 +117,44 @@ def anytime_auc(accuracies: Sequence[float]) -> float:
 
 
 def summary(R, sizes=None, random_init=None) -> dict:
-    """Every task-based metric of a (possibly partial) accuracy matrix."""
+    """Every task-based metric of a (possibly partial) accuracy matrix.  ``avg_acc`` and ``avg_inc_acc``
+    are means over experiences; with ``sizes`` the sample-weighted ones are added as ``*_weighted``."""
     R = _R(R)
     out = {
         "avg_acc": average_accuracy(R),
-        "avg_inc_acc": average_incremental_accuracy(R, sizes),
+        "avg_inc_acc": average_incremental_accuracy(R),
         "forgetting": average_forgetting(R),
         "forgetting_per_task": forgetting_per_task(R),
         "bwt": bwt(R),
     }
+    if sizes is not None:
+        out["avg_acc_weighted"] = average_accuracy(R, sizes=sizes)
+        out["avg_inc_acc_weighted"] = average_incremental_accuracy(R, sizes)
     if random_init is not None:
         out["fwt"] = fwt(R, random_init)
     return out
+
+
+# -- prediction collapse (issue 13) --------------------------------------------------------------
+
+def prediction_collapse(counts, seen: int | None = None, threshold: float = 0.8) -> dict:
+    """Summary of a histogram of predicted classes (``counts[c]`` = test samples predicted as c).
+
+    Returns ``pred_top_class_share`` (share of the predictions that go to the most predicted class),
+    ``pred_classes_used`` (classes predicted at least once) and ``prediction_collapsed``: True when one
+    class takes at least ``threshold`` of the predictions while at least three classes have been seen
+    (``seen``, default: the length of ``counts``) -- a model that answers one class for (nearly)
+    everything, whatever its accuracy says.  The threshold is 0.8, not 0.5: a class-incremental model that
+    forgot everything but its last two-class task spreads its answers over those two classes (about half
+    each), which is forgetting, not collapse.  Empty counts give {}."""
+    c = np.asarray(counts, dtype=float).ravel()
+    total = c.sum()
+    if total <= 0:
+        return {}
+    n_seen = len(c) if seen is None else int(seen)
+    share = float(c.max() / total)
+    return {"pred_top_class_share": share, "pred_classes_used": int((c > 0).sum()),
+            "prediction_collapsed": bool(n_seen >= 3 and share >= threshold)}
 
 
 # -- online-stream metrics (methods.md section 11b) ---------------------------------------------

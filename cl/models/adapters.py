@@ -44,7 +44,10 @@ Backbones from :mod:`cl.models.backbones.timm_models` (ViTs) and :mod:`cl.models
 ``[B, L, D]`` (per sample) with ``D = backbone.prompt_dim``.  The prompt tokens are inserted right
 after the class token (after the patch / word embedding and position embedding; prefix tuning of the
 input sequence).  ``pool="default"`` keeps the backbone's own pooling over the original tokens;
-``pool="prompts"`` returns the mean of the prompt tokens' outputs (L2P / DualPrompt style).
+``pool="prompts"`` returns the mean of the prompt tokens' outputs (L2P / DualPrompt style), ``pool="cls"`` the
+class token's output and ``pool="mean"`` the mean of the real tokens' outputs (ViT: patch tokens; MiniLM: the
+non-padding word tokens, the encoder's own pooling).  The real tokens keep their original position
+embeddings (MiniLM: position ids 0..L-1, prompts inserted after the embedding layer, without positions).
 
 ``Prompt(length, dim)`` is one learnable prompt; ``PromptPool(size, length, dim, key_dim=None, top_k=1)``
 is an L2P pool with learnable keys::
@@ -270,6 +273,10 @@ class PromptPool(nn.Module):
     query (or the prompts ``index`` [B] / [B, k] if given) and returns ``(prompts [B, k*length, dim],
     index [B, k], key_loss)`` where ``key_loss`` is the mean ``1 - cos(query, selected key)``
     (L2P's surrogate loss pulling the chosen keys to the queries).
+
+    ``init``: ``"uniform"`` (default) is the official L2P init, flax's ``nn.initializers.uniform()`` =
+    U(0, 0.01), for the prompts and the keys; ``"symmetric"`` is U(-1, 1) (this platform's init before
+    issue 13: prompt tokens far larger than the embeddings they sit among); ``"normal"`` is N(0, 0.02^2).
     """
 
     def __init__(self, size: int, length: int, dim: int, key_dim: int | None = None, top_k: int = 1,
@@ -278,12 +285,18 @@ class PromptPool(nn.Module):
         if top_k > size:
             raise ValueError(f"top_k={top_k} is larger than the pool size {size}")
         self.size, self.length, self.dim, self.top_k = size, length, dim, top_k
+        kd = key_dim or dim
         if init == "uniform":
+            self.prompts = nn.Parameter(torch.empty(size, length, dim).uniform_(0, 0.01))
+            self.keys = nn.Parameter(torch.empty(size, kd).uniform_(0, 0.01))
+        elif init == "symmetric":
             self.prompts = nn.Parameter(torch.empty(size, length, dim).uniform_(-1, 1))
-            self.keys = nn.Parameter(torch.empty(size, key_dim or dim).uniform_(-1, 1))
-        else:
+            self.keys = nn.Parameter(torch.empty(size, kd).uniform_(-1, 1))
+        elif init == "normal":
             self.prompts = nn.Parameter(torch.randn(size, length, dim) * 0.02)
-            self.keys = nn.Parameter(torch.randn(size, key_dim or dim) * 0.02)
+            self.keys = nn.Parameter(torch.randn(size, kd) * 0.02)
+        else:
+            raise ValueError(f"prompt pool init must be 'uniform', 'symmetric' or 'normal', got {init!r}")
 
     def similarity(self, query: torch.Tensor) -> torch.Tensor:
         return F.normalize(query.float(), dim=-1) @ F.normalize(self.keys.float(), dim=-1).t()

@@ -6,12 +6,18 @@ writes into ``DIR/report/``:
 - ``report.md``: rows = strategies, columns = scenarios, cells = mean ± std over seeds of the final average
   accuracy (%), then the same for forgetting and (when any run is online) online accuracy; the failed and
   missing runs are listed;
-- ``heatmap_<row>__<column>.png``: the accuracy matrix R (mean over seeds) of each cell;
-- ``curves_<column>.png``: average accuracy after each experience, one line per strategy (± std band);
+- ``heatmap_<row>__<column>.png``: the accuracy matrix R (mean over seeds, the number of seeds in the
+  title) of each cell; experiences are numbered from 1 as in the curves; in class- and task-incremental
+  scenarios the upper triangle (experiences not trained yet, whose classes the model cannot predict) is
+  left blank rather than drawn as measured zeros; domain-incremental scenarios keep it (forward transfer);
+- ``curves_<column>.png``: average accuracy after each experience, one line per strategy (± std band over
+  seeds, the number of seeds in the legend, the legend below the axes);
 - ``runs.csv``: one line per run with its status, metrics and flattened config.
 
-When a strategy (or scenario) appears with several settings (e.g. two learning rates), the settings that
-differ are added to its row (column) label.  With W&B on, the tables are logged as W&B tables too.
+Row labels: the strategy name plus its settings that differ from the strategy's registered defaults (so a
+strategy run once with a non-default setting shows it), plus the backbone and protocol settings that differ
+between runs of that strategy on one scenario; column labels: the scenario name plus the scenario settings
+that differ likewise.  With W&B on, the tables are logged as W&B tables too.
 """
 from __future__ import annotations
 
@@ -20,6 +26,7 @@ import json
 import math
 import re
 import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -125,6 +132,30 @@ def _fmt_kv(keys, flat) -> str:
                      for k in keys)
 
 
+def _strategy_defaults(name: str) -> dict | None:
+    """The registered strategy's default config as a flat {strategy.field: value}, or None if unknown."""
+    try:
+        import dataclasses
+
+        from cl.core.registry import strategies
+
+        entry = strategies.get(name)
+        cfg = entry.config() if entry.config is not None else None
+        if cfg is None or not dataclasses.is_dataclass(cfg):
+            return None
+        return {f"strategy.{k}": json.dumps(v) if isinstance(v, (list, dict)) else v
+                for k, v in dataclasses.asdict(cfg).items()}
+    except Exception:
+        return None
+
+
+def _non_default(flat: dict, defaults: dict | None) -> set:
+    if defaults is None:
+        return set()
+    return {k for k, v in flat.items() if k.startswith("strategy.") and k != "strategy.name"
+            and k in defaults and repr(defaults[k]) != repr(v)}
+
+
 def label_runs(runs: list[dict]) -> None:
     """Give each run a row and a column label. The row is the strategy name plus the strategy, backbone and
     protocol settings that differ between runs of that strategy on one scenario (e.g. two learning rates);
@@ -136,9 +167,14 @@ def label_runs(runs: list[dict]) -> None:
     for r in cfgd:
         pairs[(r["config"]["strategy"]["name"], r["config"]["scenario"]["name"])].append(flats[id(r)])
     row_keys, col_keys = defaultdict(set), defaultdict(set)
+    defaults = {}
     for (sname, cname), fl in pairs.items():
         row_keys[sname] |= set(_varying(fl, ("strategy.", "backbone.", "protocol.")))
         col_keys[cname] |= set(_varying(fl, ("scenario.",)))
+        if sname not in defaults:
+            defaults[sname] = _strategy_defaults(sname)
+        for f in fl:
+            row_keys[sname] |= _non_default(f, defaults[sname])
     for r in cfgd:
         sname, cname = r["config"]["strategy"]["name"], r["config"]["scenario"]["name"]
         rx = _fmt_kv(sorted(row_keys[sname]), flats[id(r)])
@@ -218,6 +254,34 @@ def _mean_R(members):
     return np.mean(Rs, axis=0)
 
 
+def _blank_upper(members) -> bool:
+    """Blank the upper triangle unless the runs are domain-incremental (shared classes: measured transfer)."""
+    for r in members:
+        sc = r.get("scenario")
+        setting = sc.get("setting") if isinstance(sc, dict) else None
+        if setting is None and isinstance(sc, str):
+            m = re.search(r"setting=(\w+)", sc)
+            setting = m.group(1) if m else None
+        if setting == "domain":
+            return False
+    return True
+
+
+def heatmap_matrix(members):
+    """(mean R in %, with NaN where nothing meaningful was measured; number of seeds averaged) or None."""
+    Rs = [np.asarray(r["R"], dtype=float) for r in members if r.get("R")]
+    Rs = [R for R in Rs if R.ndim == 2]
+    if not Rs:
+        return None
+    shape = Rs[0].shape
+    Rs = [R for R in Rs if R.shape == shape]
+    R = np.mean(Rs, axis=0) * 100
+    if _blank_upper(members):
+        R = R.copy()
+        R[np.triu_indices(R.shape[0], k=1, m=R.shape[1])] = np.nan
+    return R, len(Rs)
+
+
 def _curve(r):
     R = np.asarray(r.get("R") or [], dtype=float)
     if R.ndim != 2 or not len(R):
@@ -235,7 +299,7 @@ def plots(runs, rows, cols, out: Path) -> list[str]:
     files = []
     fin = [r for r in runs if r.get("status") == "finished"]
     for col in cols:
-        fig, ax = plt.subplots(figsize=(6, 4))
+        fig, ax = plt.subplots(figsize=(6.5, 4))
         drew = False
         for row in rows:
             curves = [c for c in (_curve(r) for r in fin if r["_row"] == row and r["_col"] == col) if c is not None]
@@ -244,40 +308,50 @@ def plots(runs, rows, cols, out: Path) -> list[str]:
             T = min(len(c) for c in curves)
             C = np.stack([c[:T] for c in curves]) * 100
             x = np.arange(1, T + 1)
-            ax.plot(x, C.mean(0), marker="o", label=row)
+            label = textwrap.fill(f"{row} (n={len(C)})", 90, subsequent_indent="    ")
+            ax.plot(x, C.mean(0), marker="o", markersize=3, label=label)
             if len(C) > 1:
                 ax.fill_between(x, C.mean(0) - C.std(0, ddof=1), C.mean(0) + C.std(0, ddof=1), alpha=0.2)
             drew = True
         if drew:
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.set_xlabel("experiences learned")
-            ax.set_ylabel("average accuracy on seen experiences (%)")
-            ax.set_title(col)
+            ax.set_ylabel("avg accuracy on seen experiences (%)")
+            ax.set_ylim(0, 100)
+            ax.set_title(f"{col}\nmean over seeds (n in the legend), band: ± 1 std", fontsize=9)
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-            fig.tight_layout()
+            # below the axes, so it never covers a curve; the saved canvas grows to hold it (no tight_layout:
+            # that would shrink the axes instead)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.16), borderaxespad=0.0, frameon=False)
             p = out / f"curves_{_slug(col)}.png"
-            fig.savefig(p, dpi=100)
+            fig.savefig(p, dpi=120, bbox_inches="tight")
             files.append(p.name)
         plt.close(fig)
         for row in rows:
-            R = _mean_R([r for r in fin if r["_row"] == row and r["_col"] == col])
-            if R is None:
+            got = heatmap_matrix([r for r in fin if r["_row"] == row and r["_col"] == col])
+            if got is None:
                 continue
-            T = R.shape[0]
-            fig, ax = plt.subplots(figsize=(1.2 + 0.55 * R.shape[1], 1.0 + 0.5 * T))
-            im = ax.imshow(R * 100, vmin=0, vmax=100, cmap="viridis")
+            R, n_seeds = got
+            T, J = R.shape
+            cmap = matplotlib.colormaps["viridis"].with_extremes(bad="white")
+            fig, ax = plt.subplots(figsize=(1.6 + 0.55 * J, 1.3 + 0.5 * T))
+            im = ax.imshow(np.ma.masked_invalid(R), vmin=0, vmax=100, cmap=cmap)
             for i in range(T):
-                for j in range(R.shape[1]):
-                    ax.text(j, i, f"{R[i, j] * 100:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if R[i, j] < 0.6 else "black")
-            ax.set_xlabel("test experience j")
-            ax.set_ylabel("after experience i")
-            ax.set_title(f"{row}\n{col}", fontsize=8)
-            fig.colorbar(im, ax=ax, fraction=0.046)
+                for j in range(J):
+                    if np.isfinite(R[i, j]):
+                        ax.text(j, i, f"{R[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                                color="white" if R[i, j] < 60 else "black")
+            ax.set_xticks(range(J), [str(j + 1) for j in range(J)], fontsize=7)
+            ax.set_yticks(range(T), [str(i + 1) for i in range(T)], fontsize=7)
+            ax.set_xlabel("test experience")
+            ax.set_ylabel("after training on experience")
+            seeds = f"mean of {n_seeds} seed{'s' if n_seeds != 1 else ''}"
+            ax.set_title(f"{row}\n{col}\n{seeds}", fontsize=8)
+            cb = fig.colorbar(im, ax=ax, fraction=0.046)
+            cb.set_label("accuracy (%)", fontsize=8)
             fig.tight_layout()
             p = out / f"heatmap_{_slug(row)}__{_slug(col)}.png"
-            fig.savefig(p, dpi=100)
+            fig.savefig(p, dpi=120, bbox_inches="tight")
             plt.close(fig)
             files.append(p.name)
     return files

@@ -5,7 +5,13 @@ Every backbone here is a :class:`TimmBackbone`: ``out_dim`` (feature size), ``pr
 (``dict(input_size=(C, H, W), mean=..., std=...)``: what the pretrained weights expect; the engine
 and the feature cache resize and normalise scenario images to match), ``family`` (``vit`` / ``cnn`` /
 ...) for :class:`cl.models.adapters.LoraSet`, and for ViTs ``prompt_dim`` and ``forward(x, prompts=P,
-pool=...)`` (see :mod:`cl.models.adapters`).
+pool=...)`` (see :mod:`cl.models.adapters`; readouts ``default`` = timm's own head pooling over the original
+tokens, ``cls``, ``mean`` = mean of the patch tokens, ``prompts`` = mean of the prompt tokens).
+
+Mode: a backbone is returned in train mode, like any ``nn.Module`` (issue 13: the inner timm model used to be
+put in eval mode here, so dropout / drop-path / BatchNorm ran in eval mode during the first experience until
+the first evaluation switched the model to train).  A strategy that wants eval mode while training asks for
+it (``train_eval_mode``, ``freeze_batchnorm``); the feature cache calls ``eval()`` itself.
 
 Weights:
 - ``backbone.weights=/path/file.safetensors|.pth``: a local file (loaded through timm's
@@ -163,8 +169,14 @@ class TimmBackbone(nn.Module):
             if n_p == 0:
                 raise ValueError("pool='prompts' needs prompts")
             return x[:, npt:npt + n_p].mean(1)
+        if pool == "cls":
+            if getattr(m, "cls_token", None) is None:
+                raise ValueError(f"pool='cls': {self.name} has no class token")
+            return x[:, 0]
+        if pool == "mean":  # mean of the real (patch) tokens' outputs, prompts and prefix tokens left out
+            return x[:, npt + n_p:].mean(1)
         if pool != "default":
-            raise ValueError(f"pool must be 'default' or 'prompts', got {pool!r}")
+            raise ValueError(f"pool must be 'default', 'cls', 'mean' or 'prompts', got {pool!r}")
         if n_p:
             x = torch.cat([x[:, :npt], x[:, npt + n_p:]], dim=1)
         return m.forward_head(x, pre_logits=True)
@@ -254,7 +266,7 @@ def create_timm(name: str, cfg: TimmConfig) -> TimmBackbone:
         model = timm.create_model(name, pretrained=True, **kw)
     else:
         model = timm.create_model(name, pretrained=False, **kw)
-    model.eval()
+    # no model.eval(): the backbone starts in train mode like any nn.Module; the strategy picks the mode
     return TimmBackbone(model, f"timm:{name}", _preprocessing(timm, model, cfg),
                         channels_last=cfg.channels_last, compile=cfg.compile)
 
@@ -311,7 +323,7 @@ def efficientnet_lite0(cfg: EffNetLite0Config, input_shape):
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
     if cfg.pretrained:
         load_lite0_weights(model, lite0_weights_path())
-    model.eval()
+    # no model.eval(): the backbone starts in train mode like any nn.Module; the strategy picks the mode
     size = cfg.input_size or 224
     pp = dict(input_size=(3, size, size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     return TimmBackbone(model, "efficientnet-lite0", pp, channels_last=cfg.channels_last, compile=cfg.compile)
@@ -343,6 +355,6 @@ def vit_tiny(cfg: SmallViTConfig, input_shape):
         if lines:
             raise ConfigError(f"weights file {cfg.weights!r} does not match vit-tiny {kw}:\n  " + "\n  ".join(lines))
         model.load_state_dict({k: v for k, v in sd.items() if not k.startswith("head.")}, strict=False)
-    model.eval()
+    # no model.eval(): the backbone starts in train mode like any nn.Module; the strategy picks the mode
     pp = dict(input_size=(3, size, size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     return TimmBackbone(model, "vit-tiny", pp, channels_last=False, compile=cfg.compile)
