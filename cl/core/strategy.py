@@ -191,9 +191,6 @@ class Strategy:
     def before_optimizer_step(self, x, y, t=None) -> None:
         """After backward, before the optimiser step: gradients are in ``p.grad`` (projection, importance)."""
 
-    def before_optimizer_step(self, x, y, t=None) -> None:
-        """After backward, before the optimiser step: gradients are in ``p.grad`` (projection, importance)."""
-
     def after_experience(self, exp) -> None:
         """After an experience's training, before its evaluation."""
 
