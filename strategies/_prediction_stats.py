@@ -57,6 +57,8 @@ class PredictionStats:
 
     _pred_counts: torch.Tensor | None = None
     _pred_fresh: bool = True
+    #: counts of the evaluation after the last training step: rebuilt by that evaluation, not state
+    transient_attrs = ("_in_predict", "_pred_counts", "_pred_fresh")
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)

@@ -141,7 +141,7 @@ class Kalman(Strategy):
         return self.hyper_optimizer
 
     def extra_state(self):
-        out = {"gamma_log": [float(g) for g in self._gamma_log], "gamma_per_exp": [float(g) for g in self._gamma_per_exp],
+        out = {"gamma_log": [float(g) for g in self._gamma_log], "gamma_per_exp": [g.detach().cpu().clone() for g in self._gamma_per_exp],
                "steps": self._steps}
         if self.finetune:
             out["hyper"] = self.hyper_optimizer.state_dict()
@@ -155,7 +155,7 @@ class Kalman(Strategy):
         if "gamma_opt" in state and self.gamma_optimizer is not None:
             self.gamma_optimizer.load_state_dict(state["gamma_opt"])
         self._gamma_log = [torch.tensor(g) for g in state.get("gamma_log", [])]
-        self._gamma_per_exp = [torch.tensor(g) for g in state.get("gamma_per_exp", [])]
+        self._gamma_per_exp = [torch.as_tensor(g).to(self.device) for g in state.get("gamma_per_exp", [])]
         self._steps = state.get("steps", 0)
 
     def after_experience(self, exp):

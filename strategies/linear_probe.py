@@ -46,6 +46,7 @@ class _Normalize(nn.Module):
 @register("linear-probe", LinearProbeConfig)
 class LinearProbe(PredictionStats, Strategy):
     """Linear head trained by SGD on frozen, cached backbone features."""
+    transient_attrs = ("current",)  # the current experience's classes: set by before_experience
 
     frozen_features = True
 

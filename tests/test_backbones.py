@@ -33,7 +33,7 @@ def test_efficientnet_lite0_pretrained_beats_random_on_cifar10():
     accs = {}
     for pretrained in (True, False):
         torch.manual_seed(0)
-        b = efficientnet_lite0(EffNetLite0Config(pretrained=pretrained, input_size=64), (3, 32, 32))
+        b = efficientnet_lite0(EffNetLite0Config(pretrained=pretrained, input_size=64), (3, 32, 32)).eval()
         assert b.out_dim == 1280 and b.preprocessing["mean"] == (0.5, 0.5, 0.5)
         pp = b.make_preprocess(None, "cpu")
         assert pp(xtr[:2]).shape == (2, 3, 64, 64)

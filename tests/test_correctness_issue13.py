@@ -284,7 +284,7 @@ def test_strategies_with_their_own_predict_count_predictions_once(name):
 @pytest.mark.parametrize("future", [False, True])
 def test_er_ace_future_classes_option(future):
     torch.manual_seed(0)
-    s, sc = make("er-ace", future_classes=future, lr=0.0)
+    s, sc = make("er-ace", future_classes=future, lr=0.1)  # no step is taken: lr does not matter
     x, y = sc[0].train_x[:8], torch.full((8,), 2)
     s.model.observe(y)  # as train_step does: class 2 is seen now, 3..9 never
     loss = s.incoming_loss(x, y)

@@ -68,7 +68,9 @@ def test_average_incremental_accuracy_plain_and_sample_weighted():
     sizes = [10, 30, 60]
     w = (0.9 + (0.6 * 10 + 0.8 * 30) / 40 + (0.5 * 10 + 0.7 * 30 + 0.6 * 60) / 100) / 3
     assert M.average_incremental_accuracy(R3, sizes) == approx(w)
-    assert M.summary(R3, sizes)["avg_inc_acc"] == approx(w)
+    # issue 13: avg_inc_acc is the mean over experiences, the weighted one has its own name
+    assert M.summary(R3, sizes)["avg_inc_acc"] == approx(plain)
+    assert M.summary(R3, sizes)["avg_inc_acc_weighted"] == approx(w)
 
 
 def test_bwt_and_fwt_use_the_right_entries():

@@ -57,7 +57,7 @@ def _snap(v, depth=0):
 
 def snapshot(strategy) -> dict:
     """Every attribute of the strategy but the engine's, and the plain attributes of its model's modules."""
-    skip = CORE | set(getattr(type(strategy), "transient_attrs", ()))
+    skip = CORE | {a for c in type(strategy).__mro__ for a in vars(c).get("transient_attrs", ())}  # over the hierarchy
     out = {f"strategy.{k}": _snap(v) for k, v in vars(strategy).items() if k not in skip}
     for name, m in strategy.model.named_modules():
         for k, v in vars(m).items():

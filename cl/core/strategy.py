@@ -219,7 +219,8 @@ class Strategy:
     #: ``extra_state`` / ``load_extra_state`` save and restore them; a strategy with more to do overrides
     #: those and calls super(). A checkpoint holds nothing else (docs/reliability.md).
     state_attrs: tuple = ()
-    #: attributes that are recomputed before they are read (per-batch caches): not state, not checked
+    #: attributes that are recomputed before they are read (per-batch caches): not state, not checked;
+    #: collected over the class hierarchy, so a mixin and a subclass can each declare their own
     transient_attrs: tuple = ()
 
     def extra_state(self) -> dict:
