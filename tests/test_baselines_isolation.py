@@ -58,7 +58,7 @@ def outputs(s, sc, i):
     exp = sc[i]
     out = s.predict(prep(sc, exp.test_x), exp.task_id)
     s.model.train()
-    return out.clone()
+    return out[:, exp.classes].clone()  # what the engine evaluates in setting=task: the task's classes
 
 
 def assert_earlier_tasks_unchanged(name, backbone="mlp", scenario=TASK_SCEN, **kw):
@@ -113,3 +113,61 @@ def test_pnn_earlier_columns_get_no_gradient_and_laterals_feed_the_new_column():
     assert all(p.grad is None for p in s.model.columns[0].parameters())
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in lat.parameters())
     assert all(p.grad is not None for p in s.model.columns[1].parameters())
+
+
+# -- PackNet -----------------------------------------------------------------------------------------
+def test_packnet_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn():
+    s, _ = assert_earlier_tasks_unchanged("packnet", retrain_epochs=1)
+    assert_earlier_tasks_unchanged("packnet", backbone="cnn", scenario=DIGITS_TASK)
+
+
+def test_packnet_prunes_by_magnitude_and_assigns_owners():
+    s, sc = make("packnet", prune_ratio=0.5, retrain_epochs=0)
+    train_on(s, sc, 0)
+    params = dict(s.model.named_parameters())
+    for n in s.layers:
+        o, w = s.owner[n], params[n]
+        assert (o == 1).sum() == w.numel() - round(0.5 * w.numel())  # half of task 0's weights kept
+        assert torch.all(w[o == 0] == 0)  # released weights are zero
+        assert w[o == 1].abs().min() >= w[o == 0].abs().max()  # the largest magnitudes are kept
+    train_on(s, sc, 1)
+    for n in s.layers:  # task 1 received half of the free weights; task 0's weights stay task 0's
+        o = s.owner[n]
+        assert (o == 2).sum() == (o.numel() - round(0.5 * o.numel())) - round(0.5 * (round(0.5 * o.numel())))
+    # task 0's prediction uses only task 0's weights: changing a task-1 weight does not change it
+    before, before1 = outputs(s, sc, 0), outputs(s, sc, 1)
+    n = s.layers[0]
+    with torch.no_grad():
+        params[n][s.owner[n] == 2] += 1.0
+    assert torch.equal(outputs(s, sc, 0), before)
+    assert not torch.equal(outputs(s, sc, 1), before1)  # ... while task 1 uses it
+
+
+# -- exact resume from a boundary, every strategy ------------------------------------------------------
+RESUME = {
+    "pnn": {},
+    "packnet": {},
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESUME))
+def test_resume_from_a_boundary_is_exact(tmp_path, name):
+    from test_resume import _interrupt_at
+
+    scen = RESUME[name].get("scenario", TASK_SCEN)
+    kw = {k: v for k, v in RESUME[name].items() if k != "scenario"}
+    cfg = resolve(tiny({"name": name, **kw}, scenario=scen, protocol={"name": "offline", "epochs": 2}))
+    full = Run(cfg, progress=False, out_dir=tmp_path / "full").execute()
+    assert full["status"] == "finished", full.get("error")
+    undo = _interrupt_at(name, 2)
+    try:
+        part = Run(cfg, progress=False, out_dir=tmp_path / "cut").execute()
+    finally:
+        undo()
+    assert part["status"] == "interrupted" and len(part["R"]) == 2
+    res = Run(cfg, progress=False, out_dir=tmp_path / "cut").execute()
+    assert res["status"] == "finished" and res["resumed"]
+    assert res["R"] == full["R"]
+    for k, v in full["metrics"].items():
+        if not any(w in k for w in ("time", "per_s", "memory")):
+            assert res["metrics"].get(k) == v, k
