@@ -75,7 +75,7 @@ def assert_earlier_tasks_unchanged(name, backbone="mlp", scenario=TASK_SCEN, **k
 
 
 def test_task_id_strategies_refuse_class_incremental_runs():
-    for name in ("pnn",):
+    for name in ("pnn", "packnet", "hat"):
         with pytest.raises(ConfigError, match="scenario.setting=task"):
             make(name, scenario={"name": "gaussian", "train_per_class": 20, "test_per_class": 10})
 
@@ -147,6 +147,7 @@ def test_packnet_prunes_by_magnitude_and_assigns_owners():
 RESUME = {
     "pnn": {},
     "packnet": {},
+    "hat": {},
 }
 
 
@@ -171,3 +172,33 @@ def test_resume_from_a_boundary_is_exact(tmp_path, name):
     for k, v in full["metrics"].items():
         if not any(w in k for w in ("time", "per_s", "memory")):
             assert res["metrics"].get(k) == v, k
+
+
+# -- HAT ---------------------------------------------------------------------------------------------
+def test_hat_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn():
+    s, _ = assert_earlier_tasks_unchanged("hat")
+    assert_earlier_tasks_unchanged("hat", backbone="cnn", scenario=DIGITS_TASK)
+
+
+def test_hat_gradient_compensation_and_regulariser_hand_computed():
+    s, sc = make("hat")
+    train_on(s, sc, 0)
+    cum = [c.clone() for c in s.cum]
+    assert all(((c == 0) | (c == 1)).all() for c in cum) and all(c.sum() > 0 for c in cum)
+    # regulariser: sum a_t (1 - a^{<t}) / sum (1 - a^{<t}), computed by hand for constant gates 0.5
+    gates = [torch.full_like(c, 0.5) for c in cum]
+    free = sum((1 - c).sum() for c in cum)
+    assert torch.isclose(s.regulariser(gates), 0.5 * free / free)
+    # one step of task 1: a weight between two units of task 0 gets zero gradient, a weight into a free
+    # unit keeps its gradient
+    exp = sc[1]
+    s.before_experience(exp)
+    w1 = s.model.mains[1].weight
+    before = w1.detach().clone()
+    idx = torch.randperm(len(exp.train_y), generator=torch.Generator().manual_seed(0))[:16]
+    s.train_step(prep(sc, exp.train_x[idx]), exp.train_y[idx], exp.task_id)
+    both = (cum[1].view(-1, 1) * cum[0].view(1, -1)).bool()
+    assert torch.equal(w1[both], before[both])
+    assert not torch.equal(w1[~both], before[~both])
+    # the s annealing: first batch of an epoch at 1/smax
+    assert s.step_in_epoch == 1
