@@ -148,6 +148,7 @@ RESUME = {
     "pnn": {},
     "packnet": {},
     "hat": {},
+    "cl2r": {"scenario": {"name": "gaussian", "train_per_class": 20, "test_per_class": 10}},
 }
 
 
@@ -169,6 +170,9 @@ def test_resume_from_a_boundary_is_exact(tmp_path, name):
     res = Run(cfg, progress=False, out_dir=tmp_path / "cut").execute()
     assert res["status"] == "finished" and res["resumed"]
     assert res["R"] == full["R"]
+    if name == "cl2r":
+        C = full["metrics"]["compatibility"]
+        assert len(C) == len(full["R"]) and all(v is not None for v in C[-1])
     for k, v in full["metrics"].items():
         if not any(w in k for w in ("time", "per_s", "memory")):
             assert res["metrics"].get(k) == v, k
@@ -202,3 +206,99 @@ def test_hat_gradient_compensation_and_regulariser_hand_computed():
     assert not torch.equal(w1[~both], before[~both])
     # the s annealing: first batch of an epoch at 1/smax
     assert s.step_in_epoch == 1
+
+
+# -- compatibility metrics and CL2R ---------------------------------------------------------------------
+def _angles(deg):
+    r = torch.tensor(deg, dtype=torch.float64) * torch.pi / 180
+    return torch.stack([r.cos(), r.sin()], 1)
+
+
+def test_retrieval_and_compatibility_matrix_hand_computed():
+    from cl.core import compatibility as K
+
+    y = torch.tensor([0, 0, 1, 1])
+    f0, f1 = _angles([5, 60, 95, 20]), _angles([0, 10, 90, 100])
+    # query model 1 vs gallery model 0, own entry left out: nearest angles 20(1), 5(0), 60(0), 95(1)
+    assert K.retrieval_accuracy(f1, f0, y) == 0.5
+    assert K.retrieval_accuracy(f1, f1, y) == 1.0
+    assert K.retrieval_accuracy(f0, f0, y) == 0.0  # 20(1), 95(1), 60(0), 5(0): every neighbour wrong
+    C = K.compatibility_matrix([f0, f1], y)
+    assert C == [[0.0, None], [0.5, 1.0]]
+    assert K.empirical_compatibility(C) == [[None, None], [True, None]]
+    assert K.average_compatibility(C) == 1.0 and K.average_multimodel_accuracy(C) == 0.5
+
+
+def test_ac_am_bc_fc_hand_computed():
+    from cl.core import compatibility as K
+
+    C = [[0.8, None, None], [0.7, 0.9, None], [0.85, 0.95, 0.6]]
+    assert K.empirical_compatibility(C) == [[None] * 3, [False, None, None], [True, True, None]]
+    assert K.average_compatibility(C) == pytest.approx(2 / 3)  # C[1][0] < C[0][0] fails
+    assert K.average_multimodel_accuracy(C) == pytest.approx(4.8 / 6)
+    assert K.backward_compatibility(C) == pytest.approx(((0.85 - 0.8) + (0.95 - 0.9)) / 2)
+    assert K.forward_compatibility(C) == pytest.approx(((0.7 - 0.9) + (0.95 - 0.6)) / 2)
+    assert K.average_compatibility([[0.3]]) == 1.0
+    m = K.compatibility_metrics([[0.8], [0.7, 0.9], [0.85, 0.95, 0.6]])
+    assert m["compatibility"] == C and m["ac"] == pytest.approx(2 / 3)
+
+
+def test_compatibility_heatmap_is_drawn(tmp_path):
+    from cl.sweeps.compat_plot import mean_matrix, plot_compatibility
+
+    C = [[0.8, None], [0.7, 0.9]]
+    plot_compatibility(C, tmp_path / "c.png", title="t")
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    assert mean_matrix([C, [[0.6, None], [0.5, 0.7]]]) == [[pytest.approx(0.7), None], [pytest.approx(0.6), pytest.approx(0.8)]]
+
+
+def test_dsimplex_classifier_is_fixed_and_equiangular():
+    from strategies.cl2r import dsimplex
+
+    W = dsimplex(10)
+    assert W.shape == (10, 9)
+    cos = W @ W.t()
+    assert torch.allclose(cos.diagonal(), torch.ones(10), atol=1e-6)
+    off = cos[~torch.eye(10, dtype=torch.bool)]
+    assert torch.allclose(off, torch.full_like(off, -1 / 9), atol=1e-6)  # -1/d, d = K - 1
+    s, sc = make("cl2r", scenario={"name": "gaussian", "train_per_class": 20, "test_per_class": 10})
+    assert "simplex" not in dict(s.model.named_parameters()) and not s.model.simplex.requires_grad
+    before = s.model.simplex.clone()
+    train_on(s, sc, 0)
+    train_on(s, sc, 1)
+    assert torch.equal(s.model.simplex, before)
+
+
+def test_cl2r_feature_distillation_on_memory_only_and_compatibility_logged():
+    s, sc = make("cl2r", scenario={"name": "gaussian", "train_per_class": 20, "test_per_class": 10})
+    train_on(s, sc, 0)
+    assert len(s.mem_y) == 2 * 20 and len(s.C) == 1 and len(s.C[0]) == 1
+    exp = sc[1]
+    s.before_experience(exp)
+    x, y = exp.train_x[:8], exp.train_y[:8]
+    # right after the boundary the model equals the frozen copy: the distillation term is zero, so the
+    # loss is the cross-entropy of [memory; new]
+    torch.manual_seed(0)
+    loss = s.loss(x, y)
+    torch.manual_seed(0)
+    idx = torch.randperm(len(s.mem_y))[:8]
+    ce = torch.nn.functional.cross_entropy(s.model(torch.cat([s.mem_x[idx], x])), torch.cat([s.mem_y[idx], y]))
+    assert torch.isclose(loss, ce, atol=1e-6)
+    # after a change of the model the distillation on memory samples is positive
+    with torch.no_grad():
+        s.model.fc1.weight.add_(0.3 * torch.randn_like(s.model.fc1.weight))
+    torch.manual_seed(0)
+    loss2 = s.loss(x, y)
+    torch.manual_seed(0)
+    idx = torch.randperm(len(s.mem_y))[:8]
+    ce2 = torch.nn.functional.cross_entropy(s.model(torch.cat([s.mem_x[idx], x])), torch.cat([s.mem_y[idx], y]))
+    lam = 5.0 * (2 / 2) ** 0.5
+    new = torch.nn.functional.normalize(s.model.features(s.mem_x[idx]), dim=1)
+    old = torch.nn.functional.normalize(s._old_features(s.mem_x[idx]), dim=1)
+    assert torch.isclose(loss2, ce2 + lam * (1 - (new * old).sum(1)).mean(), atol=1e-5)
+    train_on(s, sc, 1)
+    m = s.extra_metrics()
+    assert len(m["compatibility"]) == 2 and m["compatibility"][0][1] is None
+    assert m["compatibility"][1][0] == pytest.approx(
+        __import__("cl.core.compatibility", fromlist=["x"]).retrieval_accuracy(s.gallery[1], s.gallery[0], s.eval_y))
+
