@@ -75,7 +75,7 @@ def assert_earlier_tasks_unchanged(name, backbone="mlp", scenario=TASK_SCEN, **k
 
 
 def test_task_id_strategies_refuse_class_incremental_runs():
-    for name in ("pnn", "packnet", "hat"):
+    for name in ("pnn", "packnet", "hat", "hnet", "hnet-rnn"):
         with pytest.raises(ConfigError, match="scenario.setting=task"):
             make(name, scenario={"name": "gaussian", "train_per_class": 20, "test_per_class": 10})
 
@@ -148,6 +148,8 @@ RESUME = {
     "pnn": {},
     "packnet": {},
     "hat": {},
+    "hnet": {"chunk_size": 500},
+    "hnet-rnn": {"chunk_size": 500},
     "cl2r": {"scenario": {"name": "gaussian", "train_per_class": 20, "test_per_class": 10}},
 }
 
@@ -302,3 +304,60 @@ def test_cl2r_feature_distillation_on_memory_only_and_compatibility_logged():
     assert m["compatibility"][1][0] == pytest.approx(
         __import__("cl.core.compatibility", fromlist=["x"]).retrieval_accuracy(s.gallery[1], s.gallery[0], s.eval_y))
 
+
+
+# -- HNET and HNET-RNN ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["hnet", "hnet-rnn"])
+def test_hnet_output_regulariser_zero_unchanged_positive_after_change(name):
+    s, sc = make(name, chunk_size=500)
+    train_on(s, sc, 0, steps=5)
+    s.before_experience(sc[1])
+    assert len(s.targets) == 1
+    assert s.regulariser().item() == 0.0  # the hypernetwork has not changed since the boundary
+    # by hand: one changed hypernetwork parameter -> sum of squared output differences
+    p = next(q for n, q in s.model.hnet.named_parameters() if not n.startswith("task_emb"))
+    with torch.no_grad():
+        p.add_(0.01)
+        expected = ((s.model.generate(0) - s.targets[0]) ** 2).sum()
+    assert s.regulariser().item() > 0 and torch.isclose(s.regulariser(), expected)
+    # the earlier embedding is not in the optimiser; the current one and Theta are
+    opt = {id(q) for g in s.optimizer.param_groups for q in g["params"]}
+    assert id(s.model.hnet.task_emb[0]) not in opt and id(s.model.hnet.task_emb[1]) in opt and id(p) in opt
+    # the target's own parameters are never trained
+    assert not any(q.requires_grad for q in s.model.target.parameters())
+
+
+def test_hnet_rnn_generates_layer_by_layer_and_chunked_hnet_does_not_depend_across_chunks():
+    s, _ = make("hnet-rnn", chunk_size=300)
+    h = s.model.hnet
+    sizes = [q.numel() for q in s.model.target.parameters()]
+    e = h.task_emb[0].detach()
+    with torch.no_grad():
+        layers = h.layers(e)
+        assert [len(w) for w in layers] == sizes
+        assert torch.equal(torch.cat(layers), h(e))
+        # perturbing the input of the first step (first layer's first chunk) changes every later layer:
+        # the state carries from layer to layer
+        c = h.chunk_emb.clone()
+        c[0] += 1.0
+        changed = h.layers(e, c)
+        assert all(not torch.allclose(a, b) for a, b in zip(changed[1:], layers[1:]))
+        # while the chunks of the plain chunked hypernetwork are independent
+    s2, _ = make("hnet", chunk_size=300)
+    h2 = s2.model.hnet
+    with torch.no_grad():
+        out = h2(h2.task_emb[0])
+        h2.chunk_emb[0] += 1.0
+        out2 = h2(h2.task_emb[0])
+    assert not torch.equal(out[:300], out2[:300]) and torch.equal(out[300:], out2[300:])
+
+
+@pytest.mark.parametrize("name", ["hnet", "hnet-rnn"])
+def test_hnet_remembers_earlier_tasks_better_than_without_regulariser(name):
+    def forgetting(beta):
+        s, sc = make(name, chunk_size=500, beta=beta, lr=0.01)
+        train_on(s, sc, 0, steps=40)
+        a = outputs(s, sc, 0)
+        train_on(s, sc, 1, steps=40)
+        return (outputs(s, sc, 0) - a).abs().mean().item()
+    assert forgetting(1.0) < 0.5 * forgetting(0.0)
