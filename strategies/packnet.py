@@ -155,6 +155,10 @@ class PackNet(TaskILStrategy):
             params[n] = params[n] * ((o >= 1) & (o <= t + 1))
         return functional_call(self.model, params, (x,))
 
+    def extra_metrics(self) -> dict:
+        """Fraction of each layer's weights owned by some task after the last one."""
+        return {"weights_used": [round(float((o > 0).float().mean()), 4) for o in self.owner.values()]}
+
     def extra_state(self):
         return {"owner": dict(self.owner), "packed": self.packed, "task": self.task}
 

@@ -75,7 +75,7 @@ def assert_earlier_tasks_unchanged(name, backbone="mlp", scenario=TASK_SCEN, **k
 
 
 def test_task_id_strategies_refuse_class_incremental_runs():
-    for name in ("pnn", "packnet", "hat", "hnet", "hnet-rnn"):
+    for name in ("pnn", "packnet", "hat", "rmn", "hnet", "hnet-rnn"):
         with pytest.raises(ConfigError, match="scenario.setting=task"):
             make(name, scenario={"name": "gaussian", "train_per_class": 20, "test_per_class": 10})
 
@@ -148,6 +148,7 @@ RESUME = {
     "pnn": {},
     "packnet": {},
     "hat": {},
+    "rmn": {},
     "hnet": {"chunk_size": 500},
     "hnet-rnn": {"chunk_size": 500},
     "cl2r": {"scenario": {"name": "gaussian", "train_per_class": 20, "test_per_class": 10}},
@@ -361,3 +362,27 @@ def test_hnet_remembers_earlier_tasks_better_than_without_regulariser(name):
         train_on(s, sc, 1, steps=40)
         return (outputs(s, sc, 0) - a).abs().mean().item()
     assert forgetting(1.0) < 0.5 * forgetting(0.0)
+
+
+# -- RMN ---------------------------------------------------------------------------------------------
+def test_rmn_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn():
+    assert_earlier_tasks_unchanged("rmn")
+    assert_earlier_tasks_unchanged("rmn", backbone="cnn", scenario=DIGITS_TASK)
+
+
+def test_rmn_binary_maps_straight_through_and_frozen_relevant_weights():
+    s, sc = make("rmn")
+    train_on(s, sc, 0)
+    m0 = s.model.maps(0, s.cfg.threshold, ste=False)
+    assert all(((m == 0) | (m == 1)).all() for m in m0)
+    # the maps were trained (straight-through gradient reached the scores) and sparsified somewhere
+    assert any(not torch.all(sc_ == s.cfg.map_init) for sc_ in s.model.scores[0])
+    assert all(torch.equal(u, m.bool()) for u, m in zip(s.used.values(), m0))
+    params = dict(s.model.net.named_parameters())
+    before = {n: params[n].detach().clone() for n in s.model.layers}
+    s0 = [p.detach().clone() for p in s.model.scores[0]]
+    train_on(s, sc, 1)
+    for (n, b), m in zip(before.items(), m0):
+        assert torch.equal(params[n][m.bool()], b[m.bool()])  # relevant to task 0: frozen
+    assert any(not torch.equal(params[n][~m.bool()], b[~m.bool()]) for (n, b), m in zip(before.items(), m0))
+    assert all(torch.equal(a, b) for a, b in zip(s.model.scores[0], s0))  # task 0's map is fixed
