@@ -37,8 +37,8 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from cl.core.compatibility import compatibility_metrics, compatibility_row
 from cl.core.strategy import Strategy, StrategyConfig, register

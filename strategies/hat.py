@@ -31,11 +31,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from cl.core.strategy import StrategyConfig, register
 from cl.models.heads import IncrementalLinear
-from cl.models.multihead import drop_batchnorm_grads, freeze_batchnorm, restrict, split_stages
+from cl.models.multihead import (
+    drop_batchnorm_grads,
+    freeze_batchnorm,
+    restrict,
+    split_stages,
+)
 from strategies._task_il import TaskILStrategy
 
 

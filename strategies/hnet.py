@@ -40,14 +40,13 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.func import functional_call
 
 from cl.core.registry import ConfigError
 from cl.core.strategy import StrategyConfig, make_optimizer, register
 from cl.models.heads import IncrementalLinear
 from cl.models.model import Model
-from cl.models.multihead import batchnorms
 from strategies._task_il import TaskILStrategy
 
 

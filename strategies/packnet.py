@@ -25,13 +25,13 @@ import dataclasses
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.func import functional_call
 
 from cl.core.registry import ConfigError
 from cl.core.strategy import StrategyConfig, make_optimizer, register
 from cl.models.model import Model, build_head
-from cl.models.multihead import drop_batchnorm_grads, freeze_batchnorm
+from cl.models.multihead import drop_shared_grads, freeze_batchnorm
 from strategies._task_il import TaskILStrategy
 
 
@@ -92,10 +92,7 @@ class PackNet(TaskILStrategy):
         loss.backward()
         params = dict(self.model.named_parameters())
         if self.task > 0:  # biases and BatchNorm: first task only
-            drop_batchnorm_grads(self.model.backbone)
-            for n, p in self.model.backbone.named_parameters():
-                if n.endswith("bias"):
-                    p.grad = None
+            drop_shared_grads(self.model.backbone)
         for n in self.layers:
             if params[n].grad is not None:
                 params[n].grad.mul_(self.trainable[n])

@@ -19,10 +19,9 @@ Choices the paper leaves open or that differ from it:
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from cl.core.strategy import StrategyConfig, register
 from cl.models.multihead import split_stages

@@ -27,12 +27,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
+from torch import nn
 from torch.func import functional_call
 
 from cl.core.strategy import StrategyConfig, register
 from cl.models.model import Model, build_head
-from cl.models.multihead import drop_batchnorm_grads, freeze_batchnorm, restrict
+from cl.models.multihead import drop_shared_grads, freeze_batchnorm, restrict
 from strategies._task_il import TaskILStrategy
 from strategies.packnet import prunable_layers
 
@@ -108,10 +108,7 @@ class RMN(TaskILStrategy):
         loss.backward()
         params = dict(self.model.net.named_parameters())
         if self.task > 0:
-            drop_batchnorm_grads(self.model.net.backbone)
-            for n, p in self.model.net.backbone.named_parameters():
-                if n.endswith("bias"):
-                    p.grad = None
+            drop_shared_grads(self.model.net.backbone)
             for n in self.model.layers:
                 if params[n].grad is not None:
                     params[n].grad.masked_fill_(self.used[n], 0.0)

@@ -5,12 +5,12 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny
 
 from cl.core.config import resolve
 from cl.core.registry import ConfigError, strategies
 from cl.core.strategy import RunInfo
 from cl.train.engine import Run
-from conftest import tiny
 
 TASK_SCEN = {"name": "gaussian", "train_per_class": 20, "test_per_class": 10, "task_labels": True}
 DIGITS_TASK = {"name": "split-digits", "task_labels": True}
@@ -116,9 +116,10 @@ def test_pnn_earlier_columns_get_no_gradient_and_laterals_feed_the_new_column():
 
 
 # -- PackNet -----------------------------------------------------------------------------------------
-def test_packnet_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn():
-    s, _ = assert_earlier_tasks_unchanged("packnet", retrain_epochs=1)
-    assert_earlier_tasks_unchanged("packnet", backbone="cnn", scenario=DIGITS_TASK)
+@pytest.mark.parametrize("name", ["packnet", "hat", "rmn"])
+def test_isolation_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn(name):
+    assert_earlier_tasks_unchanged(name)
+    assert_earlier_tasks_unchanged(name, backbone="cnn", scenario=DIGITS_TASK)
 
 
 def test_packnet_prunes_by_magnitude_and_assigns_owners():
@@ -182,11 +183,6 @@ def test_resume_from_a_boundary_is_exact(tmp_path, name):
 
 
 # -- HAT ---------------------------------------------------------------------------------------------
-def test_hat_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn():
-    s, _ = assert_earlier_tasks_unchanged("hat")
-    assert_earlier_tasks_unchanged("hat", backbone="cnn", scenario=DIGITS_TASK)
-
-
 def test_hat_gradient_compensation_and_regulariser_hand_computed():
     s, sc = make("hat")
     train_on(s, sc, 0)
@@ -365,11 +361,6 @@ def test_hnet_remembers_earlier_tasks_better_than_without_regulariser(name):
 
 
 # -- RMN ---------------------------------------------------------------------------------------------
-def test_rmn_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn():
-    assert_earlier_tasks_unchanged("rmn")
-    assert_earlier_tasks_unchanged("rmn", backbone="cnn", scenario=DIGITS_TASK)
-
-
 def test_rmn_binary_maps_straight_through_and_frozen_relevant_weights():
     s, sc = make("rmn")
     train_on(s, sc, 0)

@@ -21,7 +21,7 @@ lives here so that every isolation method does it the same way:
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from cl.core.registry import ConfigError
 
@@ -89,4 +89,13 @@ def drop_batchnorm_grads(module: nn.Module) -> None:
     """No update for BatchNorm affine parameters (their grads set to None: the optimiser skips them)."""
     for m in batchnorms(module):
         for p in m.parameters(recurse=False):
+            p.grad = None
+
+
+def drop_shared_grads(backbone: nn.Module) -> None:
+    """After the first task: no update for the backbone's biases and BatchNorm parameters (PackNet's
+    ``train_bias=False, train_bn=False``; RMN) -- grads set to None, so the optimiser skips them."""
+    drop_batchnorm_grads(backbone)
+    for n, p in backbone.named_parameters():
+        if n.endswith("bias"):
             p.grad = None
