@@ -377,3 +377,12 @@ def test_rmn_binary_maps_straight_through_and_frozen_relevant_weights():
         assert torch.equal(params[n][m.bool()], b[m.bool()])  # relevant to task 0: frozen
     assert any(not torch.equal(params[n][~m.bool()], b[~m.bool()]) for (n, b), m in zip(before.items(), m0))
     assert all(torch.equal(a, b) for a, b in zip(s.model.scores[0], s0))  # task 0's map is fixed
+
+
+def test_hnet_keeps_batchnorm_statistics_per_task():
+    s, sc = make("hnet", scenario=DIGITS_TASK, backbone="cnn", chunk_size=2000)
+    key = lambda t: s.model._bn_key(t, s.model.bn_names[0])
+    b0, b1 = getattr(s.model, key(0)).clone(), getattr(s.model, key(1)).clone()
+    train_on(s, sc, 0, steps=2)
+    assert not torch.equal(getattr(s.model, key(0)), b0)  # task 0's statistics moved
+    assert torch.equal(getattr(s.model, key(1)), b1)  # task 1's did not
