@@ -14,6 +14,7 @@ from cl.models.multihead import class_mask, require_task_ids, restrict, task_ind
 
 
 class TaskILStrategy(Strategy):
+    transient_attrs = ('task_mask',)  # recomputed by before_experience
     name = "task-il"
 
     def setup(self):

@@ -83,6 +83,7 @@ class SimplexModel(nn.Module):
 @register("cl2r", CL2RConfig)
 class CL2R(Strategy):
     """Fixed d-simplex classifier + feature distillation on memory samples; compatibility matrix."""
+    transient_attrs = ("n_new",)  # the current experience's class count: set by before_experience
 
     @classmethod
     def build_model(cls, cfg, backbone, scenario):

@@ -87,6 +87,7 @@ class HATModel(nn.Module):
 @register("hat", HATConfig)
 class HAT(TaskILStrategy):
     """Hard attention masks per task on the units; gradients of earlier tasks' units blocked."""
+    transient_attrs = ('batches', 'n_train', 'step_in_epoch')  # recomputed by before_experience
 
     name = "hat"
 

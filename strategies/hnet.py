@@ -170,6 +170,7 @@ class HNETModel(nn.Module):
 @register("hnet", HNETConfig)
 class HNET(TaskILStrategy):
     """Chunked task-conditioned hypernetwork with the output regulariser on earlier task embeddings."""
+    transient_attrs = ('targets',)  # the earlier tasks' generated weights: recomputed by before_experience
 
     name = "hnet"
     recurrent = False

@@ -52,6 +52,7 @@ def prunable_layers(model: nn.Module) -> list[str]:
 @register("packnet", PackNetConfig)
 class PackNet(TaskILStrategy):
     """Iterative magnitude pruning and retraining; per-task weight ownership; task-IL."""
+    transient_attrs = ('batch_size', 'snapshot', 'trainable')  # recomputed by before_experience
 
     name = "packnet"
 

@@ -74,6 +74,7 @@ class RMNModel(nn.Module):
 @register("rmn", RMNConfig)
 class RMN(TaskILStrategy):
     """Per-task binary relevance maps over shared weights; weights relevant to earlier tasks frozen."""
+    transient_attrs = ('snapshot',)  # recomputed by before_experience
 
     name = "rmn"
 

@@ -72,6 +72,8 @@ def differences(a: dict, b: dict) -> list[str]:
 
 def _configs(name):
     yield {"strategy": {"name": name}, "scenario": GAUSS, "backbone": {"name": "mlp", "hidden": 16}}
+    # task-incremental (multi-head methods: PNN, PackNet, HAT, RMN, HNET need task ids)
+    yield {"strategy": {"name": name}, "scenario": {**GAUSS, "task_labels": True}, "backbone": {"name": "mlp", "hidden": 16}}
     import test_strategies2_engine  # noqa: F401  (registers s2-tiny-images)
 
     yield {"strategy": {"name": name}, "scenario": {"name": "s2-tiny-images"}, "backbone": VIT}

@@ -244,14 +244,16 @@ def _slug(s: str) -> str:
 # plots
 
 
-def _mean_R(members):
+def _mean_R_n(members):
+    """(mean of the members' R matrices of the first one's shape, how many were averaged), or (None, 0)."""
     Rs = [np.asarray(r["R"], dtype=float) for r in members if r.get("R")]
     Rs = [R for R in Rs if R.ndim == 2]
     if not Rs:
-        return None
+        return None, 0
     shape = Rs[0].shape
     Rs = [R for R in Rs if R.shape == shape]
-    return np.mean(Rs, axis=0)
+    return np.mean(Rs, axis=0), len(Rs)
+
 
 
 def _blank_upper(members) -> bool:
@@ -269,17 +271,14 @@ def _blank_upper(members) -> bool:
 
 def heatmap_matrix(members):
     """(mean R in %, with NaN where nothing meaningful was measured; number of seeds averaged) or None."""
-    Rs = [np.asarray(r["R"], dtype=float) for r in members if r.get("R")]
-    Rs = [R for R in Rs if R.ndim == 2]
-    if not Rs:
+    R, n = _mean_R_n(members)
+    if R is None:
         return None
-    shape = Rs[0].shape
-    Rs = [R for R in Rs if R.shape == shape]
-    R = np.mean(Rs, axis=0) * 100
+    R = R * 100
     if _blank_upper(members):
         R = R.copy()
         R[np.triu_indices(R.shape[0], k=1, m=R.shape[1])] = np.nan
-    return R, len(Rs)
+    return R, n
 
 
 def _curve(r):
