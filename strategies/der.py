@@ -19,8 +19,8 @@ Choices, following the authors' code (mammoth ``models/der.py``) where the paper
 * The CE terms run over every output, future classes included (``ce_classes=all``), as mammoth's
   unmasked head does, so that the stored logits hold the low scores the CE gave the classes not seen yet;
   ``ce_classes=seen`` uses the platform's masked head instead.
-* Open finding (reduced check, 1 seed, small CNN, 150 images per class, 2 epochs, buffer 200): DER ends
-  below ER (0.144 with ``all``, 0.135 with ``seen``, ER 0.228) with every old task at 0.0; not explained yet.
+* Open finding (benchmarks/results/baselines1-replay.md, a reduced 2-epoch check): with these defaults
+  DER and DER++ end below ER; DER++ with alpha = beta = 1 ends above it; DER alone stays low at every alpha.
 """
 from __future__ import annotations
 
