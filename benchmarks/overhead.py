@@ -109,7 +109,9 @@ def engine(n_per_exp, bs, device, tmp) -> float:
                    "scenario": {"name": "bench-tensors", "n_per_exp": n_per_exp},
                    "backbone": {"name": "mlp", "hidden": HIDDEN}, "protocol": {"name": "offline", "batch_size": bs,
                                                                              "checkpoint": False},
-                   "device": str(device), "wandb": "off"})
+                   "device": str(device), "wandb": "off",
+                   # the run's own thread count (part of its id, default 1) = the other runners' count
+                   "threads": torch.get_num_threads()})
     res = Run(cfg, progress=False, out_dir=Path(tmp) / f"engine-{bs}-{time.time_ns()}").execute()
     return res["metrics"]["train_samples_per_s"]
 
