@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
@@ -25,6 +24,7 @@ import torch
 
 from cl.train.loggers import atomic_write_json
 from cl.core.registry import ConfigError
+from cl.core.files import atomic_write
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # cl/data/cache.py -> the project root
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -109,14 +109,7 @@ def source_key(*paths: Path, extra: str = "") -> str:
 
 
 def _atomic_save_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, arr), binary=True, public=False, suffix=".tmp")
 
 
 def cached_arrays(key: str, build: Callable[[], tuple[dict, dict]], use_cache: bool = True):

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cl.core.files import atomic_write
+
 SUB_METRICS = (("forgetting", "Forgetting (%, lower is better)"), ("online_acc", "Online accuracy (%)"))
 CSV_METRICS = ("avg_acc", "avg_inc_acc", "forgetting", "bwt", "fwt", "online_acc", "online_acc_window",
                "anytime_auc", "wall_time", "train_time", "train_samples_per_s", "peak_memory_mb", "trainable_params")
@@ -61,20 +63,7 @@ def _read(path: Path):
 
 def _write_atomic(path: Path, write) -> None:
     """``write(file)`` into a temporary file beside ``path``, renamed over it: never a truncated file."""
-    import os
-    import tempfile
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)
-        with os.fdopen(fd, "w", newline="") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, write, newline="")
 
 
 def collect(root: str | Path) -> dict:

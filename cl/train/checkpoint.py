@@ -9,16 +9,15 @@ a strategy declares its state (``Strategy.state_attrs``, or ``extra_state`` / ``
 never guessed from the strategy's attributes."""
 from __future__ import annotations
 
-import os
 import random
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cl.core.config import run_id as make_run_id
+from cl.core.files import atomic_write
 
 _ND, _NS = "__ndarray__", "__npscalar__"
 _PLAIN = (str, int, float, bool, bytes, type(None))
@@ -86,14 +85,7 @@ def save(path: Path, run_id: str, config: dict, strategy, state: dict) -> None:
     ck = {"run_id": run_id, "config": encode(config, "config"),
           "strategy": encode(strategy.state_dict(), f"strategy {name} state_dict()"),
           "rng": encode(_rng_state(), "rng"), "state": encode(state, "engine state")}
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ck, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: torch.save(ck, f), binary=True, public=False, suffix=".tmp")
 
 
 def load(path: Path, run_id: str, strategy, device) -> dict | None:

@@ -19,16 +19,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from cl.core.files import atomic_write
 
 
 def atomic_write_json(path: str | Path, obj) -> None:
@@ -36,17 +31,7 @@ def atomic_write_json(path: str | Path, obj) -> None:
     permissions of any new file of the user (0666 minus the umask), not mkstemp's private 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(obj), f, indent=1, allow_nan=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: json.dump(_jsonable(obj), f, indent=1, allow_nan=True), fsync=True)
 
 
 def _jsonable(o):
