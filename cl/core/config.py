@@ -67,6 +67,7 @@ class ProtocolConfig:
     eval_future: bool = False  # after each experience, also evaluate the experiences not trained yet (on with fwt);
     # otherwise R's upper triangle R[i][j], j > i, is not evaluated: None (null in result.json)
     amp: bool = True  # bf16 autocast on CUDA
+    eval_amp: bool = False  # bf16 autocast for evaluation on a CPU (fast with AMX/AVX512-BF16); CUDA: `amp` covers it
     checkpoint: bool = True  # save a checkpoint at every experience boundary
 
 
@@ -389,6 +390,8 @@ ID_EXCLUDE = ("out", "wandb", "project", "group", "tags", "name", "device")
 #: keys hashed only when they differ from these values, so that the ids of runs made before the keys
 #: existed (one thread, built-in code) stay the same
 ID_IMPLICIT = {"threads": 1, CODE_KEY: None}
+#: section fields hashed only when they differ from these values (fields added after runs were made)
+ID_IMPLICIT_FIELDS = {"protocol": {"eval_amp": False}}
 
 
 def run_id(resolved: dict) -> str:
@@ -397,6 +400,9 @@ def run_id(resolved: dict) -> str:
     and backbones (``resolve`` puts it under ``code``); not the output folder, W&B settings or device."""
     key = {k: v for k, v in resolved.items()
            if k not in ID_EXCLUDE and not (k in ID_IMPLICIT and v == ID_IMPLICIT[k])}
+    for sec, implicit in ID_IMPLICIT_FIELDS.items():
+        if isinstance(key.get(sec), dict):
+            key[sec] = {f: v for f, v in key[sec].items() if not (f in implicit and v == implicit[f])}
     digest = hashlib.sha1(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:10]
     safe = lambda s: "".join(c if c.isalnum() or c in "-_." else "_" for c in str(s))  # noqa: E731
     return f"{safe(resolved['strategy']['name'])}-{safe(resolved['scenario']['name'])}-s{resolved['seed']}-{digest}"

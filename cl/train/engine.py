@@ -163,7 +163,8 @@ class Run:
         self.preprocess = model_preprocess(model, device)
         masks = class_masks(scenario, device) if scenario.task_aware else None
         self.evaluate_fn = lambda exps: evaluate(strategy, exps, self.preprocess, pcfg.eval_batch_size,  # noqa: E731
-                                                 scenario.task_aware, device, masks)
+                                                 scenario.task_aware, device, masks,
+                                                 by_length=scenario.modality == "text", cpu_bf16=pcfg.eval_amp)
 
     def restore(self) -> bool:
         """Continue from this run's checkpoint (strategy, RNGs, run state) when there is one that matches."""
