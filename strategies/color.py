@@ -34,7 +34,6 @@ import torch.nn.functional as F
 
 from cl.core.registry import unknown
 from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
-from strategies._prediction_stats import PredictionStats
 from cl.models.task_keys import TaskKeys, batched, by_length, freeze_batchnorm, grouped_apply, model_preprocess, \
     remember_preprocess, trim_padding
 
@@ -82,7 +81,7 @@ class ExpertModel(nn.Module):
         self.seen[y] = True
 
 
-class TaskKeyedExperts(PredictionStats, Strategy):
+class TaskKeyedExperts(Strategy):
     """Base of CoLoR and S-Prompts: per-task experts selected by nearest k-means key of frozen features."""
 
     state_attrs = ("seen_tests",)  # (test_x, task) of the experiences seen so far: task-id accuracy
@@ -257,7 +256,6 @@ class TaskKeyedExperts(PredictionStats, Strategy):
         if self.task_id_history:
             out["task_id_acc"] = self.task_id_history[-1]
             out["task_id_acc_per_exp"] = list(self.task_id_history)
-        out.update(self.prediction_stats())
         return out
 
     def extra_state(self):
@@ -324,7 +322,7 @@ class FinetuneLoRAConfig(StrategyConfig):
 
 
 @register("finetune-lora", FinetuneLoRAConfig)
-class FinetuneLoRA(PredictionStats, Strategy):
+class FinetuneLoRA(Strategy):
     """Fine-tuning of one shared LoRA adapter + a growing linear head (no task keys; the LoRA lower bound)."""
 
     @classmethod

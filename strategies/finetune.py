@@ -1,8 +1,7 @@
 """Fine-tuning: learn each experience with cross-entropy and nothing else (the lower bound)."""
 from cl.core.strategy import Strategy, StrategyConfig, register
-from strategies._prediction_stats import PredictionStats
 
 
 @register("finetune", StrategyConfig)
-class Finetune(PredictionStats, Strategy):
+class Finetune(Strategy):
     """Naive fine-tuning on each experience (lower bound); reports prediction collapse (``prediction_collapsed``)."""

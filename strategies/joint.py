@@ -4,7 +4,6 @@ from dataclasses import dataclass
 import torch
 
 from cl.core.strategy import Strategy, StrategyConfig, register
-from strategies._prediction_stats import PredictionStats
 
 
 @dataclass
@@ -13,7 +12,7 @@ class JointConfig(StrategyConfig):
 
 
 @register("joint", JointConfig)
-class Joint(PredictionStats, Strategy):
+class Joint(Strategy):
     """Trains on the union of all data seen so far (upper bound)."""
 
     state_attrs = ("seen_x", "seen_y")  # the data seen so far (checkpointed)

@@ -43,7 +43,6 @@ import torch.nn.functional as F
 from cl.models.heads import IncrementalLinear
 from cl.core.registry import ConfigError
 from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
-from strategies._prediction_stats import PredictionStats
 from cl.models.task_keys import by_length, freeze_batchnorm, grouped_apply, trim_padding
 
 
@@ -182,7 +181,7 @@ class L2LModel(L2PModel):
 
 
 @register("l2p", L2PConfig)
-class L2P(PredictionStats, Strategy):
+class L2P(Strategy):
     """L2P: prompt pool with learnable keys, top-N by cosine to the frozen query, surrogate key loss."""
 
     transient_attrs = ("current", "model.last_index", "model.last_key_loss")  # set before use (per experience / forward)
@@ -235,7 +234,7 @@ class L2P(PredictionStats, Strategy):
         p = c / c.sum().clamp_min(1)
         ent = float(-(p[p > 0] * p[p > 0].log()).sum())
         return {"pool_entries_used": int((c > 0).sum()), "pool_selection_entropy": ent,
-                "pool_selection_max_entropy": math.log(self.cfg.pool_size), **self.prediction_stats()}
+                "pool_selection_max_entropy": math.log(self.cfg.pool_size)}
 
     def extra_state(self):
         return {"selection_counts": self.selection_counts}

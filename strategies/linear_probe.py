@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from cl.models.model import Model, build_head
 from cl.core.strategy import Strategy, StrategyConfig, register
-from strategies._prediction_stats import PredictionStats
 
 
 @dataclass
@@ -44,7 +43,7 @@ class _Normalize(nn.Module):
 
 
 @register("linear-probe", LinearProbeConfig)
-class LinearProbe(PredictionStats, Strategy):
+class LinearProbe(Strategy):
     """Linear head trained by SGD on frozen, cached backbone features."""
     transient_attrs = ("current",)  # the current experience's classes: set by before_experience
 

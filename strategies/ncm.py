@@ -14,7 +14,6 @@ import torch.nn as nn
 
 from cl.models.model import Model
 from cl.models.prototypes import PrototypeHead
-from strategies._prediction_stats import PredictionStats
 from cl.core.strategy import Strategy, StrategyConfig, register
 
 
@@ -25,7 +24,7 @@ class NCMConfig(StrategyConfig):
 
 
 @register("ncm", NCMConfig)
-class NCM(PredictionStats, Strategy):
+class NCM(Strategy):
     """Nearest class mean on frozen features (incremental means; cosine or Euclidean)."""
 
     frozen_features = True

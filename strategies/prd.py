@@ -33,7 +33,6 @@ import torch.nn.functional as F
 
 from cl.models.heads import cosine_logits
 from cl.core.strategy import Strategy, StrategyConfig, register
-from strategies._prediction_stats import PredictionStats
 from cl.models.task_keys import by_length, freeze_batchnorm, trim_padding
 
 
@@ -114,7 +113,7 @@ class PRDModel(nn.Module):
 
 
 @register("prd", PRDConfig)
-class PRD(PredictionStats, Strategy):
+class PRD(Strategy):
     """PRD: SupCon + detached prototypes + prototype-sample relation distillation (replay-free)."""
 
     transient_attrs = ("last_parts",)  # the last step's loss terms (logging)

@@ -40,7 +40,6 @@ import torch.nn.functional as F
 
 from cl.models.heads import cosine_logits
 from cl.core.strategy import Strategy, StrategyConfig, register
-from strategies._prediction_stats import PredictionStats
 from cl.models.task_keys import batched, by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
 
 
@@ -176,7 +175,7 @@ def make_adapter(backbone, kind: str, cfg):
 
 
 @register("ssiat", SSIATConfig)
-class SSIAT(PredictionStats, Strategy):
+class SSIAT(Strategy):
     """SSIAT: shared adapter tuned every session, semantic shift of prototypes, Gaussian classifier alignment."""
 
     transient_attrs = ("current",)  # the current session's classes, set in before_experience
@@ -305,7 +304,7 @@ class SSIAT(PredictionStats, Strategy):
 
     def extra_metrics(self) -> dict:
         out = {"mean_drift_norm": self.drift_log[-1]} if self.drift_log else {}
-        return {**out, **self.prediction_stats()}
+        return out
 
     def extra_state(self):
         return {"means": self.means, "covs": self.covs, "class_session": self.class_session, "session": self.session,

@@ -244,40 +244,8 @@ def test_prediction_collapse_metric():
     assert M.prediction_collapse([0, 0]) == {}
 
 
-def test_a_collapsed_strategy_says_so():
-    torch.manual_seed(0)
-    s, sc = make("finetune")
-    with torch.no_grad():  # a head that answers class 3 whatever the input
-        s.model.head.fc.weight.zero_()
-        s.model.head.fc.bias.zero_()
-        s.model.head.fc.bias[3] = 10.0
-    s.model.observe(torch.arange(10))
-    s.train_step(sc[0].train_x[:4], sc[0].train_y[:4])
-    with torch.no_grad():
-        s.model.head.fc.weight.zero_()
-    s.model.eval()
-    s.predict(sc[0].test_x)
-    with pytest.warns(RuntimeWarning, match="collapsed"):
-        m = s.extra_metrics()
-    assert m["prediction_collapsed"] is True and m["pred_classes_used"] == 1
-
-
-@pytest.mark.parametrize("name", ["finetune-lora", "ncm", "linear-probe"])
-def test_strategies_with_their_own_predict_count_predictions_once(name):
-    torch.manual_seed(0)
-    s, sc = make(name)
-    s.before_experience(sc[0]) if hasattr(s, "before_experience") else None
-    s.train_step(sc[0].train_x[:8], sc[0].train_y[:8])
-    s.model.eval()
-    s.predict(sc[0].test_x[:7])
-    s.predict(sc[0].test_x[:5])
-    m = s.extra_metrics()
-    assert int(s._pred_counts.sum()) == 12 and "pred_top_class_share" in m
-    s.model.train()
-    s.train_step(sc[0].train_x[:8], sc[0].train_y[:8])  # a training step starts a new evaluation round
-    s.model.eval()
-    s.predict(sc[0].test_x[:3])
-    assert int(s._pred_counts.sum()) == 3
+# (the engine counts every strategy's final-evaluation predictions: test_mutation_engine.py::
+#  test_every_strategy_reports_prediction_collapse_of_the_final_evaluation)
 
 
 # -- 5. ER-ACE future classes -------------------------------------------------------------------------------

@@ -71,6 +71,22 @@ def test_upper_triangle_of_R_and_fwt_have_known_values(tmp_path, protocol):
     assert m["avg_inc_acc"] == pytest.approx(0.1 / 5)  # only the last row sees task 4
 
 
+@pytest.mark.parametrize("protocol", ["offline", "online"])
+def test_every_strategy_reports_prediction_collapse_of_the_final_evaluation(tmp_path, protocol):
+    # the engine counts the final evaluation's predictions for any strategy (issue 13, item 4): this one
+    # answers class 9 for all 100 test samples of the 5 seen tasks
+    with pytest.warns(RuntimeWarning, match="collapsed"):
+        res = execute(tiny("test-mut-later-class", scenario=ORDERED, protocol={"name": protocol, "fwt": True},
+                           backbone="identity"), tmp_path)
+    m = res["metrics"]
+    assert m["pred_top_class_share"] == 1.0 and m["pred_classes_used"] == 1 and m["prediction_collapsed"] is True
+    # a model that spreads its answers is not collapsed; the counts cover the seen experiences only
+    res = execute(tiny("finetune", scenario=ORDERED, protocol={"name": protocol}), tmp_path / "ft")
+    m = res["metrics"]
+    assert m["prediction_collapsed"] is False and 2 <= m["pred_classes_used"] <= 10
+    assert m["pred_top_class_share"] < 0.8
+
+
 # -- online accuracy and the near-future schedule -------------------------------------------------
 
 @register("test-mut-first-look", StrategyConfig)

@@ -22,6 +22,7 @@ import random
 import resource
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -162,9 +163,9 @@ class Run:
             strategy.augment = augment_for(scenario, device)
         self.preprocess = model_preprocess(model, device)
         masks = class_masks(scenario, device) if scenario.task_aware else None
-        self.evaluate_fn = lambda exps: evaluate(strategy, exps, self.preprocess, pcfg.eval_batch_size,  # noqa: E731
-                                                 scenario.task_aware, device, masks,
-                                                 by_length=scenario.modality == "text", cpu_bf16=pcfg.eval_amp)
+        self.evaluate_fn = lambda exps, counts=None: evaluate(  # noqa: E731
+            strategy, exps, self.preprocess, pcfg.eval_batch_size, scenario.task_aware, device, masks,
+            by_length=scenario.modality == "text", cpu_bf16=pcfg.eval_amp, pred_counts=counts)
 
     def restore(self) -> bool:
         """Continue from this run's checkpoint (strategy, RNGs, run state) when there is one that matches."""
@@ -212,7 +213,14 @@ class Run:
         """Row i of R (accuracy on each experience's test data; None where not evaluated), recorded and logged."""
         st = self.state
         t0 = time.perf_counter()
-        row = self.evaluate_fn(self.evaluated(i))
+        seen = self.scenario.experiences[: i + 1]
+        if len(self.evaluated(i)) == len(seen):  # count the predictions on the seen experiences' test data
+            self.pred_counts = torch.zeros(self.scenario.n_classes, dtype=torch.long, device=self.device)
+            row = self.evaluate_fn(seen, self.pred_counts)
+        else:  # future experiences too (FWT): count the seen ones in a pass of their own
+            row = self.evaluate_fn(self.evaluated(i))
+            self.pred_counts = None
+        self.seen_classes = len({int(c) for e in seen for c in e.classes})
         row += [None] * (len(self.scenario) - len(row))
         st.eval_time += time.perf_counter() - t0
         st.R.append(row)
@@ -227,6 +235,19 @@ class Run:
         data.update(self.loop.log_fields())
         self.events.log(data, step=self.loop.log_step(i))
         return row
+
+    def prediction_report(self) -> dict:
+        """``pred_top_class_share``, ``pred_classes_used`` and ``prediction_collapsed`` of the last evaluation
+        (every strategy; issue 13 item 4), with a warning when the predictions collapsed to one class."""
+        counts = getattr(self, "pred_counts", None)
+        if counts is None:
+            return {}
+        out = M.prediction_collapse(counts.cpu().numpy(), getattr(self, "seen_classes", None))
+        if out.get("prediction_collapsed"):
+            warnings.warn(f"{self.id}: predictions collapsed: {out['pred_top_class_share']:.0%} of the final "
+                          f"evaluation's test samples are predicted as one class ({out['pred_classes_used']} "
+                          f"classes predicted at all); check the learning rate", RuntimeWarning, stacklevel=2)
+        return out
 
     def checkpoint(self, i: int) -> None:
         """At the boundary after experience i (not after the last: the result file replaces it)."""
@@ -249,6 +270,7 @@ class Run:
                      "train_samples_per_s": st.samples / st.train_time if st.train_time else 0.0,
                      "peak_memory_mb": peak_memory_mb(device),
                      "trainable_params": trainable_parameters(strategy.model)})
+        mets.update(self.prediction_report())
         mets.update(strategy.extra_metrics())
         result.update({"R": st.R, "test_sizes": sizes, "metrics": mets, "per_experience": st.per_experience,
                        "random_init": st.random_init, "online": online or None, "status": status})

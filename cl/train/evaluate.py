@@ -54,10 +54,12 @@ def length_batches(x: torch.Tensor, batch_size: int, call_cost: int | None = Non
 
 @torch.no_grad()
 def evaluate(strategy, exps, preprocess, batch_size: int, task_aware: bool, device, class_masks=None,
-             by_length: bool = False, cpu_bf16: bool = False) -> list[float]:
+             by_length: bool = False, cpu_bf16: bool = False, pred_counts: torch.Tensor | None = None) -> list[float]:
     """Accuracy on each experience's test data; one host read at the end (and one per experience for
     the lengths of text test sets, ``by_length``).  ``cpu_bf16``: bf16 autocast on a CPU device
-    (``protocol.eval_amp``; CUDA evaluation runs under the run's ``amp`` autocast already)."""
+    (``protocol.eval_amp``; CUDA evaluation runs under the run's ``amp`` autocast already).
+    ``pred_counts`` (int64, one entry per class, on the device): incremented by the predicted classes
+    (the prediction-collapse report, :func:`cl.core.metrics.prediction_collapse`)."""
     model = strategy.model
     was_training = model.training
     model.eval()
@@ -66,13 +68,13 @@ def evaluate(strategy, exps, preprocess, batch_size: int, task_aware: bool, devi
     with amp:
         for j, exp in enumerate(exps):
             correct.append(_correct(strategy, exp, j, preprocess, batch_size, task_aware, device, class_masks,
-                                    by_length))
+                                    by_length, pred_counts))
     model.train(was_training)
     counts = torch.stack(correct).cpu().tolist() if correct else []
     return [c / max(1, len(e.test_y)) for c, e in zip(counts, exps)]
 
 
-def _correct(strategy, exp, j, preprocess, batch_size, task_aware, device, class_masks, by_length):
+def _correct(strategy, exp, j, preprocess, batch_size, task_aware, device, class_masks, by_length, pred_counts):
     """Number of correct predictions on one experience's test data (a device tensor)."""
     c = torch.zeros((), dtype=torch.long, device=device)
     x_all, y_all = exp.test_x, exp.test_y
@@ -88,7 +90,10 @@ def _correct(strategy, exp, j, preprocess, batch_size, task_aware, device, class
         logits = strategy.predict(x, exp.task_id)
         if task_aware and class_masks is not None:
             logits = logits.masked_fill(~class_masks[j], float("-inf"))
-        c += (logits.argmax(1) == y).sum()
+        pred = logits.argmax(1)
+        c += (pred == y).sum()
+        if pred_counts is not None:
+            pred_counts += torch.bincount(pred, minlength=len(pred_counts))[:len(pred_counts)]
     return c
 
 
