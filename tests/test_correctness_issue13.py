@@ -324,3 +324,14 @@ def test_report_heatmap_leaves_the_upper_triangle_blank(tmp_path):
     rep = make_report(root, wandb=False)
     assert rep["rows"] == ["er-ace (future_classes=True)"]
     assert any(p.startswith("heatmap_") for p in rep["images"]) and any(p.startswith("curves_") for p in rep["images"])
+
+
+def test_finetune_lora_trains_its_head_at_head_lr_and_the_adapter_at_lr():
+    torch.manual_seed(0)
+    s, sc = make("finetune-lora")
+    groups = s.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [5e-4, 5e-3]
+    head = {id(p) for p in s.model.head.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == head
+    assert not head & {id(p) for p in groups[0]["params"]} and len(groups[0]["params"]) > 0
+    assert all(p.requires_grad for g in groups for p in g["params"])
