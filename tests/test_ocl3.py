@@ -194,3 +194,123 @@ def test_slda_cache_refreshes_after_update_and_after_load():
 def test_slda_online_run_task_free(tmp_path, boundaries):
     res = run({"name": "slda"}, tmp_path, boundaries, backbone={"name": "identity"})
     assert res["R"][-1][0] > 0.9 and res["metrics"]["online_acc"] > 0.8  # separable Gaussians
+
+
+# -- NCM: the online, task-free nearest class mean ----------------------------------------------------
+def _run_obj(strategy: dict, tmp_path, boundaries="visible", backbone=None, **protocol):
+    raw = {"strategy": strategy, "scenario": {"name": "ocl3-stream", "boundaries": boundaries},
+           "backbone": backbone or {"name": "mlp", "hidden": 16},
+           "protocol": {"name": "online", "batch_size": 10, **protocol}, "wandb": "off"}
+    r = Run(resolve(raw), progress=False, out_dir=tmp_path / f"{strategy['name']}-{boundaries}")
+    res = r.execute()
+    assert res["status"] == "finished", res.get("error")
+    return r, res
+
+
+@pytest.mark.parametrize("boundaries", ["visible", "hidden"])
+def test_ncm_is_task_free_online_means_are_exact(tmp_path, boundaries):
+    """ncm updates its class means at every stream batch and reads no boundary: on a hidden-boundary online
+    stream its means are the exact class means of the (frozen) features of everything streamed."""
+    r, res = _run_obj({"name": "ncm", "normalize": False}, tmp_path, boundaries, backbone={"name": "identity"},
+                      eval_every=20)
+    sc = _stream(StreamConfig(boundaries=boundaries), 0)
+    x = torch.cat([e.train_x for e in sc.experiences])
+    y = torch.cat([e.train_y for e in sc.experiences])
+    want = torch.stack([x[y == c].double().mean(0) for c in range(6)])
+    assert torch.allclose(r.strategy.model.head.means.double(), want, atol=1e-5)
+    assert res["R"][-1] == [1.0, 1.0, 1.0]
+    # anytime accuracy during the stream: classes are learned as soon as they arrive
+    assert min(a for _, a in res["online"]["anytime"]) > 0.9 and res["metrics"]["online_acc"] > 0.8
+
+
+# -- the classic methods under protocol=online --------------------------------------------------------
+def test_gdumb_online_offers_each_sample_once_and_retrains(tmp_path):
+    for b in ("visible", "hidden"):
+        r, res = _run_obj({"name": "gdumb", "buffer_size": 60, "fit_epochs": 20, "fit_batch_size": 10}, tmp_path, b)
+        counts = r.strategy.buffer.class_counts()
+        assert sorted(counts) == list(range(6)) and set(counts.values()) == {10}  # greedy class balance: 60/6
+        assert res["R"][-1][0] > 0.8 and res["R"][-1][2] > 0.8  # retrained from scratch on the balanced memory
+
+
+def test_gdumb_offline_still_offers_once_per_experience(tmp_path):
+    raw = {"strategy": {"name": "gdumb", "buffer_size": 500, "fit_epochs": 1}, "scenario": {"name": "ocl3-stream"},
+           "backbone": {"name": "mlp", "hidden": 16}, "protocol": {"name": "offline", "epochs": 2}, "wandb": "off"}
+    r = Run(resolve(raw), progress=False, out_dir=tmp_path / "off")
+    assert r.execute()["status"] == "finished"
+    assert len(r.strategy.buffer) == 180  # 2 epochs, but each sample offered once
+
+
+def test_agem_reservoir_is_task_free_online(tmp_path):
+    r, res = _run_obj({"name": "agem", "memory": "reservoir", "buffer_size": 50, "replay_batch_size": 10},
+                      tmp_path, "hidden")
+    assert len(r.strategy.buffer) == 50 and r.strategy.buffer.n_seen == 180
+    assert np.isfinite(res["metrics"]["online_acc"])
+    r, res = _run_obj({"name": "agem", "buffer_size": 60}, tmp_path, "visible")  # episodic: per experience
+    assert [r.strategy.mem_t.tolist().count(k) for k in range(3)] == [20, 20, 20]  # 60 // 3 per experience
+
+
+def test_agem_task_free_needs_reservoir_memory(tmp_path):
+    with pytest.raises(ConfigError, match=r"scenario.boundaries='hidden'.*strategy.memory=reservoir"):
+        _run_obj({"name": "agem"}, tmp_path, "hidden")
+    with pytest.raises(ConfigError, match="strategy.memory"):
+        _run_obj({"name": "agem", "memory": "ring"}, tmp_path, "visible")
+
+
+def test_agem_reservoir_projection_on_a_constructed_gradient():
+    """With the whole buffer as the reference batch, the step's gradient g becomes
+    g - (g.g_ref / g_ref.g_ref) g_ref when g.g_ref < 0 and stays g otherwise."""
+    from cl.core.strategy import RunInfo
+    from cl.models.model import Model, build_head
+    from cl.models.projection import flat_grad, grads_of, set_flat_grad
+    from strategies.agem import AGEM, AGEMConfig
+    import torch.nn as nn
+
+    torch.manual_seed(0)
+    bb = nn.Sequential(nn.Linear(4, 6), nn.ReLU())
+    bb.out_dim = 6
+    model = Model(bb, build_head("linear", 6, 3))
+    s = AGEM(AGEMConfig(memory="reservoir", buffer_size=8, replay_batch_size=8), model,
+             RunInfo(n_classes=3, input_shape=(4,), device=torch.device("cpu"), seed=0, boundaries="hidden",
+                     protocol="online"))
+    s.setup()
+    bx, by = torch.randn(8, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
+    s.buffer.add(x=bx, y=by)
+    model.observe(by)
+    params = s.params()
+    g_ref = grads_of(torch.nn.functional.cross_entropy(model(bx), by), params)
+    v = torch.randn_like(g_ref)
+    for g in (-g_ref + 0.1 * v, g_ref + 0.1 * v):  # conflicting, then agreeing
+        set_flat_grad(params, g.clone())
+        s.before_optimizer_step(None, None)
+        got = flat_grad(params)
+        dot = torch.dot(g, g_ref)
+        want = g - dot / torch.dot(g_ref, g_ref) * g_ref if dot < 0 else g
+        assert torch.allclose(got, want, atol=1e-6)
+        assert torch.dot(got, g_ref) > -1e-6
+
+
+def test_lwf_online_visible_boundaries(tmp_path):
+    r, res = _run_obj({"name": "lwf"}, tmp_path, "visible")
+    assert r.strategy.old_classes == [0, 1, 2, 3, 4, 5] and r.strategy.teacher  # teacher taken at each boundary
+    assert np.isfinite(res["metrics"]["online_acc"])
+
+
+@pytest.mark.parametrize("name", ["lwf", "lwf-mc", "icarl"])
+def test_distillation_needs_visible_boundaries(tmp_path, name):
+    with pytest.raises(ConfigError, match=r"needs experience boundaries.*scenario.boundaries='hidden'.*visible"):
+        _run_obj({"name": name}, tmp_path, "hidden")
+
+
+@pytest.mark.parametrize("strategy", [{"name": "derpp", "buffer_size": 40, "replay_batch_size": 10},
+                                      {"name": "agem", "memory": "reservoir", "buffer_size": 40, "replay_batch_size": 10},
+                                      {"name": "gdumb", "buffer_size": 40, "fit_epochs": 3}])
+def test_task_free_methods_ignore_boundaries(tmp_path, strategy):
+    """DER++, reservoir A-GEM and GDumb use no boundary: the same stream with hidden boundaries gives the same
+    run, bit for bit, as with visible ones (the shuffled order and the evaluation points are the same)."""
+    a = _run_obj(strategy, tmp_path, "visible")[1]
+    r, b = _run_obj(strategy, tmp_path, "hidden")
+    assert a["R"] == b["R"] and a["metrics"]["online_acc"] == b["metrics"]["online_acc"]
+    if strategy["name"] == "derpp":
+        buf = r.strategy.buffer
+        assert len(buf) == 40 and buf.items()["logits"].shape == (40, 6)
+        assert len(set(buf.items()["y"].tolist())) >= 4  # a reservoir over the whole stream, not the last task
