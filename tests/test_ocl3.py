@@ -314,3 +314,16 @@ def test_task_free_methods_ignore_boundaries(tmp_path, strategy):
         buf = r.strategy.buffer
         assert len(buf) == 40 and buf.items()["logits"].shape == (40, 6)
         assert len(set(buf.items()["y"].tolist())) >= 4  # a reservoir over the whole stream, not the last task
+
+
+@pytest.mark.parametrize("strategy", [{"name": "agem", "memory": "reservoir", "buffer_size": 20},
+                                      {"name": "slda", "covariance": "paper", "shrinkage": 0.01}])
+def test_non_default_modes_resume_bitwise(tmp_path, monkeypatch, strategy):
+    """The reliability check (declared state complete, bitwise resume from a boundary) for the modes the
+    every-strategy test does not reach with its defaults."""
+    import test_reliability_state as rs
+
+    monkeypatch.setattr(rs, "_configs", lambda name: iter([{"strategy": dict(strategy), "scenario": rs.GAUSS,
+                                                             "backbone": {"name": "mlp", "hidden": 16}}]))
+    full, res, diff = rs.boundary_check(tmp_path, strategy["name"], monkeypatch)
+    assert not diff and res["R"] == full["R"]
