@@ -327,3 +327,22 @@ def test_non_default_modes_resume_bitwise(tmp_path, monkeypatch, strategy):
                                                              "backbone": {"name": "mlp", "hidden": 16}}]))
     full, res, diff = rs.boundary_check(tmp_path, strategy["name"], monkeypatch)
     assert not diff and res["R"] == full["R"]
+
+
+def test_online_benchmark_times_any_registered_strategy(capsys):
+    """benchmarks/online.py --strategies: each named strategy (with field overrides) beside ER, test-then-train."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks import online
+
+    rows = online.main(["--models", "mlp", "--mlp-samples", "100", "--rounds", "1", "--no-avalanche",
+                        "--skip", "plain,platform step,platform online",
+                        "--strategies", "slda,gdumb:fit_epochs=1,agem:memory=reservoir"])
+    by = {r[2]: r for r in rows}
+    assert set(by) == {"er (test-then-train)", "slda (test-then-train)", "gdumb:fit_epochs=1 (test-then-train)",
+                       "agem:memory=reservoir (test-then-train)"}
+    assert by["er (test-then-train)"][6] == 1.0 and all(r[3] > 0 for r in rows)
+    assert by["gdumb:fit_epochs=1 (test-then-train)"][7] > 0  # its retraining, timed apart as hook time
+    assert "cost vs ER (C)" in capsys.readouterr().out
