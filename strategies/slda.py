@@ -33,7 +33,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cl.core.strategy import StrategyConfig, register
-from cl.models.model import Model
 from cl.models.slda import StreamingLDAHead
 from strategies.ncm import NCM
 
@@ -48,11 +47,6 @@ class SLDAConfig(StrategyConfig):
 class SLDA(NCM):
     """Streaming LDA on frozen features: running class means + one shared covariance, shrunk precision."""
 
-    frozen_features = True
-
     @classmethod
-    def build_model(cls, cfg, backbone, scenario):
-        for p in backbone.parameters():
-            p.requires_grad_(False)
-        return Model(backbone, StreamingLDAHead(backbone.out_dim, scenario.n_classes, cfg.shrinkage,
-                                                cfg.covariance))
+    def make_head(cls, cfg, in_dim, n_classes):
+        return StreamingLDAHead(in_dim, n_classes, cfg.shrinkage, cfg.covariance)
