@@ -4,6 +4,7 @@ and Avalanche 0.6.0's online replay (``split_online_stream`` + ``Replay``), side
     python benchmarks/online.py                       # both models, 2,000 samples each, auto device
     python benchmarks/online.py --models mlp --samples 5000 --device cuda
     python benchmarks/online.py --data cifar10        # split-cifar10 from the data root instead of random uint8
+    python benchmarks/online.py --models resnet18r --strategies slda,gdumb,agem:memory=reservoir,lwf,derpp
 
 Every runner learns the same class-incremental stream (5 tasks x 2 classes, 32x32x3 uint8 images;
 random pixels unless ``--data cifar10``) once, in batches of 10, replaying 10 buffered samples per
@@ -16,6 +17,16 @@ step from a 500-sample buffer, SGD lr 0.1.  Runners:
   every batch before learning it (one extra forward: test-then-train) and keeps the online metrics;
 * ``avalanche``: ``Replay`` (mem_size 500, train_mb_size 10: 10 new + 10 replayed samples) trained on
   ``split_online_stream(..., experience_size=10)``, with an empty evaluator (no metrics, no loggers).
+
+* ``--strategies a,b,c``: any registered strategy's online step, as the online protocol runs it
+  (test-then-train: ``predict`` of the batch in eval mode, then ``train_step``), each beside
+  ``er (test-then-train)``, the ER step timed the same way, so that the "vs ER" column is the real-time cost
+  ratio C of Ghunaim et al. (ER's samples/s over the strategy's).  A spec is ``name`` or
+  ``name:field=value:field=value`` (YAML values); ``lr`` 0.1, ``buffer_size`` 500 and
+  ``replay_batch_size`` 10 are set where the strategy has them.  The boundary hooks run at the 5 task ends
+  (LwF's teacher, A-GEM's episodic memory, GDumb's retraining) and are timed apart ("hooks s", not in
+  samples/s).  Frozen-feature strategies (``slda``, ``ncm``) get the frozen backbone's features computed
+  once beforehand, as the engine's feature cache does, and time their step on them.
 
 Samples/s counts incoming stream samples.  The runners run in interleaved rounds (so that load from
 other processes on shared cores hits them alike) and the best round of each is reported.  Ratios are printed against the plain loop and Avalanche.
@@ -204,6 +215,90 @@ def run_avalanche(model, x, y, device):
     return time.perf_counter() - t0
 
 
+def _parse_spec(spec: str):
+    """``name:field=value:...`` -> (name, {field: YAML value})."""
+    import yaml
+
+    name, *kv = spec.split(":")
+    over = {}
+    for item in kv:
+        k, _, v = item.partition("=")
+        over[k] = yaml.safe_load(v)
+    return name, over
+
+
+def make_strategy_runner(spec: str, kind: str, x, y, device, fresh):
+    """``(run() -> (stream seconds, hook seconds))`` for one registered strategy on this stream (see the docstring)."""
+    import dataclasses
+
+    import strategies as _registered  # noqa: F401  (registers the built-in strategies)
+    from cl.core.config import build_dataclass
+    from cl.core.registry import strategies
+    from cl.core.strategy import RunInfo
+    from cl.core.streams import Experience, Scenario
+    from cl.models.backbones import build_backbone
+
+    name, over = _parse_spec(spec)
+    entry = strategies.get(name)
+    fields = {f.name for f in dataclasses.fields(entry.config)}
+    raw = {k: v for k, v in {"lr": LR, "buffer_size": BUFFER, "replay_batch_size": REPLAY_BS}.items() if k in fields}
+    raw.update(over)
+    cls = entry.obj
+    per = len(y) // N_TASKS
+    frozen = bool(cls.frozen_features or raw.get("frozen_backbone"))
+
+    def run():
+        torch.manual_seed(0)
+        cfg = build_dataclass(entry.config, dict(raw), f"strategy {name!r}")
+        base = fresh()
+        xs = x.to(device).float().div_(255)
+        if frozen:  # the engine feeds cached features of the frozen backbone
+            with torch.no_grad():
+                base.eval()
+                xs = torch.cat([base.features(xs[i:i + 500]) for i in range(0, len(xs), 500)]).flatten(1)
+            shape = (xs.shape[1],)
+            backbone = build_backbone("identity", None, shape)
+        else:
+            shape = (3, 32, 32)
+            backbone = base.backbone
+        ys = y.to(device)
+        exps = [Experience(xs[t * per:(t + 1) * per], ys[t * per:(t + 1) * per], xs[:20], ys[:20],
+                           [2 * t, 2 * t + 1], None, index=t) for t in range(N_TASKS)]
+        sc = Scenario("bench-online", exps, n_classes=10, input_shape=shape, class_order=list(range(10)),
+                      modality="features" if frozen else "image")
+        model = cls.build_model(cfg, backbone, sc).to(device)
+        s = cls(cfg, model, RunInfo(n_classes=10, input_shape=shape, device=device, seed=0, protocol="online",
+                                    n_experiences=N_TASKS))
+        s.setup()
+        losses = torch.zeros((len(ys) + BS - 1) // BS, device=device)
+        stream = hooks = 0.0
+        k = 0
+        for e in exps:
+            sync(device)
+            t0 = time.perf_counter()
+            s.before_experience(e)
+            sync(device)
+            t1 = time.perf_counter()
+            for i in range(0, len(e.train_y), BS):
+                xb, yb = e.train_x[i:i + BS], e.train_y[i:i + BS]
+                model.eval()
+                with torch.no_grad():
+                    s.predict(xb, None).argmax(-1)
+                model.train()
+                losses[k] = s.train_step(xb, yb, None)
+                k += 1
+            sync(device)
+            t2 = time.perf_counter()
+            s.after_experience(e)
+            sync(device)
+            stream += t2 - t1
+            hooks += (t1 - t0) + time.perf_counter() - t2
+        assert torch.isfinite(losses).all(), f"{spec}: non-finite loss"
+        return stream, hooks
+
+    return run
+
+
 # -- main ---------------------------------------------------------------------------------------------
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -217,6 +312,8 @@ def main(argv=None):
     ap.add_argument("--no-avalanche", action="store_true")
     ap.add_argument("--skip", default="", help="comma-separated runners to skip")
     ap.add_argument("--out", default=None, help="append a Markdown table to this file")
+    ap.add_argument("--strategies", default="", help="comma-separated registered strategies (name or "
+                    "name:field=value:...) timed test-then-train beside 'er (test-then-train)'")
     a = ap.parse_args(argv)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
@@ -250,6 +347,19 @@ def main(argv=None):
             runners.append(("platform online + graphs", lambda: run_platform_online(kind, x, y, device, True)[0]))
         if not a.no_avalanche:
             runners.append(("avalanche", lambda: run_avalanche(fresh(), x, y, device)))
+        specs = [p for p in a.strategies.split(",") if p]
+        hooks: dict[str, float] = {}
+        if specs:
+            for spec in (["er"] if "er" not in specs else []) + specs:
+                label = f"{spec} (test-then-train)"
+                fn = make_strategy_runner(spec, kind, x, y, device, fresh)
+
+                def timed(fn=fn, label=label):
+                    stream, hook = fn()
+                    hooks[label] = min(hooks.get(label, float("inf")), hook)
+                    return stream
+
+                runners.append((label, timed))
         runners = [(name, fn) for name, fn in runners if name not in skip]
         best: dict[str, float] = {}
         # rounds interleave the runners, so that load from other processes hits them alike; best of rounds
@@ -261,13 +371,18 @@ def main(argv=None):
                 best[name] = max(best.get(name, 0.0), n / dt)
                 print(f"  round {r + 1} {kind:<10} {name:<26} {n / dt:>9.1f} samples/s  ({dt:.1f} s, {n} samples)",
                       flush=True)
+        er_ref = best.get("er (test-then-train)")
         for name, v in best.items():
             rows.append((kind, n, name, v, v / best["plain"] if "plain" in best else float("nan"),
-                         v / best["avalanche"] if "avalanche" in best else float("nan")))
+                         v / best["avalanche"] if "avalanche" in best else float("nan"),
+                         er_ref / v if er_ref and name in hooks else float("nan"), hooks.get(name)))
     print()
-    table = ["| model | samples | runner | samples/s | vs plain loop | vs Avalanche |", "|---|---|---|---|---|---|"]
-    for kind, n, name, v, rp, ra in rows:
-        table.append(f"| {kind} | {n} | {name} | {v:,.1f} | {rp:.2f}x | {ra:.2f}x |")
+    table = ["| model | samples | runner | samples/s | vs plain loop | vs Avalanche | cost vs ER (C) | hooks s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for kind, n, name, v, rp, ra, c, hk in rows:
+        cs = f"{c:.2f}" if c == c else ""
+        hs = f"{hk:.2f}" if hk is not None else ""
+        table.append(f"| {kind} | {n} | {name} | {v:,.1f} | {rp:.2f}x | {ra:.2f}x | {cs} | {hs} |")
     print("\n".join(table))
     if a.out:
         with open(a.out, "a") as f:

@@ -17,6 +17,15 @@ Choices (the paper's task-incremental protocol, mammoth ``models/agem.py`` for t
   drawn uniformly; CE with the platform's masked head (seen classes). No projection before the second
   experience. lr 0.03: mammoth ``utils/best_args.py`` (d75fe5f) seq-CIFAR-10.
 * Needs experience boundaries (the memory is per experience): a ConfigError otherwise.
+
+Task-free variant, ``memory=reservoir``: the online-CL form of Mai et al.'s code (RaptorMai/
+online-continual-learning ``agents/agem.py``, the A-GEM rows of the SCR/ASER online tables): one reservoir
+buffer (``cl.models.buffers.ReservoirBuffer``) updated with every incoming batch after the step, the
+reference batch drawn from it without replacement (their ``random`` retrieval; their ``eps_mem_batch`` is
+10). No boundary is used, so it runs with ``scenario.boundaries`` hidden, blurry or gradual. Deviation from
+that code: it projects only once the first task is over (``task_seen > 0``), a boundary; here the
+projection starts as soon as the buffer holds a sample (so the reference batch may hold samples of the
+current task).
 """
 from __future__ import annotations
 
@@ -25,26 +34,36 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cl.core.registry import ConfigError
+from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, StrategyConfig, register
-from cl.models.buffers import ClassBalancedBuffer
+from cl.models.buffers import ClassBalancedBuffer, ReservoirBuffer
 from cl.models.projection import agem_project, flat_grad, grads_of, set_flat_grad
+from strategies._boundaries import require_boundaries
 
 
 @dataclass
-class AGEMConfig(StrategyConfig):
+class EpisodicConfig(StrategyConfig):
     lr: float = 0.03
     buffer_size: int = 500  # total samples, split equally across experiences
     replay_batch_size: int = 32
 
 
+MEMORIES = ("episodic", "reservoir")
+
+
+@dataclass
+class AGEMConfig(EpisodicConfig):
+    memory: str = "episodic"  # episodic: per experience, past experiences only (paper) | reservoir: task-free (Mai et al.)
+
+
 class EpisodicMemory(Strategy):
     """A per-experience, class-balanced episodic memory of past experiences (A-GEM and GEM)."""
 
+    #: what the ConfigError on a task-free stream suggests instead
+    task_free_hint = ""
+
     def setup(self):
-        if self.info.boundaries != "visible":
-            raise ConfigError(f"strategy {self.name!r} needs experience boundaries, got scenario.boundaries="
-                              f"{self.info.boundaries!r} (use a scenario with boundaries=visible)")
+        require_boundaries(self, "its episodic memory is kept per experience", self.task_free_hint)
         if self.cfg.buffer_size < 0:
             raise ConfigError(f"strategy.buffer_size must be >= 0, got {self.cfg.buffer_size}")
         self.per_task = self.cfg.buffer_size // max(1, self.info.n_experiences)
@@ -100,12 +119,62 @@ class AGEM(EpisodicMemory):
     """A-GEM: project the gradient when it conflicts with the gradient on an episodic-memory batch."""
 
     name = "agem"
+    task_free_hint = ", or strategy.memory=reservoir (task-free A-GEM)"
+
+    def setup(self):
+        if self.cfg.memory not in MEMORIES:
+            raise unknown("strategy.memory", self.cfg.memory, MEMORIES)
+        if self.cfg.memory == "episodic":
+            return super().setup()
+        if self.cfg.buffer_size < 0 or self.cfg.replay_batch_size < 1:
+            raise ConfigError(f"strategy.buffer_size must be >= 0 and strategy.replay_batch_size >= 1, got "
+                              f"{self.cfg.buffer_size} and {self.cfg.replay_batch_size}")
+        self.buffer = ReservoirBuffer(self.cfg.buffer_size, self.device)
+
+    @property
+    def reservoir(self) -> bool:
+        return self.cfg.memory == "reservoir"
+
+    def before_experience(self, exp):
+        if not self.reservoir:
+            super().before_experience(exp)
+
+    def after_experience(self, exp):
+        if not self.reservoir:
+            super().after_experience(exp)
+
+    def after_step(self, x, y, t=None):
+        if self.reservoir:
+            self.buffer.add(x=x, y=y)
+        else:
+            super().after_step(x, y, t)
+
+    def reference_batch(self):
+        """A memory batch for the reference gradient, or None while the memory is empty."""
+        if self.reservoir:
+            if len(self.buffer) == 0:
+                return None
+            mem = self.buffer.sample(self.cfg.replay_batch_size, replace=False)
+            return mem["x"], mem["y"]
+        if self.mem_x is None:
+            return None
+        idx = torch.randperm(len(self.mem_y), device=self.mem_y.device)[: self.cfg.replay_batch_size]
+        return self.mem_x[idx], self.mem_y[idx]
 
     def before_optimizer_step(self, x, y, t=None):
-        if self.mem_x is None:
+        ref = self.reference_batch()
+        if ref is None:
             return
         params = self.params()
         g = flat_grad(params)
-        idx = torch.randperm(len(self.mem_y), device=self.mem_y.device)[: self.cfg.replay_batch_size]
-        g_ref = grads_of(self.memory_loss(self.mem_x[idx], self.mem_y[idx]), params)
+        g_ref = grads_of(self.memory_loss(*ref), params)
         set_flat_grad(params, agem_project(g, g_ref))
+
+    def extra_state(self):
+        return {"buffer": self.buffer.state_dict()} if self.reservoir else super().extra_state()
+
+    def load_extra_state(self, state):
+        if self.reservoir:
+            self.buffer.load_state_dict(state["buffer"])
+        else:
+            super().load_extra_state(state)

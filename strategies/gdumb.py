@@ -19,6 +19,14 @@ Choices, from mammoth ``models/gdumb.py`` (``fit_buffer``) and its seq-CIFAR bes
   model); here every boundary retrains, so every row of R is GDumb's.
 * Each stream sample is offered to the memory once: later epochs over an experience add nothing.
 * Deviation: mammoth's best config adds CutMix (alpha 1) during retraining; not implemented here.
+
+Online protocol (``protocol=online``): the single pass offers every stream sample once, so no experience
+length is read; task-free streams (``scenario.boundaries`` hidden, blurry, gradual) are allowed: GDumb uses
+no boundary, only the evaluation points, where it retrains (the engine evaluates R at the end of every
+experience in every kind of stream). Between two retrainings the model does not change: the online
+(test-then-train) accuracy and the anytime evaluations (``protocol.eval_every``) use the model of the last
+retraining (the untrained initial model before the first), since retraining for every prediction would cost
+``fit_epochs`` epochs per stream batch. Report GDumb's final accuracy, not its online accuracy.
 """
 from __future__ import annotations
 
@@ -58,7 +66,8 @@ class GDumb(Strategy):
         self.to_offer = float("inf")  # set per experience when boundaries are visible
 
     def before_experience(self, exp):
-        self.to_offer = len(exp.train_y)
+        if self.info.protocol != "online":  # online: one pass, each sample is offered once anyway
+            self.to_offer = len(exp.train_y)
 
     def train_step(self, x, y, t=None):
         self.model.observe(y)

@@ -23,11 +23,11 @@ import torch
 
 from cl.core.strategy import register
 from cl.models.projection import flat_grad, gem_project, grads_of, set_flat_grad
-from strategies.agem import AGEMConfig, EpisodicMemory
+from strategies.agem import EpisodicConfig, EpisodicMemory
 
 
 @dataclass
-class GEMConfig(AGEMConfig):
+class GEMConfig(EpisodicConfig):
     margin: float = 0.5  # memory strength: the dual variables are >= margin
     eps: float = 1e-3  # added to the dual's diagonal
 

@@ -9,6 +9,11 @@ Choices: alpha = 1 (the paper's lambda_o; Mammoth's best seq-CIFAR-10 and PyCIL 
 every seen class (the class-incremental form Mammoth's ``lwf`` uses; PyCIL's CE covers the new classes only);
 "old classes" = the classes the frozen model had seen. Deviation: no warm-up of the new head before joint
 training (the paper's and Mammoth's optional first stage).
+
+Boundaries: the teacher is taken at the end of each experience, so LwF (and every strategy built on
+``DistillBase``: LwF.MC, iCaRL, BiC, LUCIR) needs visible boundaries; on a task-free stream it raises a
+ConfigError naming ``scenario.boundaries``. Under ``protocol=online`` with visible boundaries it runs as is:
+the single pass over an experience trains against the teacher of the previous one.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import torch.nn.functional as F
 from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.distill import kd_loss
 from cl.models.frozen import FrozenCopy
+from strategies._boundaries import require_boundaries
 from strategies._reg import build_model
 
 
@@ -37,6 +43,8 @@ class DistillBase(Strategy):
     build_model = classmethod(lambda cls, cfg, backbone, scenario: build_model(cfg, backbone, scenario))
 
     def setup(self):
+        require_boundaries(self, "the teacher is the model frozen at the end of "
+                           "the previous experience")
         self.teacher = FrozenCopy()
         self.old_classes: list[int] = []
 

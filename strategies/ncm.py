@@ -33,7 +33,12 @@ class NCM(Strategy):
     def build_model(cls, cfg, backbone, scenario):
         for p in backbone.parameters():
             p.requires_grad_(False)
-        return Model(backbone, PrototypeHead(backbone.out_dim, scenario.n_classes, cfg.metric, cfg.normalize))
+        return Model(backbone, cls.make_head(cfg, backbone.out_dim, scenario.n_classes))
+
+    @classmethod
+    def make_head(cls, cfg, in_dim: int, n_classes: int):
+        """The streaming head on the frozen features (SLDA's subclass gives its own)."""
+        return PrototypeHead(in_dim, n_classes, cfg.metric, cfg.normalize)
 
     def make_optimizer(self):
         # nothing is trained; an inert optimiser keeps the checkpoint format of every strategy
