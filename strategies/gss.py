@@ -122,6 +122,6 @@ class GSS(ER):
         x, y = x[:b], y[:b]
         slots = torch.multinomial(w + _FLOOR, b, replacement=False)
         new = self.sample_scores(G, x, y)
-        pair = torch.stack([(new + 1) / 2, (scores[slots] + 1) / 2], dim=1) + _FLOOR
+        pair = (torch.stack([new, scores[slots]], dim=1) + 1).div(2).clamp_min(0) + _FLOOR  # cosines to [0, 1]
         replace = torch.multinomial(pair, 1).squeeze(1).bool()  # outcome 1: the slot is replaced
         buf.update(slots[replace], x=x[replace], y=y[replace], score=new[replace])
