@@ -13,8 +13,8 @@ in the feature space of the current model (``model.features``, eval mode), with 
 * Update (buffer full): the evaluation set is ``n_smp_cls`` per class of the buffer plus the incoming
   samples of "minority" classes (whose share of the buffer is below a threshold drawn uniformly in
   [0, 1 / n_classes] per batch); the candidates are ``n_smp_cls * n_classes`` other random buffer samples
-  plus the incoming batch; their KNN-SVs are summed over the evaluation set; the buffer candidates ranked
-  below the top ``n_buffer_candidates`` are replaced by the incoming samples ranked within it. Until the
+  plus the incoming batch; their KNN-SVs are summed over the evaluation set; with ``n_b`` buffer candidates,
+  the incoming samples ranked among the top ``n_b`` replace the buffer candidates ranked below them. Until the
   buffer is full, incoming samples fill it (the rest of that batch goes through the update).
 * The step (Mai et al.'s ``agents/exp_replay.py`` for ASER): one cross-entropy over the concatenated
   ``[retrieved; incoming]`` batch (a single mean over both), one optimiser step.
@@ -33,6 +33,8 @@ Choices and deviations:
 * Stored inputs are raw; the replayed and incoming samples go through the run's augmentation, if any, for
   the step; features for the scores use raw inputs.
 * Ties in the sort of Shapley values are broken by ``torch.argsort`` (the code: the same call).
+* When every buffer slot is a retrieval candidate (a tiny buffer), there is no cooperative set: its value is
+  taken as 0 (the code would average over an empty set).
 
 Protocols: online and offline, task-free (no boundary is used). Host-side bookkeeping per step: not
 graph-safe.
@@ -85,20 +87,24 @@ class ASER(ER):
 
     # -- retrieval ---------------------------------------------------------------------------------
     def retrieval_scores(self, x, y, cand, items):
-        """``aser_type``'s score of each candidate slot ``cand`` for the incoming batch ``(x, y)``."""
+        """``aser_type``'s score of each candidate slot ``cand`` for the incoming batch ``(x, y)``. One feature
+        pass over the incoming batch, the candidates and the cooperative evaluation set."""
         bx, by = items["x"], items["y"]
-        adv = self.sv(x, y, bx[cand], by[cand])
-        kind = self.cfg.aser_type
-        if kind == "neg_sv":
+        ev = by.new_zeros(0)
+        if self.cfg.aser_type != "neg_sv":
+            excl = torch.zeros(len(by), dtype=torch.bool, device=by.device)
+            excl[cand] = True
+            ev = class_balanced_index(by, self.cfg.n_smp_cls, exclude=excl)
+        f = self.features(torch.cat([x, bx[cand], bx[ev]]))
+        fx, fc, fe = f[:len(y)], f[len(y):len(y) + len(cand)], f[len(y) + len(cand):]
+        adv = knn_shapley(fx, y, fc, by[cand], self.cfg.k)
+        if self.cfg.aser_type == "neg_sv":
             return -adv.sum(0)
-        excl = torch.zeros(len(by), dtype=torch.bool, device=by.device)
-        excl[cand] = True
-        ev = class_balanced_index(by, self.cfg.n_smp_cls, exclude=excl)
         if len(ev) == 0:  # every slot is a candidate: no cooperative set, its value counts as 0
             coop = torch.zeros(1, len(cand), device=adv.device)
         else:
-            coop = self.sv(bx[ev], by[ev], bx[cand], by[cand])
-        if kind == "asv":
+            coop = knn_shapley(fe, by[ev], fc, by[cand], self.cfg.k)
+        if self.cfg.aser_type == "asv":
             return coop.max(0).values - adv.min(0).values
         return coop.mean(0) - adv.mean(0)
 

@@ -115,6 +115,28 @@ def _full_gss(seed):
     return s
 
 
+def test_group_grads_vectorised_equals_one_backward_per_group():
+    from cl.models import retrieval as R
+
+    torch.manual_seed(0)
+    bb = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    model = Model(bb, IncrementalLinear(4, 3))
+    model.observe(torch.tensor([0, 1]))
+    model.head.fc.bias.requires_grad_(False)  # frozen parameters are left out
+    for _ in range(2):
+        model(torch.randn(6, 3, 8, 8))  # non-trivial running statistics
+    model.eval()
+    xs, ys = torch.randn(5, 2, 3, 8, 8), torch.randint(0, 2, (5, 2))
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    got = R.group_grads(model, xs, ys)
+    assert model not in R._NO_VMAP  # the vectorised path ran
+    want = R._loop_group_grads(model, [n for n, p in model.named_parameters() if p.requires_grad], xs, ys)
+    assert got.shape == (5, sum(p.numel() for p in model.parameters() if p.requires_grad))
+    assert torch.allclose(got, want, atol=1e-5)
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+
+
 def test_gss_fills_with_scores_then_rejects_an_aligned_batch():
     s = build("gss", buffer_size=4, mem_strength=2, gss_batch_size=1)
     s.model.observe(torch.tensor([0, 1]))

@@ -14,15 +14,21 @@ values (ASER), class-balanced subsampling of a buffer's slots.
   The utility is ``v(S) = (1/K) sum over the min(K, |S|) nearest points of S of m``. For ``N >= K`` the
   last term is Jia's ``m_N / N``; the ``min(K, N)`` keeps it exact for ``N < K`` too (Mai et al.'s
   ``aser_utils.py`` writes ``m_N / N``, exact only for ``N >= K``). Distances are Euclidean.
+* :func:`group_grads` -- the flat gradient of the mean cross-entropy of each of ``S`` equal-sized groups of
+  samples (GSS's per-sample and per-subset gradients), in one vectorised pass (``torch.func.vmap`` of
+  ``grad`` over the groups, the model's buffers copied), or one backward pass per group (same values; the
+  fallback for a model ``vmap`` cannot trace, and the faster path on a CPU).
 * :func:`class_balanced_index` -- up to ``n`` uniformly drawn slots of every class present (Mai et al.'s
   ``ClassBalancedRandomSampling.sample``), optionally excluding some slots.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call
+from torch.func import functional_call, grad, vmap
 
 
 def virtual_step(model: nn.Module, lr: float) -> dict[str, torch.Tensor]:
@@ -78,3 +84,41 @@ def class_balanced_index(y: torch.Tensor, n_per_class: int, exclude: torch.Tenso
     starts = torch.cumsum(counts, 0) - counts
     rank = torch.arange(len(idx), device=y.device) - starts.repeat_interleave(counts)
     return idx[rank < n_per_class]
+
+
+_NO_VMAP = weakref.WeakSet()  # models vmap failed on: they use the loop
+
+
+def _loop_group_grads(model, names, xs, ys):
+    params = [dict(model.named_parameters())[n] for n in names]
+    rows = []
+    for x, y in zip(xs, ys):
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(x).float(), y)
+            gs = torch.autograd.grad(loss, params, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(gs, params)]))
+    return torch.stack(rows)
+
+
+def group_grads(model: nn.Module, xs: torch.Tensor, ys: torch.Tensor, vectorize: bool = True) -> torch.Tensor:
+    """``(S, P)``: row s is the gradient of ``CE_mean(model(xs[s]), ys[s])`` w.r.t. the trainable parameters
+    (in ``named_parameters`` order, as ``projection.grads_of``); ``xs`` is ``(S, B, ...)``, ``ys`` ``(S, B)``.
+    The model's mode is used as it is (GSS: eval); ``p.grad`` and the model's buffers are not touched.
+    ``vectorize=False``: one backward pass per group (on a CPU about as fast; vmap pays off on GPUs)."""
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    if vectorize and model not in _NO_VMAP:
+        frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+        bufs = {n: b.clone() for n, b in model.named_buffers()}
+
+        def loss(ps, x, y):
+            out = functional_call(model, ({**ps, **frozen}, bufs), (x,))
+            return F.cross_entropy(out.float(), y)
+
+        try:
+            with torch.enable_grad():
+                gs = vmap(grad(loss), in_dims=(None, 0, 0))({n: dict(model.named_parameters())[n].detach()
+                                                             for n in names}, xs, ys)
+            return torch.cat([gs[n].reshape(len(xs), -1) for n in names], dim=1)
+        except Exception:  # noqa: BLE001 - an op vmap cannot batch (in-place on inputs, data-dependent flow)
+            _NO_VMAP.add(model)
+    return _loop_group_grads(model, names, xs, ys)
