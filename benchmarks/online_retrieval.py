@@ -7,10 +7,10 @@ batch 10, on the reduced ResNet-18 (nf=20) and 32x32x3 inputs, in one process.
 
 Every strategy gets the same class-incremental stream (5 tasks x 2 classes, random pixels), batch 10,
 buffer 500 (total), replay batch 10, SGD lr 0.1, each method's paper defaults otherwise (RAR: 10 iterations,
-RandAugment 1/14). The buffer is first filled past its capacity with ``--warm`` samples through each
-strategy's own buffer update (``after_step``, untimed, no training: GSS and ASER are then on their
-full-buffer paths, ASER's retrieval uses Shapley values), two untimed steps follow, then ``--steps`` steps
-are timed. Rounds are interleaved across strategies (load from other processes hits them alike) and
+RandAugment 1/14). Each buffer is first filled directly with the first 500 of ``--warm`` samples, the stream
+count set to ``--warm`` (untimed, no training: GSS and ASER are then on their full-buffer paths, ASER
+retrieves by Shapley values; GSS's stored scores are drawn uniformly in [-1, 1]); two untimed steps follow,
+then ``--steps`` steps are timed. Rounds are interleaved across strategies (load from other processes hits them alike) and
 the best round of each is reported, as samples/s of the incoming stream and as the cost ratio against ER.
 """
 from __future__ import annotations
@@ -28,15 +28,9 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import torch  # noqa: E402
 
 from benchmarks.common import machine, table  # noqa: E402
+from benchmarks.online import make_stream, sync  # noqa: E402
 
 BS, BUFFER = 10, 500
-
-
-def stream(n: int, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    per = n // 5
-    y = torch.cat([torch.tensor([2 * t, 2 * t + 1]).repeat(per // 2 + 1)[:per] for t in range(5)])
-    return torch.randint(0, 256, (len(y), 3, 32, 32), dtype=torch.uint8, generator=g), y
 
 
 def make(name: str, device, overrides: dict):
@@ -60,9 +54,13 @@ def make(name: str, device, overrides: dict):
     return s
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def prefill(s, x, y):
+    """Put ``x, y`` in the strategy's buffer as if they had streamed by: the first ``capacity`` are stored and
+    the stream count is ``len(y)`` (ASER then retrieves by Shapley values); GSS's scores drawn in [-1, 1]."""
+    buf, cap = s.buffer, s.buffer.capacity
+    extra = {"score": torch.rand(cap, device=x.device) * 2 - 1} if s.cfg.__class__.__name__ == "GSSConfig" else {}
+    buf.add(x=x[:cap], y=y[:cap], **extra)
+    buf.advance_host(len(y) - cap)
 
 
 def run(s, x, y, device) -> float:
@@ -92,12 +90,11 @@ def main(argv=None):
         k, v = kv.split("=", 1)
         n, key = k.split(".", 1)
         over.setdefault(n, {})[key] = type(getattr(make(n, device, {}).cfg, key))(v)
-    x, y = stream(a.warm + 2 * BS + a.rounds * a.steps * BS)
+    x, y = make_stream(a.warm + 2 * BS + a.rounds * a.steps * BS, "random")
     x, y = x.to(device), y.to(device)
     runs = {n: make(n, device, over.get(n, {})) for n in names}
-    for n, s in runs.items():  # fill the buffers through the strategies' own update (no training steps)
-        for i in range(0, a.warm, BS):
-            s.after_step(x[i:i + BS].float().div_(255), y[i:i + BS])
+    for n, s in runs.items():  # fill the buffers directly (untimed, no training)
+        prefill(s, x[:a.warm].float().div_(255), y[:a.warm])
         run(s, x[a.warm:a.warm + 2 * BS], y[a.warm:a.warm + 2 * BS], device)  # first steps: allocation, warm-up
     best = {n: float("inf") for n in names}
     for r in range(a.rounds):
