@@ -32,6 +32,7 @@ Choices and deviations:
   the code's ``n_classes[dataset]``.
 * Stored inputs are raw; the replayed and incoming samples go through the run's augmentation, if any, for
   the step; features for the scores use raw inputs.
+* ER's ``single_forward`` has no effect (the step is always one pass over the concatenated batch).
 * Ties in the sort of Shapley values are broken by ``torch.argsort`` (the code: the same call).
 * When every buffer slot is a retrieval candidate (a tiny buffer), there is no cooperative set: its value is
   taken as 0 (the code would average over an empty set).

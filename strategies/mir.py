@@ -32,6 +32,8 @@ Choices the paper leaves open, and deviations:
   samples go through the run's on-device augmentation, if any, for the actual step (the authors' code
   has no augmentation).
 * Fewer than ``replay_batch_size`` candidates (small buffer): all of them are replayed.
+* Incoming and replay batches take separate forward passes (the retrieval needs the incoming gradient
+  first), so ER's ``single_forward`` has no effect here.
 
 Protocols: online and offline, task-free (``exclude_current=false``). Not graph-safe (host-sized draws).
 """
