@@ -149,8 +149,8 @@ def metric_text(m: dict) -> str:
     if mem == "none":
         mtxt = "no memory"
     else:
-        mtxt = ", ".join(f"{v} {'per class' if k == 'per_class' else 'in total'}" for k, v in mem.items())
-    return f"{METRIC_TEXT[m['name']]}, {m['setting']}, memory {mtxt}"
+        mtxt = "memory " + ", ".join(f"{v} {'per class' if k == 'per_class' else 'in total'}" for k, v in mem.items())
+    return f"{METRIC_TEXT[m['name']]}, {m['setting']}, {mtxt}"
 
 
 def _md_cell(s) -> str:
