@@ -305,8 +305,11 @@ def load_entry(path: str | Path, results: str | Path | None = None, check_sweep:
     from cl.sweeps.spec import load_sweep
 
     sweep = load_sweep(e.sweep_path)
-    if results is not None:
-        sweep = load_sweep(e.sweep_path, out=str(Path(results) / sweep.name))
+    # as `cl sweep FILE` loads it, so that both give the same run ids and share finished runs
+    overrides = [f"threads={sweep.executor['threads']}"] if sweep.executor.get("threads") is not None else []
+    if results is not None or overrides:
+        out = str(Path(results) / sweep.name) if results is not None else None
+        sweep = load_sweep(e.sweep_path, overrides, out)
     e.sweep = sweep
     used = {r.config["strategy"]["name"] for r in sweep.runs}
     for s in sorted(used - set(e.strategies)):
