@@ -253,8 +253,16 @@ def test_repository_entries_validate():
 
 def test_ci_entry_end_to_end(tmp_path, capsys):
     """The CI entry through the sweep runner, then the board: the pipeline and the file format."""
+    import shutil
+
+    # the repository's CI entry and the full-size entry it is reduced from, with their sweeps at the same
+    # relative places (the board of all entries is built by test_repository_entries_validate's loader)
+    for rel in ("runs/reproduce/er-ace-online-ci-tiny.yaml", "runs/reproduce/er-ace-online-cifar10.yaml",
+                "runs/reproduce/sweeps/er-ace-online-ci-tiny.yaml", "runs/paper/er-ace-online-cifar10.yaml"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / rel, tmp_path / rel)
     res, board = tmp_path / "res", tmp_path / "docs" / "reproduction.md"
-    args = ["--entries", str(ROOT / "runs" / "reproduce"), "--results", str(res)]
+    args = ["--entries", str(tmp_path / "runs" / "reproduce"), "--results", str(res)]
     assert main(["reproduce", "run", *args, "--entry", "er-ace-online-ci-tiny", "-j", "0"]) == 0
     out = capsys.readouterr().out
     assert "2 runs, 0 already finished, 2 to run" in out

@@ -380,7 +380,9 @@ def entry_files(folder: str | Path) -> list[Path]:
 
 
 def load_entries(folder: str | Path, results=None, names=None) -> list[Entry]:
-    entries = [load_entry(p, results) for p in entry_files(folder)]
+    """Every entry file is parsed and validated; the sweeps are expanded for the entries named (and the full-size
+    entries they are reduced from), or for all of them when no names are given."""
+    entries = [load_entry(p, results, check_sweep=False) for p in entry_files(folder)]
     seen = {}
     for e in entries:
         if e.name in seen:
@@ -401,8 +403,17 @@ def load_entries(folder: str | Path, results=None, names=None) -> list[Entry]:
         for n in names:
             if n not in by_name:
                 raise unknown("entry", n, list(by_name))
-        entries = [by_name[n] for n in names]
-    return entries
+    wanted = list(dict.fromkeys(names)) if names else [e.name for e in entries]
+    need = set(wanted) | {by_name[n].reduced_of for n in wanted if by_name[n].reduced_of}
+    loaded = {}
+    for e in entries:
+        if e.name in need:
+            full = load_entry(e.path, results)
+            for old, new in zip(e.rows, full.rows):  # keep the parsed rows, add their run ids
+                old.run_ids = new.run_ids
+            e.sweep, e.missing = full.sweep, full.missing
+        loaded[e.name] = e
+    return [loaded[n] for n in wanted]
 
 
 # ------------------------------------------------------------------------------------------------
