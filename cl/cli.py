@@ -1,4 +1,4 @@
-"""The ``cl`` command line: ``cl run``, ``cl list`` (and ``cl sweep`` / ``cl report``)."""
+"""The ``cl`` command line: ``cl run``, ``cl list`` (and ``cl sweep`` / ``cl report`` / ``cl reproduce``)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import sys
 
 from cl.core.registry import ConfigError, backbones, config_fields, load_plugin_file, scenarios, strategies
 
-EXTRA_COMMANDS = ("sweeps.cli", "sweeps.report")  # modules cl.<name> that provide add_cli(subparsers)
+EXTRA_COMMANDS = ("sweeps.cli", "sweeps.report", "sweeps.reproduce")  # modules cl.<name> that provide add_cli(subparsers)
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:
