@@ -64,6 +64,13 @@ def test_result_file_contents(tmp_path):
         assert key in data["metrics"], key
     assert data["config"]["strategy"]["buffer_size"] == 500
     assert data["versions"]["torch"] == torch.__version__
+    import re
+    import subprocess
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", data["date"])
+    head = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True).stdout.strip()
+    if head:  # a git checkout: the result names the commit of the code that ran
+        assert data["commit"].split("+")[0] == head
+    assert data["host"] and data["cpu"]
     assert not (tmp_path / "r" / "checkpoint.pt").exists()
 
 

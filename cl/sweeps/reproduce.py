@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-import platform
 import socket
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -480,28 +478,20 @@ def run_records(e: Entry, row: Row) -> list[dict]:
 
 
 def _git_commit(where: Path) -> str:
-    try:
-        sha = subprocess.run(["git", "-C", str(where), "rev-parse", "--short=10", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    from cl.train.engine import code_commit  # lazy: torch is not needed to list or report entries
+
+    return code_commit() or "unknown"
 
 
 def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    from cl.train.engine import cpu_model
+
+    return cpu_model()
 
 
 def record_side(e: Entry, run_ids: list[str], commit: str) -> None:
-    """Record commit, host, CPU and date for runs finished now (result.json has no commit yet)."""
+    """Record commit, host, CPU and date for runs finished now (result.json has its own commit and date since
+    they were added to the result header; the side file also covers older result files)."""
     from cl.train.loggers import atomic_write_json
 
     path = Path(e.out) / SIDE_FILE

@@ -47,11 +47,11 @@ def _provenance(records) -> dict:
     commits, hw, dates = [], [], []
     for r in records:
         side = r.get("_side") or {}
-        commits.append(side.get("commit") or f"not recorded (cl-platform {(r.get('versions') or {}).get('cl-platform', '?')})")
+        commits.append(side.get("commit") or r.get("commit") or f"not recorded (cl-platform {(r.get('versions') or {}).get('cl-platform', '?')})")
         dev = str(r.get("device") or "?")
         cpu = side.get("cpu")
         hw.append(f"{dev}, {r.get('threads', '?')} thread(s)" + (f", {cpu}" if cpu and dev.startswith("cpu") else ""))
-        dates.append(side.get("date", "")[:10] or time.strftime("%Y-%m-%d", time.gmtime(r["_mtime"])))
+        dates.append(side.get("date", "")[:10] or str(r.get("date") or "")[:10] or time.strftime("%Y-%m-%d", time.gmtime(r["_mtime"])))
     uniq = lambda xs: "; ".join(dict.fromkeys(xs))  # noqa: E731
     d = sorted(set(dates))
     return {"commit": uniq(commits), "hardware": uniq(hw), "date": d[0] if len(d) == 1 else f"{d[0]} to {d[-1]}"}

@@ -72,6 +72,35 @@ def versions() -> dict:
     return out
 
 
+def code_commit() -> str | None:
+    """The git commit of the platform's code (``abc1234567``, ``+dirty`` with uncommitted tracked changes),
+    or None outside a git checkout (an installed wheel)."""
+    import subprocess
+
+    where = str(Path(__file__).resolve().parent)
+    try:
+        sha = subprocess.run(["git", "-C", where, "rev-parse", "--short=10", "HEAD"], capture_output=True,
+                             text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def build_model(strategy_cls, scfg, resolved, scenario, device) -> torch.nn.Module:
     """The strategy's network (``Strategy.build_model``: backbone + head by default) on ``device``, carrying
     its input preprocessing (the backbone's own for pretrained backbones, else the scenario's)."""
@@ -307,6 +336,8 @@ class Run:
         self.open_loggers()
         cfg, device = self.cfg, self.device
         self.header = {"run_id": self.id, "config": cfg, "seed": cfg["seed"], "versions": versions(),
+                       "commit": code_commit(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "host": platform.node(), "cpu": cpu_model(),
                        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})"
                                                 if device.type == "cuda" else ""),
                        "threads": torch.get_num_threads(),
