@@ -38,3 +38,47 @@ class CosineSession:
         for g in optimizer.param_groups:
             g["lr"] = min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * frac))
         self.done += int(n)
+
+
+class SessionMixin:
+    """Working values and helpers that APER and EASE share (put it before PredictionStats and Strategy):
+    the session counter (state), the current session's class mask, its data repetition and lr schedule
+    (recomputed in ``start_session``), and eval-mode featurisation of a whole experience."""
+
+    state_attrs = ("session",)
+    transient_attrs = ("current", "schedule", "_repeat")
+
+    def setup_sessions(self, who: str) -> None:
+        from cl.core.registry import ConfigError
+        from cl.models.task_keys import model_preprocess
+
+        if self.info.boundaries == "none":
+            raise ConfigError(f"{who} works session by session: it needs task boundaries (scenario "
+                              f"boundaries=visible), not a task-free stream")
+        self.preprocess = model_preprocess(self.model, self.device)
+        self.session = -1
+        self.current = torch.zeros(self.info.n_classes, dtype=torch.bool, device=self.device)
+        self.schedule = CosineSession()
+        self._repeat = 1
+
+    def start_session(self, exp, epochs: int | None) -> None:
+        """Next session: its class mask, ``epochs`` repetitions of its data with a cosine lr (None: once,
+        constant lr)."""
+        self.session += 1
+        self._pred_fresh = True  # PredictionStats: count the next evaluation afresh
+        self.current.zero_()
+        self.current[torch.as_tensor(exp.classes, device=self.device)] = True
+        self._repeat = int(epochs or 1)
+        self.schedule.start(self._repeat * len(exp.train_y) if epochs else 0)
+
+    @torch.no_grad()
+    def featurise(self, fn, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """``fn`` over ``x`` (raw, un-augmented) in eval mode, in batches, token ids grouped by length."""
+        from cl.models.task_keys import batched, by_length
+
+        was = self.model.training
+        self.model.eval()
+        try:
+            return batched(lambda xb: by_length(fn, xb), x, batch_size, self.preprocess)
+        finally:
+            self.model.train(was)

@@ -64,9 +64,9 @@ from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.heads import cosine_logits
 from cl.models.petl import VPT_INITS, SSF, AdapterBank, VisualPrompts, transformer_family
 from cl.models.prototypes import PrototypeHead
-from cl.models.task_keys import batched, by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
+from cl.models.task_keys import by_length, freeze_batchnorm, remember_preprocess, trim_padding
 from strategies._prediction_stats import PredictionStats
-from strategies._sessions import CosineSession, repeated
+from strategies._sessions import SessionMixin, repeated
 
 PETL = ("adapter", "ssf", "vpt", "finetune")
 VPT_TYPES = ("deep", "shallow")
@@ -184,11 +184,8 @@ class APERModel(nn.Module):
 
 
 @register("aper", APERConfig)
-class APER(PredictionStats, Strategy):
+class APER(SessionMixin, PredictionStats, Strategy):
     """APER / ADAM: PETL tuned on the first session, frozen; prototypes on [pretrained; adapted] features."""
-
-    state_attrs = ("session",)
-    transient_attrs = ("current", "schedule", "_repeat")
 
     @classmethod
     def build_model(cls, cfg: APERConfig, backbone, scenario):
@@ -208,24 +205,12 @@ class APER(PredictionStats, Strategy):
         return make_optimizer(self.model.tuned_parameters(), self.cfg)
 
     def setup(self):
-        if self.info.boundaries == "none":
-            raise ConfigError("aper tunes on the first session and then freezes: it needs task boundaries "
-                              "(scenario boundaries=visible), not a task-free stream")
-        self.preprocess = model_preprocess(self.model, self.device)
-        self.session = -1
-        self.current = torch.zeros(self.info.n_classes, dtype=torch.bool, device=self.device)
-        self.schedule = CosineSession()
-        self._repeat = 1
+        self.setup_sessions("aper")
 
     def before_experience(self, exp):
-        self.session += 1
-        self._pred_fresh = True
-        self.current.zero_()
-        self.current[torch.as_tensor(exp.classes, device=self.device)] = True
+        self.start_session(exp, self.cfg.tune_epochs)
         if self.session == 0:
             self.optimizer = self.make_optimizer()
-            self._repeat = int(self.cfg.tune_epochs or 1)
-            self.schedule.start(self._repeat * len(exp.train_y) if self.cfg.tune_epochs else 0)
 
     def train_data(self, exp):
         x, y = super().train_data(exp)
@@ -246,17 +231,8 @@ class APER(PredictionStats, Strategy):
         logits = self.model.tune_logits(self.model.adapted(x)).masked_fill(~self.current, float("-inf"))
         return F.cross_entropy(logits, y)
 
-    @torch.no_grad()
-    def extract(self, x):
-        was = self.model.training
-        self.model.eval()
-        try:
-            return batched(lambda xb: by_length(self.model.features, xb), x, self.cfg.feature_batch, self.preprocess)
-        finally:
-            self.model.train(was)
-
     def after_experience(self, exp):
-        f = self.extract(exp.train_x)
+        f = self.featurise(self.model.features, exp.train_x, self.cfg.feature_batch)
         self.model.protos.update(f, exp.train_y.to(self.device))
         self._pred_fresh = True
 

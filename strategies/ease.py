@@ -54,9 +54,9 @@ from cl.core.registry import ConfigError
 from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
 from cl.models.heads import cosine_logits
 from cl.models.petl import AdapterBank, transformer_family
-from cl.models.task_keys import batched, by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
+from cl.models.task_keys import by_length, freeze_batchnorm, remember_preprocess, trim_padding
 from strategies._prediction_stats import PredictionStats
-from strategies._sessions import CosineSession, repeated
+from strategies._sessions import SessionMixin, repeated
 
 WORKING = "timm ViTs (vit-tiny, timm:vit_*) and minilm"
 
@@ -157,11 +157,8 @@ class EASEModel(nn.Module):
 
 
 @register("ease", EASEConfig)
-class EASE(PredictionStats, Strategy):
+class EASE(SessionMixin, PredictionStats, Strategy):
     """EASE: a new adapter per task (earlier ones frozen), concatenated subspaces, prototype complement."""
-
-    state_attrs = ("session",)
-    transient_attrs = ("current", "schedule", "_repeat")
 
     @classmethod
     def build_model(cls, cfg: EASEConfig, backbone, scenario):
@@ -182,17 +179,10 @@ class EASE(PredictionStats, Strategy):
         return make_optimizer(params, self.cfg)
 
     def setup(self):
-        if self.info.boundaries == "none":
-            raise ConfigError("ease adds an adapter per task: it needs task boundaries (scenario boundaries=visible), "
-                              "not a task-free stream")
         if self.info.setting == "domain":
             raise ConfigError("ease assigns each class to the task that introduced it: scenario setting=domain is "
                               "not supported; use setting=class or task")
-        self.preprocess = model_preprocess(self.model, self.device)
-        self.session = -1
-        self.current = torch.zeros(self.info.n_classes, dtype=torch.bool, device=self.device)
-        self.schedule = CosineSession()
-        self._repeat = 1
+        self.setup_sessions("ease")
 
     def _grow_to(self, n: int) -> None:
         """Adapter sets 0..n-1 with only the last trainable (the state at task n-1)."""
@@ -203,22 +193,17 @@ class EASE(PredictionStats, Strategy):
             bank.set_trainable(s, s == n - 1)
 
     def before_experience(self, exp):
-        self.session += 1
+        se = self.cfg.session_epochs
+        self.start_session(exp, (se[0] if self.session < 0 or len(se) == 1 else se[1]) if se else None)
         if self.session >= self.model.protos.shape[1]:
             raise ConfigError(f"ease was built for {self.model.protos.shape[1]} tasks; experience {self.session} is one more")
-        self._pred_fresh = True
-        self._grow_to(self.session + 1)  # freeze the earlier sets, add this task's
         cls = torch.as_tensor(exp.classes, device=self.device)
         if bool((self.model.class_task[cls] >= 0).any()):
             raise ConfigError("ease: a class of this experience was learnt in an earlier one (domain-incremental "
                               "labels); ease needs each class in one task")
-        self.current.zero_()
-        self.current[cls] = True
+        self._grow_to(self.session + 1)  # freeze the earlier sets, add this task's
         self.model.reset_proxy(cls)  # a fresh training head for the task (PILOT: a new proxy_fc)
         self.optimizer = self.make_optimizer()
-        se = self.cfg.session_epochs
-        self._repeat = int((se[0] if self.session == 0 or len(se) == 1 else se[1]) if se else 1)
-        self.schedule.start(self._repeat * len(exp.train_y) if se else 0)
 
     def train_data(self, exp):
         x, y = super().train_data(exp)
@@ -236,18 +221,9 @@ class EASE(PredictionStats, Strategy):
         return F.cross_entropy(logits.masked_fill(~self.current, float("-inf")), y)
 
     @torch.no_grad()
-    def extract(self, x) -> torch.Tensor:
-        was = self.model.training
-        self.model.eval()
-        try:
-            return batched(lambda xb: by_length(self.model.subspaces, xb), x, self.cfg.feature_batch, self.preprocess)
-        finally:
-            self.model.train(was)
-
-    @torch.no_grad()
     def after_experience(self, exp):
         m, t = self.model, self.session
-        f = self.extract(exp.train_x)  # (n, t+1, d)
+        f = self.featurise(self.model.subspaces, exp.train_x, self.cfg.feature_batch)  # (n, t+1, d)
         y = exp.train_y.to(self.device)
         for c in exp.classes:
             fc = f[y == c]

@@ -219,6 +219,26 @@ def ssf_sites(backbone: nn.Module) -> list[tuple[str, nn.Module, int, int]]:
     return out
 
 
+class _Switchable:
+    """``enable(flag)`` and the ``disabled()`` context for a module whose hooks read ``_on`` flags."""
+
+    def _switches(self):  # the children whose ``_on`` flag their hooks read
+        raise NotImplementedError
+
+    def enable(self, flag: bool = True) -> None:
+        for m in self._switches():
+            m._on = bool(flag)
+
+    @contextlib.contextmanager
+    def disabled(self):
+        prev = self._switches()[0]._on
+        self.enable(False)
+        try:
+            yield
+        finally:
+            self.enable(prev)
+
+
 class _ScaleShift(nn.Module):
     def __init__(self, dim: int, axis: int, init_std: float):
         super().__init__()
@@ -239,7 +259,7 @@ class _ScaleShift(nn.Module):
         return out * g + b
 
 
-class SSF(nn.Module):
+class SSF(_Switchable, nn.Module):
     """Scale-and-shift features (SSF) after every op of ``ssf_sites(backbone)``.
 
     ``init_std``: gamma ~ N(1, init_std), beta ~ N(0, init_std) (0.02 in the SSF code and PILOT's
@@ -259,18 +279,8 @@ class SSF(nn.Module):
             m.register_forward_hook(op.hook)
             self.ops.append(op)
 
-    def enable(self, flag: bool = True) -> None:
-        for op in self.ops:
-            op._on = bool(flag)
-
-    @contextlib.contextmanager
-    def disabled(self):
-        prev = self.ops[0]._on
-        self.enable(False)
-        try:
-            yield
-        finally:
-            self.enable(prev)
+    def _switches(self):
+        return self.ops
 
 
 VPT_INITS = ("zeros", "uniform")
@@ -297,7 +307,7 @@ class _PromptSite(nn.Module):
         return out[:, : out.shape[1] - self.tokens.shape[0]]
 
 
-class VisualPrompts(nn.Module):
+class VisualPrompts(_Switchable, nn.Module):
     """VPT prompt tokens for a timm ViT (``TimmBackbone`` or a bare ``VisionTransformer``).
 
     ``deep=True``: ``length`` new tokens at the input of every block, dropped at its output (VPT-deep);
@@ -334,15 +344,5 @@ class VisualPrompts(nn.Module):
             blocks[0].register_forward_pre_hook(self.sites[0].insert)
             blocks[-1].register_forward_hook(self.sites[0].drop)
 
-    def enable(self, flag: bool = True) -> None:
-        for s in self.sites:
-            s._on = bool(flag)
-
-    @contextlib.contextmanager
-    def disabled(self):
-        prev = self.sites[0]._on
-        self.enable(False)
-        try:
-            yield
-        finally:
-            self.enable(prev)
+    def _switches(self):
+        return self.sites
