@@ -101,7 +101,8 @@ class APERConfig(StrategyConfig):
             raise ConfigError(f"strategy.tune_epochs={self.tune_epochs!r}: give a number of epochs >= 1, or null "
                               f"for protocol.epochs")
         if self.vpt_length < 1 or self.bottleneck < 1:
-            raise ConfigError("strategy.vpt_length and strategy.bottleneck must be >= 1")
+            raise ConfigError(f"strategy.vpt_length={self.vpt_length!r}, strategy.bottleneck={self.bottleneck!r}: "
+                              f"both must be >= 1")
 
 
 def petl_module(kind: str, backbone: nn.Module, cfg, who: str) -> nn.Module | None:

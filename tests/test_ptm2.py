@@ -281,3 +281,35 @@ def test_vpt_on_minilm_is_an_error_naming_the_vit(tmp_path):
 def test_aper_finetune_runs_on_a_cnn_free_mlp(tmp_path, tiny_cfg):
     r = Run(resolve(tiny_cfg({"name": "aper", "petl": "finetune"})), progress=False, out_dir=tmp_path).execute()
     assert r["status"] == "finished", r.get("traceback")
+
+
+def test_ease_resumes_exactly_from_a_later_boundary(tmp_path, monkeypatch):
+    """The registry-wide test resumes after the first task (one adapter set); here after the second of three,
+    where two sets must be rebuilt, the second one trainable, before the checkpoint's weights load."""
+    import shutil
+
+    import test_strategies2_engine  # noqa: F401  (registers s2-tiny-images)
+    from cl.train import checkpoint
+
+    raw = {"strategy": {"name": "ease", "lr": 0.5}, "scenario": {"name": "s2-tiny-images", "n_tasks": 3, "n_classes": 6},
+           "backbone": {"name": "vit-tiny", "depth": 1, "embed_dim": 24, "num_heads": 2, "patch_size": 8,
+                        "img_size": 16},
+           "protocol": {"name": "offline", "epochs": 1, "batch_size": 8}, "wandb": "off"}
+    cfg = resolve(raw)
+    saves = []
+    orig = checkpoint.save
+
+    def save(path, *a):
+        orig(path, *a)
+        saves.append(len(saves))
+        if len(saves) == 2:  # after the second task
+            (tmp_path / "cut").mkdir()
+            shutil.copy(path, tmp_path / "cut" / "checkpoint.pt")
+
+    monkeypatch.setattr(checkpoint, "save", save)
+    full = Run(cfg, progress=False, out_dir=tmp_path / "full").execute()
+    assert full["status"] == "finished" and len(saves) == 2
+    res = Run(cfg, progress=False, out_dir=tmp_path / "cut").execute()
+    assert res["status"] == "finished" and res["resumed"]
+    assert res["R"] == full["R"] and res["metrics"]["n_adapters"] == 3
+    assert res["metrics"]["trainable_params"] == full["metrics"]["trainable_params"]
