@@ -199,3 +199,19 @@ def test_er_single_forward_equals_two_passes_without_batchnorm():
     assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
     for a, b in zip(grads[0][1], grads[1][1]):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_an_experience_with_no_training_data_is_not_a_non_finite_loss(tmp_path):
+    from cl.core.strategy import Strategy, StrategyConfig, register
+
+    @register("test-empty-train-data", StrategyConfig, override=True)
+    class EmptyAfterFirst(Strategy):
+        """Trains on the first experience only (as first-session methods do)."""
+
+        def train_data(self, exp):
+            x, y = exp.train_x, exp.train_y
+            return (x, y) if exp.task_id == 0 else (x[:0], y[:0])
+
+    res = run(tiny("test-empty-train-data", protocol={"name": "offline", "epochs": 2}), tmp_path)
+    assert res["status"] == "finished"
+    assert len(res["R"]) == 5 and res["R"][4][0] is not None

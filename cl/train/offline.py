@@ -26,5 +26,6 @@ class OfflineLoop(Loop):
                 idx = perm[s * bs:(s + 1) * bs]
                 losses[s] = strategy.train_step(preprocess(x_all[idx]), y_all[idx], t)
                 ctx.events.step()
-            check_finite(losses.mean(), f"epoch {epoch}", i)  # one host read per epoch
+            if steps:  # a strategy may train on nothing in an experience (first-session methods)
+                check_finite(losses.mean(), f"epoch {epoch}", i)  # one host read per epoch
         return n * p.epochs
