@@ -1,0 +1,66 @@
+"""What the contrastive replay strategies share (SCR, PCR, OCM, OnPro): a reservoir buffer of raw inputs,
+the method's own view augmentation (``cl.models.contrastive.ViewAugment``, with the scenario's normalisation
+recorded on the model by ``build_model``), Adam with the authors' betas, and config checks."""
+from __future__ import annotations
+
+import torch
+
+from cl.core.registry import ConfigError, unknown
+from cl.core.strategy import Strategy, make_optimizer
+from cl.models.buffers import ReservoirBuffer
+from cl.models.contrastive import VIEW_KINDS, ViewAugment, scenario_stats
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise unknown(f"strategy.{name}", value, choices)
+
+
+def check_positive(cfg, *names) -> None:
+    for n in names:
+        if getattr(cfg, n) <= 0:
+            raise ConfigError(f"strategy.{n} must be > 0, got {getattr(cfg, n)!r}")
+
+
+def record_stats(model, scenario):
+    """Keep the scenario's normalisation on the model (a private attribute: not state, rebuilt identically)."""
+    object.__setattr__(model, "_view_stats", scenario_stats(scenario))
+    return model
+
+
+def needs_boundaries(strategy, why: str) -> None:
+    if strategy.info.boundaries != "visible":
+        raise ConfigError(f"strategy {strategy.cfg_name!r} needs experience boundaries ({why}); got "
+                          f"scenario.boundaries={strategy.info.boundaries!r}; valid choice: 'visible'")
+
+
+class ContrastiveReplay(Strategy):
+    """Reservoir buffer (raw inputs, updated after the step) + the method's views."""
+
+    transient_attrs = ("views",)
+    cfg_name = "?"
+
+    def setup(self):
+        if self.cfg.buffer_size < 1:
+            raise ConfigError(f"strategy.buffer_size must be >= 1 for {self.cfg_name}, got {self.cfg.buffer_size}")
+        check_choice("view_augment", self.cfg.view_augment, VIEW_KINDS)
+        self.buffer = ReservoirBuffer(self.cfg.buffer_size, self.device)
+        mean, std = getattr(self.model, "_view_stats", (None, None))
+        self.views = ViewAugment(self.cfg.view_augment, mean, std)
+
+    def make_optimizer(self):
+        beta2 = getattr(self.cfg, "adam_beta2", None)
+        if self.cfg.optimizer == "adam" and beta2 is not None:
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            return torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, beta2), weight_decay=self.cfg.weight_decay)
+        return make_optimizer(self.model.parameters(), self.cfg)
+
+    def after_step(self, x, y, t=None):
+        self.buffer.add(x=x, y=y)
+
+    def extra_state(self):
+        return {**super().extra_state(), "buffer": self.buffer.state_dict()}
+
+    def load_extra_state(self, state):
+        super().load_extra_state(state)
+        self.buffer.load_state_dict(state["buffer"])
