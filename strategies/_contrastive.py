@@ -4,11 +4,14 @@ recorded on the model by ``build_model``), Adam with the authors' betas, and con
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, make_optimizer
 from cl.models.buffers import ReservoirBuffer
-from cl.models.contrastive import VIEW_KINDS, ViewAugment, scenario_stats
+from cl.models.contrastive import (VIEW_KINDS, ContrastiveModel, ProjectionHead, ViewAugment, ocm_rotations,
+                                   ocm_similarity, rotation_labels, scenario_stats)
+from cl.models.heads import IncrementalLinear
 
 
 def check_choice(name: str, value, choices) -> None:
@@ -64,3 +67,39 @@ class ContrastiveReplay(Strategy):
     def load_extra_state(self, state):
         super().load_extra_state(state)
         self.buffer.load_state_dict(state["buffer"])
+
+
+def model_with_projection(cfg, backbone, scenario):
+    d = backbone.out_dim
+    head = IncrementalLinear(d, scenario.n_classes)
+    return record_stats(ContrastiveModel(backbone, head, ProjectionHead(d, min(cfg.proj_dim, d), "linear")), scenario)
+
+
+ROTATIONS = (1, 4, 16)
+
+
+class RotationContrast:
+    """The instance-wise contrastive pieces OCM and OnPro share (mixed into their strategies)."""
+
+    def n_rot(self, x) -> int:
+        return self.cfg.rotations if x.dim() == 4 else 1  # non-image inputs: no rotation
+
+    def rotated_pair(self, x):
+        """(``[rot(x); view(rot(x))]``, ``rot(x)``)."""
+        r = ocm_rotations(x, self.n_rot(x))
+        return torch.cat([r, self.views(r)]), r
+
+    def rot_labels(self, y, x):
+        return rotation_labels(y, self.n_rot(x), self.info.n_classes)
+
+    def embed(self, pair):
+        """Normalised encoder features and projections of a batch of images."""
+        h = self.model.features(pair).flatten(1)
+        return F.normalize(h.float(), dim=1), self.model.project(h)
+
+    def offset(self, f, z):
+        span = max(1, f.shape[1] - z.shape[1])
+        return int(torch.randint(span, ()).item())
+
+    def sim(self, f, z, scale):
+        return ocm_similarity(z, f, self.offset(f, z), scale)

@@ -40,13 +40,10 @@ import torch
 import torch.nn.functional as F
 
 from cl.core.strategy import StrategyConfig, register
-from cl.models.contrastive import (VIEW_KINDS, ContrastiveModel, ProjectionHead, ocm_instance_loss, ocm_rotations,
-                                   ocm_similarity, ocm_xent, rotation_labels)
+from cl.models.contrastive import VIEW_KINDS, ocm_instance_loss, ocm_xent
 from cl.models.frozen import FrozenCopy
-from cl.models.heads import IncrementalLinear
-from strategies._contrastive import ContrastiveReplay, check_choice, check_positive, needs_boundaries, record_stats
-
-ROTATIONS = (1, 4, 16)
+from strategies._contrastive import (ContrastiveReplay, RotationContrast, check_choice, check_positive,
+                                     model_with_projection, needs_boundaries, ROTATIONS)
 
 
 @dataclass
@@ -70,39 +67,9 @@ class OCMConfig(StrategyConfig):
         check_positive(self, "temperature", "replay_batch_size", "proj_dim", "per_class_cap")
 
 
-def model_with_projection(cfg, backbone, scenario):
-    d = backbone.out_dim
-    head = IncrementalLinear(d, scenario.n_classes)
-    return record_stats(ContrastiveModel(backbone, head, ProjectionHead(d, min(cfg.proj_dim, d), "linear")), scenario)
-
-
-class RotationContrast:
-    """The instance-wise contrastive pieces OCM and OnPro share (mixed into their strategies)."""
-
-    def rotated_pair(self, x):
-        r = ocm_rotations(x, self.cfg.rotations if x.dim() == 4 else 1)
-        return torch.cat([r, self.views(r)])
-
-    def rot_labels(self, y):
-        return rotation_labels(y, self.cfg.rotations if self._image else 1, self.info.n_classes)
-
-    def embed(self, pair):
-        """Normalised encoder features and projections of a batch of images."""
-        h = self.model.features(pair).flatten(1)
-        return F.normalize(h.float(), dim=1), self.model.project(h)
-
-    def offset(self, f, z):
-        span = max(1, f.shape[1] - z.shape[1])
-        return int(torch.randint(span, ()).item())
-
-    def sim(self, f, z, scale):
-        return ocm_similarity(z, f, self.offset(f, z), scale)
-
-
 @register("ocm", OCMConfig, "Online CL through mutual information maximisation (rotations + InfoNCE, KD)")
 class OCM(RotationContrast, ContrastiveReplay):
     cfg_name = "ocm"
-    transient_attrs = ("_image",)
 
     build_model = classmethod(lambda cls, cfg, backbone, scenario: model_with_projection(cfg, backbone, scenario))
 
@@ -111,20 +78,18 @@ class OCM(RotationContrast, ContrastiveReplay):
         super().setup()
         self.teacher = FrozenCopy()
         self.old_classes: list[int] = []
-        self._image = len(self.info.input_shape) == 3
 
     def loss(self, x, y, t=None):
-        pair = self.rotated_pair(x)
-        ry = self.rot_labels(y)
+        pair, _ = self.rotated_pair(x)
+        ry = self.rot_labels(y, x)
         if not self.teacher:  # first experience
             f, z = self.embed(pair)
             l_ins = ocm_instance_loss(self.sim(f, z, 1.0), ry, self.cfg.temperature)
             return F.cross_entropy(self.model(self.views(x)).float(), y) + l_ins
         n_seen = int(self.model.head.seen.sum().item())
         mem = self.buffer.sample(min(self.cfg.replay_batch_size, self.cfg.per_class_cap * n_seen), replace=False)
-        rot_r = ocm_rotations(mem["x"], self.cfg.rotations if self._image else 1)
-        pair_r = torch.cat([rot_r, self.views(rot_r)])
-        ry_r = self.rot_labels(mem["y"])
+        pair_r, rot_r = self.rotated_pair(mem["x"])
+        ry_r = self.rot_labels(mem["y"], mem["x"])
         f_all, z_all = self.embed(torch.cat([pair, pair_r]))
         nb = len(pair)
         f, z, f_r, z_r = f_all[:nb], z_all[:nb], f_all[nb:], z_all[nb:]

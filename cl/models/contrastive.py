@@ -15,6 +15,8 @@
   ``s = cos / tau``.
 * :func:`ocm_xent` -- the "soft-target" InfoNCE of OCM (Guo et al., ICML 2022; gydpku/OCM
   ``InfoNCE/contrastive_learning.py``, ``Supervised_NT_xent_*``), which OnPro reuses.
+* :func:`prototype_contrastive_loss` -- OnPro's online prototype equilibrium (Wei et al., ICCV 2023;
+  weilllllls/OnPro ``modules/OPE.py``): a SimCLR loss between the two views' class prototypes of a batch.
 * :func:`ocm_rotations` -- OCM's 16 rotation copies (4 half-image 180-degree flips x 4 global rotations), with
   the label offsets that make each rotation its own class.
 * :class:`ProjectionHead`, :class:`ContrastiveModel` (backbone + head + projection head),
@@ -108,6 +110,32 @@ def ocm_similarity(proj: torch.Tensor, feats: torch.Tensor, offset: int, scale: 
     ``z`` (R, d) and a d-wide slice of the normalised features ``f`` (R, D >= d)."""
     d = proj.shape[1]
     return scale * (proj @ proj.t() + proj @ feats[:, offset:offset + d].t())
+
+
+def class_means(z: torch.Tensor, y: torch.Tensor, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class means of the rows of ``z`` (zeros for absent classes) and the presence mask."""
+    sums = torch.zeros(n_classes, z.shape[1], device=z.device, dtype=z.dtype).index_add(0, y, z)
+    counts = torch.zeros(n_classes, device=z.device, dtype=z.dtype).index_add(0, y, torch.ones_like(y, dtype=z.dtype))
+    return sums / counts.clamp_min(1)[:, None], counts > 0
+
+
+def prototype_contrastive_loss(z1: torch.Tensor, z2: torch.Tensor, y: torch.Tensor, n_classes: int,
+                               temperature: float = 0.5):
+    """OnPro's online prototype equilibrium loss (``modules/OPE.py``): the batch's class means of the two views'
+    projections, L2-normalised, in a SimCLR loss where a class's prototype in one view is the positive of its
+    prototype in the other and every other prototype of either view a negative. Returns the loss and the two
+    views' (unnormalised) means, (n_classes, d), zero rows for classes absent from the batch."""
+    p1, present = class_means(z1.float(), y, n_classes)
+    p2, _ = class_means(z2.float(), y, n_classes)
+    a, b = F.normalize(p1[present], dim=1), F.normalize(p2[present], dim=1)
+    k = len(a)
+    p = torch.cat([a, b])
+    logits = p @ p.t() / temperature
+    logits = logits - logits.max(1, keepdim=True).values.detach()
+    not_self = ~torch.eye(2 * k, dtype=torch.bool, device=p.device)
+    log_prob = logits - torch.log((logits.exp() * not_self).sum(1, keepdim=True))
+    idx = torch.arange(2 * k, device=p.device)
+    return -log_prob[idx, (idx + k) % (2 * k)].mean(), p1, p2
 
 
 # -- rotations ------------------------------------------------------------------------------------------
