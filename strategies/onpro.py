@@ -201,7 +201,8 @@ class OnPro(RotationContrast, ContrastiveReplay):
         return out
 
     def before_experience(self, exp):
-        self.first_batch = True
+        if self.info.boundaries == "visible":  # task-free runs read no boundary
+            self.first_batch = True
 
     def after_experience(self, exp):
         self.boundaries_seen += 1

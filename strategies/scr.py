@@ -97,7 +97,7 @@ class SCR(ContrastiveReplay):
 
     def after_experience(self, exp):
         bs = self.cfg.replay_batch_size
-        if not self.cfg.review_trick or len(self.buffer) < bs:
+        if not self.cfg.review_trick or self.info.boundaries != "visible" or len(self.buffer) < bs:
             return
         was = self.model.training
         self.model.train()

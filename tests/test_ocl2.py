@@ -313,3 +313,21 @@ def test_runs_under_both_protocols(tmp_path, name, protocol):
     res = Run(resolve(raw), progress=False, out_dir=tmp_path).execute()
     assert res["status"] == "finished", res.get("traceback")
     assert all(a is not None and math.isfinite(a) for a in res["R"][-1])
+
+
+@pytest.mark.parametrize("boundaries", ["visible", "hidden"])
+def test_boundary_hooks_are_ignored_when_boundaries_are_hidden(boundaries):
+    """The engine calls before/after_experience in task-free runs too: SCR's review step and OnPro's
+    first-batch reset must only react to visible boundaries."""
+    torch.manual_seed(0)
+    s = make(SCR, SCRConfig(buffer_size=20, replay_batch_size=4, view_augment="none"), Ident(3), 3, (3,),
+             boundaries=boundaries)
+    s.buffer.add(x=torch.randn(12, 3), y=torch.tensor([0, 1, 2] * 4))
+    before = [p.detach().clone() for p in s.model.parameters()]
+    s.after_experience(None)
+    changed = any(not torch.equal(a, p) for a, p in zip(before, s.model.parameters()))
+    assert changed == (boundaries == "visible")
+    o = make(OnPro, OnProConfig(), Ident(4), 4, (4,), boundaries=boundaries)
+    o.first_batch = False
+    o.before_experience(None)
+    assert o.first_batch == (boundaries == "visible")
