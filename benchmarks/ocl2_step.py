@@ -27,12 +27,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
-import torch  # noqa: E402
+import torch
 
-from cl.core.registry import strategies  # noqa: E402
-from cl.core.strategy import RunInfo  # noqa: E402
-from cl.models.backbones import build_backbone  # noqa: E402
-from cl.models.backbones.small import ResNetConfig  # noqa: E402
+from cl.core.registry import strategies
+from cl.core.strategy import RunInfo
+from cl.models.backbones import build_backbone
+from cl.models.backbones.small import ResNetConfig
 
 MEAN, STD = [0.4914, 0.4822, 0.4465], [0.2470, 0.2435, 0.2615]
 RUNNERS = [
@@ -107,7 +107,7 @@ def main():
             sync(device)
             best[i] = min(best[i], (time.perf_counter() - t0) / a.steps)
     er = best[0] if built[0][0] == "er" else None
-    load = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    load = subprocess.run(["uptime"], check=False, capture_output=True, text=True).stdout.strip()
     print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} cores visible, torch "
           f"{torch.__version__}, threads {a.threads}, device {device}, resnet18r nf={a.nf}")
     print(f"# uptime: {load}")

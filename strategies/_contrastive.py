@@ -3,14 +3,24 @@ the method's own view augmentation (``cl.models.contrastive.ViewAugment``, with 
 recorded on the model by ``build_model``), Adam with the authors' betas, and config checks."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from cl.core.registry import ConfigError, unknown
-from cl.core.strategy import Strategy, make_optimizer
+from cl.core.strategy import Strategy, StrategyConfig, make_optimizer
 from cl.models.buffers import ReservoirBuffer
-from cl.models.contrastive import (VIEW_KINDS, ContrastiveModel, ProjectionHead, ViewAugment, ocm_rotations,
-                                   ocm_similarity, rotation_labels, scenario_stats)
+from cl.models.contrastive import (
+    VIEW_KINDS,
+    ContrastiveModel,
+    ProjectionHead,
+    ViewAugment,
+    ocm_rotations,
+    ocm_similarity,
+    rotation_labels,
+    scenario_stats,
+)
 from cl.models.heads import IncrementalLinear
 
 
@@ -76,6 +86,26 @@ def model_with_projection(cfg, backbone, scenario):
 
 
 ROTATIONS = (1, 4, 16)
+
+
+@dataclass
+class RotationConfig(StrategyConfig):
+    """The settings OCM and OnPro share (the authors' optimiser: Adam, betas (0.9, 0.99), weight decay 1e-4)."""
+
+    lr: float = 1e-3
+    optimizer: str = "adam"
+    weight_decay: float = 1e-4
+    adam_beta2: float = 0.99
+    replay_batch_size: int = 64
+    per_class_cap: int = 7  # the replay batch is min(replay_batch_size, per_class_cap * #classes seen)
+    rotations: int = 16  # 16 (paper) | 4 | 1
+    proj_dim: int = 128
+    view_augment: str = "ocm"  # ocm | scr | none
+
+    def validate(self):
+        check_choice("rotations", self.rotations, ROTATIONS)
+        check_choice("view_augment", self.view_augment, VIEW_KINDS)
+        check_positive(self, "replay_batch_size", "proj_dim", "per_class_cap")
 
 
 class RotationContrast:

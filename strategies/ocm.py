@@ -39,32 +39,28 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cl.core.strategy import StrategyConfig, register
-from cl.models.contrastive import VIEW_KINDS, ocm_instance_loss, ocm_xent
+from cl.core.strategy import register
+from cl.models.contrastive import ocm_instance_loss, ocm_xent
 from cl.models.frozen import FrozenCopy
-from strategies._contrastive import (ContrastiveReplay, RotationContrast, check_choice, check_positive,
-                                     model_with_projection, needs_boundaries, ROTATIONS)
+from strategies._contrastive import (
+    ContrastiveReplay,
+    RotationConfig,
+    RotationContrast,
+    check_positive,
+    model_with_projection,
+    needs_boundaries,
+)
 
 
 @dataclass
-class OCMConfig(StrategyConfig):
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    weight_decay: float = 1e-4
-    adam_beta2: float = 0.99
+class OCMConfig(RotationConfig):
     buffer_size: int = 500  # total samples
-    replay_batch_size: int = 64
-    per_class_cap: int = 7  # the replay batch is min(replay_batch_size, per_class_cap * #classes seen)
     temperature: float = 0.07
     sim_scale: float = 0.5  # scale of the similarity matrices after the first experience (CIFAR-10 script)
-    rotations: int = 16  # 16 (paper) | 4 | 1
-    proj_dim: int = 128
-    view_augment: str = "ocm"  # ocm | scr | none
 
     def validate(self):
-        check_choice("rotations", self.rotations, ROTATIONS)
-        check_choice("view_augment", self.view_augment, VIEW_KINDS)
-        check_positive(self, "temperature", "replay_batch_size", "proj_dim", "per_class_cap")
+        super().validate()
+        check_positive(self, "temperature")
 
 
 @register("ocm", OCMConfig, "Online CL through mutual information maximisation (rotations + InfoNCE, KD)")

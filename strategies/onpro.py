@@ -41,21 +41,26 @@ from itertools import combinations
 import torch
 import torch.nn.functional as F
 
-from cl.core.strategy import StrategyConfig, register
-from cl.models.contrastive import VIEW_KINDS, ocm_instance_loss, ocm_xent, prototype_contrastive_loss
-from strategies._contrastive import (ROTATIONS, ContrastiveReplay, RotationContrast, check_choice, check_positive,
-                                     model_with_projection)
+from cl.core.registry import ConfigError
+from cl.core.strategy import register
+from cl.models.contrastive import (
+    ocm_instance_loss,
+    ocm_xent,
+    prototype_contrastive_loss,
+)
+from strategies._contrastive import (
+    ContrastiveReplay,
+    RotationConfig,
+    RotationContrast,
+    check_positive,
+    model_with_projection,
+)
 
 
 @dataclass
-class OnProConfig(StrategyConfig):
+class OnProConfig(RotationConfig):
     lr: float = 5e-4
-    optimizer: str = "adam"
-    weight_decay: float = 1e-4
-    adam_beta2: float = 0.99
     buffer_size: int = 200  # the code's default (CIFAR-10 grid 100 / 200 / 500)
-    replay_batch_size: int = 64
-    per_class_cap: int = 7  # the replay batch is min(replay_batch_size, per_class_cap * #classes seen)
     ins_temperature: float = 0.07
     proto_temperature: float = 0.5
     sim_scale: float = 0.5  # 0.5 CIFAR-10, 1.0 CIFAR-100 / TinyImageNet in the code
@@ -64,17 +69,10 @@ class OnProConfig(StrategyConfig):
     mixup_p: float = 0.6
     mixup_lower: float = 0.0
     mixup_upper: float = 0.6
-    rotations: int = 16  # 16 (paper) | 4 | 1
-    proj_dim: int = 128
-    view_augment: str = "ocm"  # ocm | scr | none
 
     def validate(self):
-        check_choice("rotations", self.rotations, ROTATIONS)
-        check_choice("view_augment", self.view_augment, VIEW_KINDS)
-        check_positive(self, "ins_temperature", "proto_temperature", "replay_batch_size", "proj_dim",
-                       "per_class_cap", "mixup_alpha")
-        from cl.core.registry import ConfigError
-
+        super().validate()
+        check_positive(self, "ins_temperature", "proto_temperature", "mixup_alpha")
         for name in ("mixup_base_rate", "mixup_p", "mixup_lower", "mixup_upper"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"strategy.{name} must be in [0, 1], got {getattr(self, name)!r}")

@@ -33,7 +33,12 @@ from cl.core.strategy import StrategyConfig, register
 from cl.models.contrastive import VIEW_KINDS, proxy_contrastive_loss, two_views
 from cl.models.heads import CosineHead
 from cl.models.model import Model
-from strategies._contrastive import ContrastiveReplay, check_choice, check_positive, record_stats
+from strategies._contrastive import (
+    ContrastiveReplay,
+    check_choice,
+    check_positive,
+    record_stats,
+)
 
 
 @dataclass

@@ -38,9 +38,19 @@ from dataclasses import dataclass
 import torch
 
 from cl.core.strategy import StrategyConfig, register
-from cl.models.contrastive import ContrastiveModel, ProjectionHead, VIEW_KINDS, supcon_loss
+from cl.models.contrastive import (
+    VIEW_KINDS,
+    ContrastiveModel,
+    ProjectionHead,
+    supcon_loss,
+)
 from cl.models.prototypes import PrototypeHead
-from strategies._contrastive import ContrastiveReplay, check_choice, check_positive, record_stats
+from strategies._contrastive import (
+    ContrastiveReplay,
+    check_choice,
+    check_positive,
+    record_stats,
+)
 
 
 @dataclass

@@ -25,14 +25,19 @@
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from cl.core.registry import unknown
-from cl.data.augment import colour_jitter, random_flip, random_grayscale, random_resized_crop
+from cl.data.augment import (
+    colour_jitter,
+    random_flip,
+    random_grayscale,
+    random_resized_crop,
+)
 from cl.models.model import Model
 
 VIEW_KINDS = ("scr", "ocm", "none")
