@@ -30,7 +30,8 @@ What is cut or changed (the loss itself is the authors'):
 * The projection size is ``min(proj_dim, feature size)``; the offset ``o`` is drawn from
   ``[0, max(1, D - d))`` (the code's ``randperm(D - d)[0]``).
 * No mixed precision (the code uses apex O1). Predictions: the linear head masked to the classes seen.
-Cost: (10 + 64) inputs x 16 rotations x 2 views = 2,368 images per step, about 30x ER's 20 at batch 10.
+Cost: (10 + 64) inputs x 16 rotations x 2 views = 2,368 images per step (ER: 20); measured ~330x ER's step on
+the shared CPU (benchmarks/results/ocl2.md).
 """
 from __future__ import annotations
 
