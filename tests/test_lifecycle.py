@@ -139,7 +139,7 @@ def test_future_experiences_are_evaluated_only_when_asked(tmp_path, monkeypatch)
 
     seen = []
     real = E.evaluate
-    monkeypatch.setattr(E, "evaluate", lambda s, exps, *a: seen.append(len(exps)) or real(s, exps, *a))
+    monkeypatch.setattr(E, "evaluate", lambda s, exps, *a, **kw: seen.append(len(exps)) or real(s, exps, *a, **kw))
     base = tiny("er", protocol={"name": "offline"})
     a = Run(resolve(base), progress=False, out_dir=tmp_path / "a").execute()
     T = len(a["R"])
