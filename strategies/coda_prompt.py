@@ -107,7 +107,7 @@ class CodaPromptModel(PrefixModel):
             new = gram_schmidt_rows(full, start, max(ok, start), generator) if ok > start else full
             for r in range(max(ok, start), stop):
                 v = torch.randn(d, generator=generator)
-                new[r] = (v / v.norm()).reshape(new[r].shape).to(new.dtype)
+                new[r] = (v / v.norm()).reshape(new[r].shape).to(new.device, new.dtype)
             plist[t].copy_(new[start:stop])
 
     def used(self, j: int, name: str, train: bool) -> torch.Tensor:

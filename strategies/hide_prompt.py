@@ -24,7 +24,10 @@ The paper decomposes the class-incremental objective into three parts, each opti
    ``ca_batch`` samples per class and cluster, as many steps as there are classes of earlier tasks (as the code).
 
 Statistics: per class, ``n_centroids`` (10) k-means clusters, each kept as mean and diagonal variance (official
-``ca_storage_efficient_method='multi-centroid'``); sampled as N(mean, diag(var) + 1e-4).
+``ca_storage_efficient_method='multi-centroid'``); sampled as N(mean, diag(var) + 1e-4).  A class with fewer
+samples than ``n_centroids`` gets one cluster per sample; clusters of one sample (variance 0) are kept and sampled
+with the 1e-4 floor (the official code skips zero-variance clusters, which leaves a class of few samples without
+any).
 
 Defaults (official CIFAR-100 config and script): Adam, prompt lr 0.03 * 24 / 256 (its lr scaled by batch / 256),
 classifier lr x 0.1 (``--larger_prompt_lr``), TII lr 0.0005 (its ``--lr 0.0005`` for the TII stage), gradient-norm
