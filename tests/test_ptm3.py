@@ -187,3 +187,126 @@ def test_task_free_runs_are_refused_with_the_field_named():
         info = RunInfo(n_classes=C, input_shape=(8,), device=torch.device("cpu"), seed=0, boundaries="none")
         with pytest.raises(ConfigError, match="scenario.boundaries"):
             entry.obj(scfg, model, info).setup()
+
+
+# -- SLCA -----------------------------------------------------------------------------------------------
+def test_slca_backbone_moves_at_a_hundredth_of_the_head_lr_and_old_rows_stay():
+    tasks, C = gaussian_tasks(n_tasks=2)
+    sc = scenario(tasks, C, (8,))
+    s = make("slca", backbone("mlp", hidden=16), sc, ca=False)
+    s.before_experience(sc[0])
+    groups = s.optimizer.param_groups
+    body = {id(p) for p in s.model.backbone.parameters()}
+    head = {id(p) for p in s.model.head.parameters()}
+    assert [{id(p) for p in g["params"]} for g in groups] == [body, head]
+    assert groups[0]["lr"] == pytest.approx(0.01 * groups[1]["lr"]) and groups[1]["lr"] == pytest.approx(0.01)
+    for exp_i in range(2):
+        if exp_i:
+            s.before_experience(sc[1])
+        w0 = s.model.head.fc.weight.detach().clone()
+        x, y = sc[exp_i].train_x, sc[exp_i].train_y
+        for i in range(0, len(y), 8):
+            s.train_step(x[i:i + 8], y[i:i + 8])
+        s.after_experience(sc[exp_i])
+        moved = (s.model.head.fc.weight - w0).abs().sum(1) > 0
+        assert moved.tolist() == [c in sc[exp_i].classes for c in range(C)]  # only the current task's rows
+    # lr milestones: epoch 18 of a task multiplies both groups by 0.1
+    s._done = 18 * s._n_train
+    s.train_step(x[:8], y[:8])
+    assert [g["lr"] for g in s.optimizer.param_groups] == pytest.approx([1e-5, 1e-3])
+
+
+def test_slca_alignment_trains_only_the_head_on_class_gaussian_samples(monkeypatch):
+    tasks, C = gaussian_tasks(n_tasks=2)
+    sc = scenario(tasks, C, (8,))
+    s = make("slca", backbone("mlp", hidden=16), sc, ca_epochs=2, ca_samples=16)
+    train(s, sc[0])
+    assert s.head_backup is None  # no alignment after the first task
+    body0 = {k: v.clone() for k, v in s.model.backbone.state_dict().items()}
+    seen_inputs = []
+    orig = s.model.head.raw
+    monkeypatch.setattr(s.model.head, "raw", lambda h: (seen_inputs.append(h.detach().clone()), orig(h))[1])
+    s.before_experience(sc[1])
+    x, y = sc[1].train_x, sc[1].train_y
+    for i in range(0, len(y), 8):
+        s.train_step(x[i:i + 8], y[i:i + 8])
+    body1 = {k: v.clone() for k, v in s.model.backbone.state_dict().items()}
+    head1 = s.model.head.fc.weight.detach().clone()
+    n_train = len(seen_inputs)
+    s.after_experience(sc[1])
+    assert all(torch.equal(body1[k], v) for k, v in s.model.backbone.state_dict().items())  # backbone untouched
+    assert any(not torch.equal(body0[k], body1[k]) for k in body0)  # (it did learn during the task)
+    assert not torch.equal(s.model.head.fc.weight, head1)  # the alignment moved the head ...
+    assert torch.equal(s.head_backup["weight"], head1)  # ... from the pre-alignment head, kept for the next task
+    ca = torch.cat(seen_inputs[n_train:])  # the head's inputs during alignment: 2 epochs x 16 samples x 4 classes
+    assert ca.shape == (2 * 16 * C, 16)
+    # they are Gaussian samples around the class means, not the training features
+    feats = s.features(torch.cat([e.train_x for e in sc]))
+    assert not any(torch.allclose(r, feats, atol=1e-6) for r in ca[:4])
+    # balanced classes: the samples' mean is the mean of the scaled class means (task 0's shrunk by 0.95)
+    scale = torch.tensor([0.95, 0.95, 1.0, 1.0], dtype=torch.float64)
+    want = (s.means[:C] * scale[:, None]).mean(0)
+    sd = max(float(torch.diagonal(s.chol[c] @ s.chol[c].t()).max().sqrt()) for c in range(C))
+    assert torch.allclose(ca.mean(0).double(), want, atol=5 * sd / math.sqrt(len(ca)))
+
+
+# -- InfLoRA --------------------------------------------------------------------------------------------
+def lowrank_tasks(d=8, per=24, seed=0):
+    """Task 0's inputs: three strong directions of R^d and a weak fourth (a 1e-6 share of the squared singular
+    values of their Gram matrix, below the memory threshold 1 - 1e-7: the memory keeps the three); task 1's are
+    generic."""
+    g = torch.Generator().manual_seed(seed)
+    Q = torch.linalg.qr(torch.randn(d, d, generator=g))[0]
+    z = torch.linalg.qr(torch.randn(2 * per, 4, generator=g))[0] * math.sqrt(2 * per)  # orthogonal columns
+    z = z * torch.tensor([3.0, 2.0, 1.5, 0.1])
+    x0 = z @ Q[:, :4].t()
+    x1 = torch.randn(2 * per, d, generator=g) * 2
+    y0, y1 = torch.arange(2).repeat_interleave(per), torch.arange(2, 4).repeat_interleave(per)
+    return [(x0, y0), (x1, y1)], Q[:, :3]
+
+
+def test_inflora_update_lies_orthogonal_to_earlier_tasks_inputs():
+    tasks, span = lowrank_tasks()
+    sc = scenario(tasks, 4, (8,))
+    s = make("inflora", backbone("mlp", shape=(8,), hidden=16), sc, rank=4, lamb=1 - 1e-7, lame=1 - 1e-7, lr=0.05)
+    first = s.layers[0]
+    train(s, sc[0])
+    W0 = first.base.weight.detach().clone()
+    M = s.bases[0]
+    assert M.shape[1] == 3  # the protected span of task 0's inputs is found
+    assert torch.allclose(M @ M.t() @ span.double(), span.double(), atol=1e-5)
+    s.before_experience(sc[1])
+    assert (first.A.double() @ M).abs().max() < 1e-6  # the designed A annihilates the memory (float32)
+    x, y = sc[1].train_x, sc[1].train_y
+    B0 = {id(m): m.B.detach().clone() for m in s.layers}
+    for i in range(0, len(y), 8):
+        s.train_step(x[i:i + 8], y[i:i + 8])
+    assert all(torch.equal(m.A, m.A) for m in s.layers)
+    A1 = first.A.clone()
+    s.after_experience(sc[1])
+    dW = (first.base.weight.detach() - W0).double()
+    assert dW.abs().max() > 1e-3  # task 1 did change the layer ...
+    old = sc[0].train_x.double()
+    assert (dW @ M).abs().max() < 1e-6 * dW.abs().max() + 1e-7  # ... but not on the protected span
+    # on task 0's inputs the change acts only through their weak, unprotected part
+    rest = old - old @ M @ M.t()
+    assert (old @ dW.t()).norm() <= 1.0001 * torch.linalg.matrix_norm(dW, 2) * rest.norm()
+    assert (old @ dW.t()).norm() < 0.1 * (sc[1].train_x.double() @ dW.t()).norm()
+    assert not torch.equal(A1, torch.zeros_like(A1))
+
+
+def test_inflora_trains_only_b_and_the_head():
+    tasks, _ = lowrank_tasks()
+    sc = scenario(tasks, 4, (8,))
+    s = make("inflora", backbone("mlp", shape=(8,), hidden=16), sc, rank=2)
+    s.before_experience(sc[0])
+    trained = {id(p) for g in s.optimizer.param_groups for p in g["params"]}
+    assert trained == {id(m.B) for m in s.layers} | {id(p) for p in s.model.head.parameters()}
+    assert all(not isinstance(b, torch.nn.Parameter) for m in s.layers for b in (m.A,))
+
+
+def test_inflora_refuses_a_cnn_naming_the_backbones_that_work():
+    tasks, _ = lowrank_tasks()
+    sc = scenario(tasks, 4, (3, 8, 8))
+    with pytest.raises(ConfigError, match="backbones that work: timm ViTs.*minilm, mlp"):
+        make("inflora", backbone("cnn", shape=(3, 8, 8), channels=4, blocks=1), sc)
