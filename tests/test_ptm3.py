@@ -170,6 +170,9 @@ def test_fecam_skips_tukey_on_signed_features_and_masks_unseen_classes():
     ("ranpac", {"precision": "half"}, r"strategy\.precision.*float32, float64"),
     ("ranpac", {"rp_dim": -1}, r"strategy\.rp_dim"),
     ("fecam", {"tukey": "yes"}, r"strategy\.tukey.*'yes'.*auto, off, on"),
+    ("lae", {"ensemble": "energy"}, r"strategy\.ensemble.*'energy'.*max_prob, offline, online"),
+    ("inflora", {"lamb": 1.5}, r"strategy\.rank must be >= 1 and lamb, lame in \(0, 1\]"),
+    ("slca", {"ca_samples": 0}, r"ca_samples >= 1"),
 ])
 def test_bad_config_is_a_config_error_naming_field_and_choices(name, cfg, pattern):
     tasks, C = gaussian_tasks()
@@ -310,3 +313,51 @@ def test_inflora_refuses_a_cnn_naming_the_backbones_that_work():
     sc = scenario(tasks, 4, (3, 8, 8))
     with pytest.raises(ConfigError, match="backbones that work: timm ViTs.*minilm, mlp"):
         make("inflora", backbone("cnn", shape=(3, 8, 8), channels=4, blocks=1), sc)
+
+
+# -- LAE ------------------------------------------------------------------------------------------------
+def test_lae_offline_module_is_the_ema_of_the_online_one():
+    tasks, C = gaussian_tasks(n_tasks=2)
+    sc = scenario(tasks, C, (8,))
+    s = make("lae", backbone("mlp", hidden=16), sc, ema_decay=0.8, freeze_epochs=0, lr=0.01)
+    train(s, sc[0])
+    pairs = s._pairs()
+    assert pairs and all(not torch.equal(on, off) for on, off in pairs if on.abs().sum() > 0)  # no EMA yet
+    s.before_experience(sc[1])
+    want = [on.detach().clone() for on, _ in pairs]  # the offline module starts as a copy of the online one
+    assert all(torch.equal(off, w) for (_, off), w in zip(pairs, want))
+    x, y = sc[1].train_x, sc[1].train_y
+    for i in range(0, 24, 8):
+        s.train_step(x[i:i + 8], y[i:i + 8])
+        want = [0.8 * w + 0.2 * on.detach() for w, (on, _) in zip(want, pairs)]
+    assert any(not torch.equal(on, off) for on, off in pairs)  # they differ ...
+    for (_, off), w in zip(pairs, want):  # ... and the offline one is exactly the EMA
+        assert torch.allclose(off, w, atol=1e-7)
+    # inference: class-wise max of the two softmax outputs
+    xt = x[:5]
+    s.model.eval()
+    with torch.no_grad():
+        s.lora.switch("online")
+        p_on = s.model(xt).float().softmax(1)
+        s.lora.switch("offline")
+        p_off = s.model(xt).float().softmax(1)
+        s.lora.switch("online")
+        got = s.predict(xt)
+    assert torch.allclose(got.exp(), torch.maximum(p_on, p_off), atol=1e-6)
+
+
+def test_lae_freezes_the_online_module_for_the_first_epochs_of_later_tasks():
+    tasks, C = gaussian_tasks(n_tasks=2)
+    sc = scenario(tasks, C, (8,))
+    s = make("lae", backbone("mlp", hidden=16), sc, freeze_epochs=1, lr=0.01)
+    train(s, sc[0])
+    s.before_experience(sc[1])
+    on0 = [on.detach().clone() for on, _ in s._pairs()]
+    head0 = s.model.head.fc.weight.detach().clone()
+    x, y = sc[1].train_x, sc[1].train_y
+    for i in range(0, len(y), 8):  # epoch 0: head only
+        s.train_step(x[i:i + 8], y[i:i + 8])
+    assert all(torch.equal(on, w) for (on, _), w in zip(s._pairs(), on0))
+    assert not torch.equal(s.model.head.fc.weight, head0)
+    s.train_step(x[:8], y[:8])  # epoch 1: the PET trains again
+    assert any(not torch.equal(on, w) for (on, _), w in zip(s._pairs(), on0))
