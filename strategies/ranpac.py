@@ -30,6 +30,8 @@ Choices the paper leaves open / deviations:
 * The Phase-1 learning rate is constant (the official cosine schedule over the 20 epochs is not reproduced).
 * G, Q are float32 as in the code (``precision=float64`` for exactness on small M).
 * Needs experience boundaries (lambda is chosen per task); task-free runs raise a ConfigError.
+* Once nothing trains (Phase 2), ``train_data`` hands the loop one sample, so ``protocol.epochs`` (needed
+  for Phase 1) costs nothing in the later tasks.
 
 Backbones: any (timm ViTs, EfficientNet-Lite0, MiniLM, mlp) -- the mechanism only needs a feature vector;
 ``petl=lora`` needs a backbone LoraSet can target (ViT, BERT/MiniLM, CNN convolutions, mlp).
@@ -168,6 +170,12 @@ class RanPAC(PredictionStats, Strategy):
 
     def before_experience(self, exp):
         self.session += 1
+
+    def train_data(self, exp):
+        x, y = super().train_data(exp)
+        if self.tuned:  # nothing trains: one sample keeps the loop's bookkeeping (G and Q use exp.train_x)
+            return x[:1], y[:1]
+        return x, y
 
     def train_step(self, x, y, t=None):
         if self.tuned:  # Phase 2 is closed form: nothing to do per batch
