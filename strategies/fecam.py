@@ -37,15 +37,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, StrategyConfig, register
-from cl.models.analytic import correlation, mahalanobis, shrink_cov, tukey
+from cl.models.analytic import correlation, eval_features, mahalanobis, shrink_cov, tukey
 from cl.models.heads import MaskedHead
 from cl.models.model import Model
-from cl.models.task_keys import batched, by_length, model_preprocess, remember_preprocess
+from cl.models.task_keys import by_length, model_preprocess, remember_preprocess
+from strategies._closed_form import inert_optimizer, require_boundaries
 from strategies._prediction_stats import PredictionStats
 
 TUKEY = ("auto", "on", "off")
@@ -109,13 +109,10 @@ class FeCAM(PredictionStats, Strategy):
         return model
 
     def make_optimizer(self):
-        self._dummy = nn.Parameter(torch.zeros(()))  # nothing is trained; an inert optimiser
-        return torch.optim.SGD([self._dummy], lr=0.0)
+        return inert_optimizer(self)
 
     def setup(self):
-        if self.info.boundaries == "none":
-            raise ConfigError("fecam computes class covariances per task and needs experience boundaries: "
-                              "scenario.boundaries must be 'visible'")
+        require_boundaries(self.info, "fecam", "computes class covariances per task")
         self.preprocess = model_preprocess(self.model, self.device)
         self.session = -1
 
@@ -125,13 +122,8 @@ class FeCAM(PredictionStats, Strategy):
     def train_step(self, x, y, t=None):
         return torch.zeros((), device=y.device)
 
-    @torch.no_grad()
     def features(self, x):
-        was = self.model.training
-        self.model.eval()
-        f = batched(lambda xb: by_length(self.model.backbone, xb), x, self.cfg.feature_batch, self.preprocess)
-        self.model.train(was)
-        return f.flatten(1).double()
+        return eval_features(self.model, self.model.backbone, x, self.cfg.feature_batch, self.preprocess).flatten(1).double()
 
     def class_precision(self, f: torch.Tensor) -> torch.Tensor:
         """Sigma_c^-1 of one class's features (n, d): Tukey, covariance, shrinkage, normalisation, pinv."""

@@ -47,7 +47,9 @@ from cl.core.registry import ConfigError
 from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
 from cl.models.heads import IncrementalLinear
 from cl.models.model import Model
-from cl.models.task_keys import batched, by_length, model_preprocess, remember_preprocess, trim_padding
+from cl.models.analytic import eval_features
+from cl.models.task_keys import by_length, model_preprocess, remember_preprocess, trim_padding
+from strategies._closed_form import require_boundaries
 from strategies._prediction_stats import PredictionStats
 
 BACKBONES = "timm ViTs (vit-tiny, timm:vit_*), minilm, mlp"
@@ -194,9 +196,7 @@ class InfLoRA(PredictionStats, Strategy):
         return make_optimizer(params, self.cfg)
 
     def setup(self):
-        if self.info.boundaries == "none":
-            raise ConfigError("inflora designs a branch per task and needs experience boundaries "
-                              "(scenario.boundaries must be 'visible')")
+        require_boundaries(self.info, "inflora", "designs a branch per task")
         self.preprocess = model_preprocess(self.model, self.device)
         self.session = -1
         self.bases: list = [None] * len(self.layers)
@@ -209,12 +209,9 @@ class InfLoRA(PredictionStats, Strategy):
             m.gram.zero_()
             m.count.zero_()
             m._collect = True
-        was = self.model.training
-        self.model.eval()
         try:
-            batched(lambda xb: by_length(self.model.backbone, xb), x, self.cfg.feature_batch, self.preprocess)
+            eval_features(self.model, self.model.backbone, x, self.cfg.feature_batch, self.preprocess)
         finally:
-            self.model.train(was)
             for m in layers:
                 m._collect = False
         return [m.gram / m.count.clamp_min(1) for m in layers]

@@ -40,6 +40,7 @@ from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
 from cl.models.model import Model, build_head
 from cl.models.task_keys import by_length, freeze_batchnorm, remember_preprocess, trim_padding
+from strategies._closed_form import require_boundaries
 from strategies._prediction_stats import PredictionStats
 
 ENSEMBLES = ("max_prob", "online", "offline")
@@ -106,9 +107,7 @@ class LAE(PredictionStats, Strategy):
         return make_optimizer(params, self.cfg)
 
     def setup(self):
-        if self.info.boundaries == "none":
-            raise ConfigError("lae starts its offline module at a task boundary and needs experience boundaries "
-                              "(scenario.boundaries must be 'visible')")
+        require_boundaries(self.info, "lae", "starts its offline module at a task boundary")
         self.session = -1
         self.current = torch.zeros(self.info.n_classes, dtype=torch.bool, device=self.device)
         self._done, self._n_train = 0, 1

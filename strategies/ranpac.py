@@ -46,10 +46,11 @@ import torch.nn.functional as F
 
 from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
-from cl.models.analytic import RIDGE_GRID, project, random_projection, ridge_solve, select_ridge
+from cl.models.analytic import RIDGE_GRID, eval_features, project, random_projection, ridge_solve, select_ridge
 from cl.models.heads import MaskedHead
 from cl.models.model import build_head
-from cl.models.task_keys import batched, by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
+from cl.models.task_keys import by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
+from strategies._closed_form import inert_optimizer, require_boundaries
 from strategies._prediction_stats import PredictionStats
 
 PETL = ("none", "lora")
@@ -151,13 +152,10 @@ class RanPAC(PredictionStats, Strategy):
     def make_optimizer(self):
         if self.model.probe is not None:
             return make_optimizer(self.model.parameters(), self.cfg)
-        self._dummy = nn.Parameter(torch.zeros(()))  # nothing is trained; an inert optimiser
-        return torch.optim.SGD([self._dummy], lr=0.0)
+        return inert_optimizer(self)
 
     def setup(self):
-        if self.info.boundaries == "none":
-            raise ConfigError("ranpac chooses its ridge parameter per task and needs experience boundaries: "
-                              "scenario.boundaries must be 'visible'")
+        require_boundaries(self.info, "ranpac", "chooses its ridge parameter per task")
         self.preprocess = model_preprocess(self.model, self.device)
         h = self.model.head
         if h.w_rand.numel():
@@ -187,13 +185,8 @@ class RanPAC(PredictionStats, Strategy):
         x = self.augment(x) if self.augment is not None else trim_padding(x)
         return F.cross_entropy(self.model.probe(self.model.backbone(x)).float(), y)
 
-    @torch.no_grad()
     def features(self, x):
-        was = self.model.training
-        self.model.eval()
-        f = batched(lambda xb: by_length(self.model.backbone, xb), x, self.cfg.feature_batch, self.preprocess)
-        self.model.train(was)
-        return f
+        return eval_features(self.model, self.model.backbone, x, self.cfg.feature_batch, self.preprocess)
 
     def after_experience(self, exp):
         if not self.tuned:  # end of Phase 1: freeze the adapter for good

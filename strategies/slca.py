@@ -32,7 +32,6 @@ Backbones: any (timm ViTs, EfficientNet-Lite0, MiniLM, mlp); ``frozen_backbone=t
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -41,10 +40,11 @@ import torch.nn.functional as F
 
 from cl.core.registry import ConfigError
 from cl.core.strategy import Strategy, StrategyConfig, register
-from cl.models.analytic import cholesky_factor, class_gaussian, sample_gaussian
+from cl.models.analytic import cholesky_factor, class_gaussian, eval_features, sample_gaussian
 from cl.models.heads import IncrementalLinear
 from cl.models.model import Model
-from cl.models.task_keys import batched, by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
+from cl.models.task_keys import by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
+from strategies._closed_form import require_boundaries
 from strategies._prediction_stats import PredictionStats
 
 
@@ -98,9 +98,7 @@ class SLCA(PredictionStats, Strategy):
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     def setup(self):
-        if self.info.boundaries == "none":
-            raise ConfigError("slca fits class statistics and aligns the classifier per task: it needs experience "
-                              "boundaries (scenario.boundaries must be 'visible')")
+        require_boundaries(self.info, "slca", "fits class statistics and aligns the classifier per task")
         C = self.info.n_classes
         self.preprocess = model_preprocess(self.model, self.device)
         self.session = -1
@@ -146,13 +144,8 @@ class SLCA(PredictionStats, Strategy):
     def predict(self, x, t=None):
         return by_length(self.model, x)
 
-    @torch.no_grad()
     def features(self, x):
-        was = self.model.training
-        self.model.eval()
-        f = batched(lambda xb: by_length(self.model.backbone, xb), x, self.cfg.feature_batch, self.preprocess)
-        self.model.train(was)
-        return f.flatten(1)
+        return eval_features(self.model, self.model.backbone, x, self.cfg.feature_batch, self.preprocess).flatten(1)
 
     def after_experience(self, exp):
         f = self.features(exp.train_x)

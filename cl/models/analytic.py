@@ -138,3 +138,18 @@ def sample_gaussian(mu: torch.Tensor, L: torch.Tensor, n: int, generator: torch.
     z = torch.randn(n, mu.shape[0], generator=generator, device=mu.device if generator is None else "cpu")
     z = z.to(mu.device)
     return (mu.float() + z @ L.float().t())
+
+
+# -- feature extraction ---------------------------------------------------------------------------------
+@torch.no_grad()
+def eval_features(model: torch.nn.Module, fn, x: torch.Tensor, batch_size: int = 256, preprocess=None) -> torch.Tensor:
+    """``fn`` (e.g. ``model.backbone``) over ``x`` in batches, with ``model`` in eval mode (restored after);
+    token-id inputs run by length, trimmed of padding (``cl.models.task_keys.by_length``)."""
+    from cl.models.task_keys import batched, by_length
+
+    was = model.training
+    model.eval()
+    try:
+        return batched(lambda xb: by_length(fn, xb), x, batch_size, preprocess)
+    finally:
+        model.train(was)
