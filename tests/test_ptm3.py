@@ -361,3 +361,41 @@ def test_lae_freezes_the_online_module_for_the_first_epochs_of_later_tasks():
     assert not torch.equal(s.model.head.fc.weight, head0)
     s.train_step(x[:8], y[:8])  # epoch 1: the PET trains again
     assert any(not torch.equal(on, w) for (on, _), w in zip(s._pairs(), on0))
+
+
+# -- backbones: tiny random-init ViT and MiniLM through the engine ----------------------------------------
+VIT = {"name": "vit-tiny", "depth": 1, "embed_dim": 24, "num_heads": 2, "patch_size": 8, "img_size": 16}
+
+
+def engine_run(tmp_path, strategy, backbone, scenario_name, **skw):
+    import test_strategies2_engine  # noqa: F401  (registers s2-tiny-images and s2-tiny-text)
+    from cl.core.config import resolve
+    from cl.train.engine import Run
+
+    raw = {"strategy": {"name": strategy, **skw}, "scenario": {"name": scenario_name}, "backbone": backbone,
+           "protocol": {"name": "offline", "epochs": 1, "batch_size": 16, "checkpoint": False}, "wandb": "off"}
+    r = Run(resolve(raw), progress=False, out_dir=tmp_path / strategy).execute()
+    assert r["status"] == "finished", r.get("traceback") or r.get("error")
+    assert len(r["R"]) == 2
+    return r
+
+
+@pytest.mark.parametrize("strategy,kw", [("slca", {}), ("inflora", {}), ("lae", {}),
+                                         ("ranpac", {"rp_dim": 64, "petl": "lora", "frozen_backbone": False})])
+def test_vit_backbone_runs_and_adapts_the_attention(tmp_path, strategy, kw):
+    r = engine_run(tmp_path, strategy, VIT, "s2-tiny-images", **kw)
+    if strategy == "inflora":  # B of the key/value thirds of qkv (2 x 24 x rank 10) + the head (4 x 24 + 4)
+        assert r["metrics"]["trainable_params"] == 2 * 24 * 10 + 4 * 24 + 4
+
+
+def test_inflora_on_minilm_adapts_key_and_value():
+    from cl.models.backbones.text import MiniLMConfig, minilm
+    from strategies.inflora import InfLoRALinear, attach
+
+    try:
+        enc = minilm(MiniLMConfig(pretrained=False), None)
+    except Exception as e:  # noqa: BLE001 - the architecture config ships with the package
+        pytest.skip(f"MiniLM not available: {e}")
+    layers = attach(enc, rank=4)
+    names = [n for n, m in enc.named_modules() if isinstance(m, InfLoRALinear)]
+    assert names and all(n.split(".")[-1] in ("key", "value") for n in names) and len(layers) == len(names)
