@@ -399,3 +399,20 @@ def test_inflora_on_minilm_adapts_key_and_value():
     layers = attach(enc, rank=4)
     names = [n for n, m in enc.named_modules() if isinstance(m, InfLoRALinear)]
     assert names and all(n.split(".")[-1] in ("key", "value") for n in names) and len(layers) == len(names)
+
+
+def test_ranpac_with_first_task_lora_resumes_exactly(tmp_path, monkeypatch):
+    """tests/test_reliability_state.py checks every strategy at its defaults (RanPAC: Phase 2 only, on cached
+    features); this is the same boundary check for Phase 1 (LoRA on the first task) on a tiny ViT."""
+    import test_reliability_state as rs
+    import test_strategies2_engine  # noqa: F401
+
+    def configs(name):
+        yield {"strategy": {"name": name, "rp_dim": 32, "petl": "lora", "frozen_backbone": False},
+               "scenario": {"name": "s2-tiny-images"}, "backbone": VIT}
+
+    monkeypatch.setattr(rs, "_configs", configs)
+    full, res, diff = rs.boundary_check(tmp_path, "ranpac", monkeypatch)
+    assert not diff, diff
+    assert [[None if a is None else float(a).hex() for a in r] for r in res["R"]] == \
+        [[None if a is None else float(a).hex() for a in r] for r in full["R"]]
