@@ -56,6 +56,8 @@ class Module:
 
 # with -x the first failing test ends a mutant's run: the fast, targeted files come first
 ENGINE_TESTS = ["tests/test_mutation_engine.py", "tests/test_engine.py", "tests/test_resume.py"]
+# test_resume.py (14 s) re-runs whole streams: left out where the faster files exercise the module fully
+FAST_ENGINE_TESTS = ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.py", "tests/test_engine.py"]
 ONLINE_TESTS = ["tests/test_mutation_engine.py", "tests/test_online.py", "tests/test_engine.py"]
 
 MODULES: dict[str, Module] = {
@@ -69,8 +71,8 @@ MODULES: dict[str, Module] = {
                      functions=["Run.train_experience", "Run.evaluated", "Run.evaluate", "Run.checkpoint",
                                 "Run.restore", "Run.finish", "Run.execute", "Run._execute_locked", "seed_everything"],
                      note="run lifecycle phases"),
-    "offline": Module("cl/train/offline.py", ENGINE_TESTS, note="offline loop"),
-    "evaluate": Module("cl/train/evaluate.py", ENGINE_TESTS, note="evaluation"),
+    "offline": Module("cl/train/offline.py", FAST_ENGINE_TESTS, note="offline loop"),
+    "evaluate": Module("cl/train/evaluate.py", FAST_ENGINE_TESTS, note="evaluation"),
     "checkpoint": Module("cl/train/checkpoint.py", ["tests/test_resume.py", "tests/test_mutation_engine.py",
                                                     "tests/test_reliability_state.py"],
                          note="checkpoint save/load"),

@@ -1,0 +1,192 @@
+"""Pieces of the run lifecycle whose bugs change numbers silently, on constructed cases (issue 19, found by
+mutation testing): evaluation (``cl.train.evaluate``), ...
+
+The strategies here are stand-ins whose predictions are fixed in advance, so every expected value is exact."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from cl.train.evaluate import class_masks, evaluate
+
+
+# -- evaluate ------------------------------------------------------------------------------------
+
+class Fixed:
+    """Predicts the class stored in column 0 of each input (logits: one-hot, plus ``bias`` on class 0).
+    Records, per predict call, the batch size, whether autograd was on and whether the model was training."""
+
+    def __init__(self, n_classes=4, bias=0.0):
+        self.model = nn.Linear(1, 1)
+        self.n, self.bias, self.calls = n_classes, bias, []
+
+    def predict(self, x, t=None):
+        self.calls.append((len(x), torch.is_grad_enabled(), self.model.training))
+        logits = torch.nn.functional.one_hot(x[:, 0].long(), self.n).float()
+        logits[:, 0] += self.bias
+        return logits
+
+
+def exp(pred, y, task_id=0):
+    return SimpleNamespace(test_x=torch.tensor(pred, dtype=torch.float32).reshape(-1, 1),
+                           test_y=torch.tensor(y, dtype=torch.long), task_id=task_id)
+
+
+def run_eval(s, exps, bs=3, task_aware=False, masks=None):
+    return evaluate(s, exps, lambda x: x, bs, task_aware, torch.device("cpu"), masks)
+
+
+def test_evaluate_is_correct_over_each_experiences_own_size():
+    # 7 samples in batches of 3 (3, 3, 1): 5 right; a one-sample experience right (1.0, not 1/2);
+    # an experience without test data gives 0.0 (no division by zero)
+    s = Fixed()
+    a = exp([1, 1, 2, 3, 0, 0, 1], [1, 1, 2, 0, 0, 2, 1])
+    b = exp([3], [3])
+    c = exp([], [])
+    assert run_eval(s, [a, b, c]) == [pytest.approx(5 / 7), 1.0, 0.0]
+    assert [n for n, _, _ in s.calls] == [3, 3, 1, 1]  # every test sample predicted once, in eval batches
+    assert run_eval(s, []) == []
+
+
+def test_evaluate_masks_the_other_tasks_classes_only_when_task_aware():
+    # a bias makes class 0 (task 0) win everywhere; task 1 = classes {2, 3}
+    s = Fixed(bias=5.0)
+    scen = SimpleNamespace(n_classes=4, experiences=[SimpleNamespace(classes=[0, 1]), SimpleNamespace(classes=[2, 3])])
+    masks = class_masks(scen, torch.device("cpu"))
+    assert [m.tolist() for m in masks] == [[True, True, False, False], [False, False, True, True]]
+    e0, e1 = exp([0, 1], [0, 1]), exp([2, 3, 3], [2, 3, 2])
+    assert run_eval(s, [e0, e1]) == [0.5, 0.0]  # class-IL: class 0 always
+    assert run_eval(s, [e0, e1], task_aware=False, masks=masks) == [0.5, 0.0]  # not task-aware: no mask
+    assert run_eval(s, [e0, e1], task_aware=True, masks=masks) == [0.5, pytest.approx(2 / 3)]
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluate_predicts_in_eval_mode_without_autograd_and_restores_the_mode(training):
+    s = Fixed()
+    s.model.train(training)
+    run_eval(s, [exp([1, 2], [1, 2])])
+    assert s.calls == [(2, False, False)]
+    assert s.model.training is training
+
+
+# -- checkpoint: encoding, RNG states, save / load -------------------------------------------------
+
+def test_encode_decode_round_trip_keeps_types_dtypes_and_values():
+    from cl.train.checkpoint import decode, encode
+
+    w = torch.ones(2, requires_grad=True) * 3  # has a graph: stored detached
+    arr = np.arange(6, dtype=np.uint16).reshape(2, 3).T  # non-contiguous
+    obj = {"w": w, "a": arr, "f16": np.array([0.5, 1.5], dtype=np.float16), "s": np.float32(1.25),
+           "i": np.int64(7), "plain": [1, 2.5, "x", True, None, b"b"], "t": (1, (2, 3)), "set": {4},
+           "nested": {"k": [np.int8(-3)]}}
+    enc = encode(obj)
+    assert not enc["w"].requires_grad and enc["w"].tolist() == [3.0, 3.0]
+    dec = decode(enc)
+    assert isinstance(dec["a"], np.ndarray) and dec["a"].dtype == np.uint16 and dec["a"].tolist() == arr.tolist()
+    assert dec["f16"].dtype == np.float16 and dec["f16"].tolist() == [0.5, 1.5]
+    assert type(dec["s"]) is np.float32 and dec["s"] == np.float32(1.25)
+    assert type(dec["i"]) is np.int64 and dec["i"] == 7
+    assert type(dec["nested"]["k"][0]) is np.int8 and dec["nested"]["k"][0] == -3
+    assert dec["plain"] == [1, 2.5, "x", True, None, b"b"] and type(dec["plain"]) is list
+    assert dec["t"] == (1, (2, 3)) and type(dec["t"]) is tuple and type(dec["t"][1]) is tuple
+    assert dec["set"] == {4} and type(dec["set"]) is set
+    # a stored copy: changing the array afterwards does not change what was encoded
+    arr[0, 0] = 99
+    assert decode(enc)["a"][0, 0] == 0
+    # a user's dict that only looks like a tag (more keys) is left a dict
+    look = {"__ndarray__": "x", "dtype": "y", "z": 1}
+    assert decode(encode(look)) == look
+    look2 = {"__npscalar__": "x", "value": 1, "z": 2}
+    assert decode(encode(look2)) == look2
+
+
+def test_encode_refuses_objects_and_names_where_they_are():
+    from cl.train.checkpoint import NotPlainState, encode
+
+    with pytest.raises(NotPlainState, match=r"state\.a\[1\]: .*Linear is not a tensor"):
+        encode({"a": [1, nn.Linear(1, 1)]}, "state")
+    with pytest.raises(NotPlainState, match=r"state\.g: torch\._C\.Generator|state\.g: torch\.Generator"):
+        encode({"g": torch.Generator()}, "state")
+    with pytest.raises(NotPlainState, match="numpy array of Python objects"):
+        encode({"o": np.array([object()], dtype=object)}, "state")
+
+
+def _draws():
+    import random
+
+    return torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)]
+
+
+class Holder:
+    """A strategy stand-in: its state_dict is a model's and one extra value."""
+
+    def __init__(self, seed):
+        torch.manual_seed(seed)
+        self.model = nn.Linear(2, 2)
+        self.extra = seed
+
+    def state_dict(self):
+        return {"model": self.model.state_dict(), "extra": self.extra, "arr": np.array([self.extra], dtype=np.int32)}
+
+    def load_state_dict(self, sd):
+        self.model.load_state_dict(sd["model"])
+        self.extra = sd["extra"]
+        self.arr = sd["arr"]
+
+
+def test_checkpoint_restores_strategy_rngs_and_state_of_the_same_run_only(tmp_path):
+    import random
+
+    from cl.train import checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    a = Holder(5)
+    state = {"R": [[0.5, None]], "next_exp": 1, "bits": np.array([1, 0, 1], dtype=np.uint8)}
+    checkpoint.save(path, "run-a", {"seed": 0}, a, state)
+    expected = _draws()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary file left
+
+    b = Holder(6)
+    w_b = b.model.weight.clone()
+    assert checkpoint.load(path, "run-b", b, torch.device("cpu")) is None  # another run's checkpoint
+    assert torch.equal(b.model.weight, w_b) and b.extra == 6
+
+    torch.manual_seed(10), np.random.seed(11), random.seed(12)
+    got = checkpoint.load(path, "run-a", b, torch.device("cpu"))
+    assert got["R"] == [[0.5, None]] and got["next_exp"] == 1
+    assert got["bits"].dtype == np.uint8 and got["bits"].tolist() == [1, 0, 1]
+    assert torch.equal(b.model.weight, a.model.weight) and torch.equal(b.model.bias, a.model.bias)
+    assert b.extra == 5 and b.arr.dtype == np.int32 and b.arr.tolist() == [5]
+    assert _draws() == expected  # every RNG continues where it was saved
+
+
+def test_checkpoint_without_run_id_is_matched_by_its_config(tmp_path):
+    from cl.core.config import run_id
+    from cl.train import checkpoint
+
+    cfg = {"strategy": {"name": "s"}, "scenario": {"name": "c"}, "seed": 3}
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save(path, "", cfg, Holder(1), {"x": 1})  # an older checkpoint: no run id stored
+    assert checkpoint.load(path, run_id(cfg), Holder(2), torch.device("cpu")) == {"x": 1}
+    assert checkpoint.load(path, run_id({**cfg, "seed": 4}), Holder(2), torch.device("cpu")) is None
+
+
+def test_unreadable_checkpoint_is_moved_aside_and_ignored(tmp_path, capsys):
+    from cl.train import checkpoint
+
+    for i, body in enumerate([b"not a checkpoint", None]):
+        d = tmp_path / str(i)
+        d.mkdir()
+        path = d / "checkpoint.pt"
+        if body is None:
+            torch.save([1, 2], path)  # readable, but not a checkpoint (a list)
+        else:
+            path.write_bytes(body)
+        h = Holder(3)
+        assert checkpoint.load(path, "r", h, torch.device("cpu")) is None
+        assert not path.exists() and len(list(d.glob("checkpoint.pt.bad-*"))) == 1
+        assert h.extra == 3
+    assert "ignoring checkpoint" in capsys.readouterr().err
