@@ -73,8 +73,11 @@ MODULES: dict[str, Module] = {
                      note="run lifecycle phases"),
     "offline": Module("cl/train/offline.py", FAST_ENGINE_TESTS, note="offline loop"),
     "evaluate": Module("cl/train/evaluate.py", FAST_ENGINE_TESTS, note="evaluation"),
-    "checkpoint": Module("cl/train/checkpoint.py", ["tests/test_resume.py", "tests/test_mutation_engine.py",
-                                                    "tests/test_reliability_state.py"],
+    "checkpoint": Module("cl/train/checkpoint.py", ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.py",
+                                                    "tests/test_reliability_state.py::test_not_plain_state_is_an_error_naming_it",
+                                                    "tests/test_reliability_state.py::"
+                                                    "test_checkpoint_loads_with_weights_only_and_holds_declared_state_once",
+                                                    "tests/test_resume.py"],
                          note="checkpoint save/load"),
     "online": Module("cl/train/online.py", ONLINE_TESTS, note="online loop"),
     "results": Module("cl/train/results.py", ["tests/test_mutation_sweep.py", "tests/test_reliability_faults.py"],

@@ -190,3 +190,77 @@ def test_unreadable_checkpoint_is_moved_aside_and_ignored(tmp_path, capsys):
         assert not path.exists() and len(list(d.glob("checkpoint.pt.bad-*"))) == 1
         assert h.extra == 3
     assert "ignoring checkpoint" in capsys.readouterr().err
+
+
+# -- the offline loop ----------------------------------------------------------------------------
+
+class Recorder:
+    """A strategy stand-in for the loops: records every train_step batch (inputs, labels, task id)."""
+
+    def __init__(self, loss=0.0, bad_at=None):
+        self.batches, self.loss, self.bad_at = [], loss, bad_at
+
+    def train_data(self, exp):
+        return exp.train_x, exp.train_y
+
+    def train_step(self, x, y, t=None):
+        self.batches.append((x.clone(), y.clone(), t))
+        bad = self.bad_at is not None and len(self.batches) - 1 == self.bad_at
+        return torch.tensor(float("inf") if bad else self.loss)
+
+
+class Events:
+    def __init__(self):
+        self.starts, self.steps = [], 0
+
+    def experience_start(self, i, n, steps):
+        self.starts.append((i, n, steps))
+
+    def step(self, *a, **k):
+        self.steps += 1
+
+
+def offline_ctx(strategy, bs, epochs, n_exps=3):
+    from cl.core.config import ProtocolConfig
+    from cl.train.loop import RunContext
+
+    return RunContext(strategy, [None] * n_exps, ProtocolConfig(name="offline", batch_size=bs, epochs=epochs),
+                      lambda x: x * 10, torch.device("cpu"), None, Events())
+
+
+@pytest.mark.parametrize("n", [7, 6, 1])
+def test_offline_loop_passes_each_epoch_over_every_sample_once_in_batches(n):
+    from cl.train.offline import OfflineLoop
+    from cl.train.state import RunState
+
+    s = Recorder()
+    ctx = offline_ctx(s, bs=3, epochs=2)
+    e = SimpleNamespace(train_x=torch.arange(float(n)).reshape(n, 1), train_y=torch.arange(n) + 100, task_id=2)
+    torch.manual_seed(0)
+    assert OfflineLoop(ctx, RunState()).run_experience(1, e) == 2 * n  # samples processed: n x 2 epochs
+    sizes = {7: [3, 3, 1], 6: [3, 3], 1: [1]}[n]  # no empty last batch
+    assert ctx.events.starts == [(1, 3, 2 * len(sizes))] and ctx.events.steps == 2 * len(sizes)
+    assert [len(y) for _, y, _ in s.batches] == sizes * 2
+    assert all(t == 2 for _, _, t in s.batches)
+    k = len(sizes)
+    for ep in (s.batches[:k], s.batches[k:]):
+        xs = torch.cat([x for x, _, _ in ep]).flatten()
+        ys = torch.cat([y for _, y, _ in ep])
+        assert sorted(xs.tolist()) == [10.0 * i for i in range(n)]  # preprocessed, each sample once
+        assert torch.equal(ys, (xs / 10).long() + 100)  # labels stay with their inputs
+    if n == 7:
+        order = lambda ep: torch.cat([y for _, y, _ in ep]).tolist()  # noqa: E731
+        assert order(s.batches[:k]) != order(s.batches[k:])  # each epoch reshuffled (seed 0)
+
+
+@pytest.mark.parametrize("step", [0, 4])
+def test_offline_loop_stops_on_a_non_finite_loss_in_any_step_of_an_epoch(step):
+    from cl.train.loop import NonFiniteLoss
+    from cl.train.offline import OfflineLoop
+    from cl.train.state import RunState
+
+    s = Recorder(bad_at=step)  # step 4 = the second step of epoch 1 (3 steps an epoch)
+    e = SimpleNamespace(train_x=torch.zeros(7, 1), train_y=torch.zeros(7, dtype=torch.long), task_id=0)
+    with pytest.raises(NonFiniteLoss, match=f"experience 1, epoch {step // 3}"):
+        OfflineLoop(offline_ctx(s, 3, 3), RunState()).run_experience(1, e)
+    assert len(s.batches) == 3 * (step // 3 + 1)  # the epoch is finished, the next one not started
