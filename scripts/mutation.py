@@ -60,6 +60,8 @@ ENGINE_TESTS = ["tests/test_mutation_engine.py", "tests/test_engine.py", "tests/
 FAST_ENGINE_TESTS = ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.py", "tests/test_engine.py"]
 ONLINE_TESTS = ["tests/test_mutation_engine.py", "tests/test_online.py", "tests/test_engine.py"]
 
+_RP, _RG, _RI = "tests/test_baselines_replay.py", "tests/test_baselines_reg.py", "tests/test_baselines_isolation.py"
+
 MODULES: dict[str, Module] = {
     # -- numbers: metrics and the shared pieces strategies hold
     "metrics": Module("cl/core/metrics.py", ["tests/test_mutation_metrics.py", "tests/test_metrics.py"], conftest=False),
@@ -96,6 +98,66 @@ MODULES: dict[str, Module] = {
     "prd": Module("strategies/prd.py", ["tests/test_mutation_strategies.py", "tests/test_strategies2_mechanism.py",
                                         "tests/test_strategies2_engine.py"]),
     "ncm": Module("strategies/ncm.py", ["tests/test_strategies_heads_pec_center.py"]),
+    # -- the baseline strategies (issues 14-16): each with the mechanism tests of its file (fast, hand-computed)
+    #    first, then its boundary-resume test
+    **{name: Module(f"strategies/{name}.py", [f"{_RP}::{t}" for t in tests] + [f"{_RP}::test_resume_from_a_boundary_is_exact[{rid}]"])
+       for name, rid, tests in [
+           ("der", "der", ["test_raw_logits_are_unmasked_and_forward_unchanged", "test_der_stores_unmasked_logits_of_the_step",
+                           "test_der_replay_loss_is_alpha_mse_to_stored_logits", "test_derpp_adds_beta_ce_on_an_independent_batch"]),
+           ("derpp", "derpp", ["test_der_stores_unmasked_logits_of_the_step[derpp]",
+                               "test_derpp_adds_beta_ce_on_an_independent_batch"]),
+           ("xder", "xder", ["test_xder_update_logits_formula",
+                             "test_xder_future_past_update_changes_only_current_and_future_entries"]),
+           ("agem", "agem", ["test_agem_projection", "test_episodic_memory_is_per_experience_and_first_pass_only[agem]",
+                             "test_agem_step_uses_the_projected_gradient"]),
+           ("gem", "gem", ["test_gem_projection_is_the_closest_feasible_gradient",
+                           "test_episodic_memory_is_per_experience_and_first_pass_only[gem]",
+                           "test_gem_step_satisfies_every_past_constraint"]),
+           ("gdumb", "gdumb", ["test_gdumb_memory_is_class_balanced_and_no_step_is_taken_on_the_stream",
+                               "test_gdumb_retrains_from_scratch_on_the_memory"]),
+           ("er_aml", "er-aml", ["test_aml_loss_matches_a_hand_computed_case", "test_aml_positives_and_negatives_are_valid",
+                                 "test_aml_uses_ce_before_the_second_experience"]),
+       ]},
+    **{name: Module(f"strategies/{name}.py", [f"{_RG}::{t}" for t in tests] +
+                    [f"{_RG}::test_resume_from_a_boundary_is_exact[{rid}]" for rid in rids])
+       for name, rids, tests in [
+           ("ewc", ["ewc-extra0", "ewc-extra9"], ["test_ewc_penalty_is_fisher_weighted_distance",
+                                                  "test_ewc_warns_when_the_penalty_is_too_stiff_for_sgd",
+                                                  "test_online_ewc_running_fisher_follows_gamma"]),
+           ("si", ["si-extra1"], ["test_si_importance_is_hand_computed_path_integral_on_a_quadratic"]),
+           ("mas", ["mas-extra2"], ["test_mas_importance_is_mean_absolute_gradient_of_output_norm",
+                                    "test_mas_ignores_unseen_classes"]),
+           ("rwalk", ["rwalk-extra8"], ["test_rwalk_score_is_per_step_fisher_normalised_path_integral"]),
+           ("_reg", ["ewc-extra0", "si-extra1"], ["test_ewc_penalty_is_fisher_weighted_distance",
+                                                  "test_online_ewc_running_fisher_follows_gamma",
+                                                  "test_si_importance_is_hand_computed_path_integral_on_a_quadratic",
+                                                  "test_mas_importance_is_mean_absolute_gradient_of_output_norm",
+                                                  "test_rwalk_score_is_per_step_fisher_normalised_path_integral"]),
+           ("lwf", ["lwf-extra3"], ["test_lwf_distillation_is_zero_for_the_frozen_copy_and_hand_kd_after_a_change"]),
+           ("lwf_mc", ["lwf-mc-extra4"], ["test_lwf_mc_targets_are_one_hot_new_and_teacher_sigmoid_old"]),
+           ("icarl", ["icarl-extra5"], ["test_icarl_memory_is_herded_reduced_and_classifies_by_nme"]),
+           ("lucir", ["lucir-extra6"], ["test_lucir_imprints_new_weights_and_less_forget_is_zero_for_unchanged_model",
+                                        "test_lucir_margin_ranking_matches_hand_computation_and_old_weights_stay_fixed"]),
+           ("bic", ["bic-extra7"], ["test_bic_bias_layer_changes_only_new_class_logits_and_fits_on_validation",
+                                    "test_bic_validation_is_held_out_memory_and_new_data"]),
+       ]},
+    **{name: Module(f"strategies/{name}.py", [f"{_RI}::{t}" for t in tests] +
+                    [f"{_RI}::test_resume_from_a_boundary_is_exact[{rid}]" for rid in rids])
+       for name, rids, tests in [
+           ("pnn", ["pnn"], ["test_pnn_freezes_earlier_columns_and_outputs",
+                             "test_pnn_earlier_columns_get_no_gradient_and_laterals_feed_the_new_column"]),
+           ("packnet", ["packnet"], ["test_packnet_prunes_by_magnitude_and_assigns_owners",
+                                     "test_isolation_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn[packnet]"]),
+           ("hat", ["hat"], ["test_hat_gradient_compensation_and_regulariser_hand_computed",
+                             "test_isolation_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn[hat]"]),
+           ("rmn", ["rmn"], ["test_rmn_binary_maps_straight_through_and_frozen_relevant_weights",
+                             "test_isolation_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn[rmn]"]),
+           ("hnet", ["hnet", "hnet-rnn"], ["test_hnet_output_regulariser_zero_unchanged_positive_after_change",
+                                           "test_hnet_rnn_generates_layer_by_layer_and_chunked_hnet_does_not_depend_across_chunks",
+                                           "test_hnet_keeps_batchnorm_statistics_per_task"]),
+           ("cl2r", ["cl2r"], ["test_dsimplex_classifier_is_fixed_and_equiangular",
+                               "test_cl2r_feature_distillation_on_memory_only_and_compatibility_logged"]),
+       ]},
 }
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
