@@ -84,20 +84,26 @@ MODULES: dict[str, Module] = {
     "online": Module("cl/train/online.py", ONLINE_TESTS, note="online loop"),
     "results": Module("cl/train/results.py", ["tests/test_mutation_sweep.py", "tests/test_reliability_faults.py"],
                       note="finished-run detection, outcome files, run locks"),
-    "sweep-status": Module("cl/sweeps/status.py", ["tests/test_mutation_sweep.py", "tests/test_sweep_exec.py"],
+    # test_sweep_exec.py (SIGKILL, ray, lost workers: ~40 s) left out of the sweep modules: test_mutation_sweep.py
+    # drives run_status / run_sweep through every status
+    "sweep-status": Module("cl/sweeps/status.py", ["tests/test_mutation_sweep.py::test_run_status_of_each_kind_of_run_folder",
+                                                   "tests/test_mutation_sweep.py"],
                            functions=["run_status"], note="status logic"),
-    "sweep-runner": Module("cl/sweeps/runner.py", ["tests/test_mutation_sweep.py", "tests/test_sweep_exec.py"],
+    "sweep-runner": Module("cl/sweeps/runner.py", ["tests/test_mutation_sweep.py::test_run_sweep_statuses_of_a_failed_run",
+                                                   "tests/test_mutation_sweep.py"],
                            functions=["run_sweep"], note="which runs a sweep runs"),
     "settings": Module("cl/data/settings.py", ["tests/test_settings.py", "tests/test_scenarios.py"]),
     # -- strategies
     "er": Module("strategies/er.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py",
                                       "tests/test_engine.py::test_er_replays_only_after_the_first_step"]),
     "er_ace": Module("strategies/er_ace.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py"]),
-    "uer": Module("strategies/uer.py", ["tests/test_strategies_er_family.py", "tests/test_strategies2_mechanism.py"]),
+    "uer": Module("strategies/uer.py", ["tests/test_strategies_er_family.py"]),  # the UER tests are all there
     "pec": Module("strategies/pec.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_heads_pec_center.py"]),
     "prd": Module("strategies/prd.py", ["tests/test_mutation_strategies.py", "tests/test_strategies2_mechanism.py",
                                         "tests/test_strategies2_engine.py"]),
-    "ncm": Module("strategies/ncm.py", ["tests/test_strategies_heads_pec_center.py"]),
+    "ncm": Module("strategies/ncm.py", ["tests/test_strategies_heads_pec_center.py::test_ncm_euclidean_and_cosine_scores",
+                                        "tests/test_strategies_heads_pec_center.py::"
+                                        "test_ncm_strategy_classifies_by_the_nearest_mean_without_training"]),
     # -- the baseline strategies (issues 14-16): each with the mechanism tests of its file (fast, hand-computed)
     #    first, then its boundary-resume test
     **{name: Module(f"strategies/{name}.py", [f"{_RP}::{t}" for t in tests] + [f"{_RP}::test_resume_from_a_boundary_is_exact[{rid}]"])
