@@ -148,6 +148,7 @@ def test_checkpoint_restores_strategy_rngs_and_state_of_the_same_run_only(tmp_pa
     checkpoint.save(path, "run-a", {"seed": 0}, a, state)
     expected = _draws()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]  # no temporary file left
+    assert path.stat().st_mode & 0o077 == 0  # private: a checkpoint holds the whole config and model
 
     b = Holder(6)
     w_b = b.model.weight.clone()
@@ -264,3 +265,35 @@ def test_offline_loop_stops_on_a_non_finite_loss_in_any_step_of_an_epoch(step):
     with pytest.raises(NonFiniteLoss, match=f"experience 1, epoch {step // 3}"):
         OfflineLoop(offline_ctx(s, 3, 3), RunState()).run_experience(1, e)
     assert len(s.batches) == 3 * (step // 3 + 1)  # the epoch is finished, the next one not started
+
+
+# -- the online loop's host record of per-sample correctness -----------------------------------------
+
+def test_online_history_grows_past_its_first_size_and_counts_exactly():
+    from cl.train.online import _History
+
+    h = _History()
+    bits = (np.arange(3000) % 3 == 0).astype(np.uint8)  # right on every third sample: 1000 of 3000
+    h.extend(bits[:1000])
+    h.extend(bits[1000:1024])  # exactly fills the first 1024 slots
+    h.extend(bits[1024:1025])  # one more: grows
+    h.extend(bits[1025:])  # more than doubling is needed
+    assert h.n == 3000 and h.total == 1000
+    assert np.array_equal(h.a[:3000], bits)
+    assert h.count_upto(3) == 1 and h.count_upto(3) == 1 and h.count_upto(10) == 4  # samples 0, 3, 6, 9
+    assert h.count_upto(3000) == 1000
+    assert h.count_upto(4) == 2  # a smaller m than the last one starts over (0 and 3)
+    h.extend(np.array([], dtype=np.uint8))
+    assert h.n == 3000 and h.total == 1000
+
+
+def test_online_history_window_is_the_mean_of_the_last_w_samples_up_to_m():
+    from cl.train.online import _History
+
+    h = _History()
+    h.extend(np.array([1, 1, 0, 0, 1, 0], dtype=np.uint8))
+    assert h.window(6, 4) == 0.25  # samples 2..5: 0, 0, 1, 0
+    assert h.window(4, 2) == 0.0 and h.window(2, 2) == 1.0 and h.window(3, 2) == 0.5
+    assert h.window(3, 10) == pytest.approx(2 / 3)  # fewer than w samples so far: all of them
+    assert h.window(6, 1) == 0.0 and h.window(5, 1) == 1.0
+    assert h.window(0, 5) == 0.0  # nothing seen yet
