@@ -233,3 +233,26 @@ def test_er_defaults_and_graph_safety():
     cfg = ERConfig()
     assert (cfg.buffer_size, cfg.replay_batch_size, cfg.single_forward) == (500, 10, True)
     assert is_graph_safe(_er()) and not is_graph_safe(_er(ERACE, ERACEConfig))
+
+
+# -- NCM ---------------------------------------------------------------------------------------------
+
+def test_ncm_freezes_its_backbone_and_trains_nothing():
+    from strategies.ncm import NCM, NCMConfig
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(4, 3))
+    backbone.out_dim = 3
+    cfg = NCMConfig()
+    assert (cfg.metric, cfg.normalize) == ("euclidean", True)  # Janson et al.'s defaults
+    model = NCM.build_model(cfg, backbone, SimpleNamespace(n_classes=2))
+    assert not any(p.requires_grad for p in backbone.parameters())
+    s = NCM(cfg, model, info(2, (4,)))
+    s.setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 0, 1])
+    assert s.train_step(x, y).item() == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    h = nn.functional.normalize(backbone(x), dim=1)
+    means = torch.stack([h[y == c].mean(0) for c in (0, 1)])
+    assert torch.equal(s.predict(x).argmax(1), torch.cdist(h, means).argmin(1))
