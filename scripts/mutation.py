@@ -98,11 +98,13 @@ MODULES: dict[str, Module] = {
     "er": Module("strategies/er.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py",
                                       "tests/test_engine.py::test_er_replays_only_after_the_first_step"]),
     "er_ace": Module("strategies/er_ace.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py"]),
-    "uer": Module("strategies/uer.py", ["tests/test_strategies_er_family.py"]),  # the UER tests are all there
+    "uer": Module("strategies/uer.py", ["tests/test_mutation_strategies.py::test_uer_defaults_and_cosine_temperature",
+                                        "tests/test_strategies_er_family.py"]),  # the other UER tests are there
     "pec": Module("strategies/pec.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_heads_pec_center.py"]),
     "prd": Module("strategies/prd.py", ["tests/test_mutation_strategies.py", "tests/test_strategies2_mechanism.py",
                                         "tests/test_strategies2_engine.py"]),
-    "ncm": Module("strategies/ncm.py", ["tests/test_strategies_heads_pec_center.py::test_ncm_euclidean_and_cosine_scores",
+    "ncm": Module("strategies/ncm.py", ["tests/test_mutation_strategies.py::test_ncm_freezes_its_backbone_and_trains_nothing",
+                                        "tests/test_strategies_heads_pec_center.py::test_ncm_euclidean_and_cosine_scores",
                                         "tests/test_strategies_heads_pec_center.py::"
                                         "test_ncm_strategy_classifies_by_the_nearest_mean_without_training"]),
     # -- the baseline strategies (issues 14-16): each with the mechanism tests of its file (fast, hand-computed)

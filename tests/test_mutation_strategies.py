@@ -256,3 +256,25 @@ def test_ncm_freezes_its_backbone_and_trains_nothing():
     h = nn.functional.normalize(backbone(x), dim=1)
     means = torch.stack([h[y == c].mean(0) for c in (0, 1)])
     assert torch.equal(s.predict(x).argmax(1), torch.cdist(h, means).argmin(1))
+
+
+# -- UER ---------------------------------------------------------------------------------------------
+
+def test_uer_defaults_and_cosine_temperature():
+    from strategies.uer import UER, UERConfig
+
+    cfg = UERConfig()
+    assert (cfg.tau, cfg.infer) == (0.09, "dot")  # the documented defaults (module docstring)
+    torch.manual_seed(0)
+    backbone = nn.Identity()
+    backbone.out_dim = 3
+    model = UER.build_model(cfg, backbone, SimpleNamespace(n_classes=2))
+    s = UER(cfg, model, info(2, (3,)))
+    s.setup()
+    model.observe(torch.tensor([0, 1]))
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.5, 0.0]]))
+    h = torch.tensor([[1.0, 1.0, 0.0]])
+    c = 1 / math.sqrt(2)
+    assert torch.allclose(s.cosine_logits(h), torch.tensor([[c / 0.09, c / 0.09]]))
+    assert torch.allclose(s.predict(h), torch.tensor([[3.0, 0.5]]))  # dot-product inference by default
