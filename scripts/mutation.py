@@ -236,6 +236,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "checkpoint": [
         (r".*", "if torch.cuda.is_available() and torch.cuda.is_initialized():", "", _CUDA_ONLY),
         (r".*", 'if "cuda" in st and torch.cuda.is_available():', "", _CUDA_ONLY),
+        (r"core/AddNot$", 'torch.set_rng_state(st["torch"].cpu() if isinstance(st["torch"], torch.Tensor)', "",
+         "accepted: the saved state is always a tensor, loaded onto the run's device (map_location); .cpu() "
+         "matters only when that device is a GPU (set_rng_state needs a CPU tensor), so no CPU test can tell"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "and len(obj) == 2:", "",
          "both tag keys are tested present just before, so len(obj) >= 2 and <= 2 means == 2"),
         (r"core/ReplaceTrueWithFalse$|core/ReplaceFalseWithTrue$", ".astype(np.dtype(obj[\"dtype\"]), copy=False)", "",

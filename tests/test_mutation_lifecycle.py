@@ -152,7 +152,8 @@ def test_checkpoint_restores_strategy_rngs_and_state_of_the_same_run_only(tmp_pa
 
     b = Holder(6)
     w_b = b.model.weight.clone()
-    assert checkpoint.load(path, "run-b", b, torch.device("cpu")) is None  # another run's checkpoint
+    for other in ("run-b", "run-0", "run-"):  # another run's checkpoint (ids sorting after and before this one)
+        assert checkpoint.load(path, other, b, torch.device("cpu")) is None
     assert torch.equal(b.model.weight, w_b) and b.extra == 6
 
     torch.manual_seed(10), np.random.seed(11), random.seed(12)
