@@ -104,6 +104,8 @@ MODULES: dict[str, Module] = {
     "prd": Module("strategies/prd.py", ["tests/test_mutation_strategies.py", "tests/test_strategies2_mechanism.py",
                                         "tests/test_strategies2_engine.py"]),
     "ncm": Module("strategies/ncm.py", ["tests/test_mutation_strategies.py::test_ncm_freezes_its_backbone_and_trains_nothing",
+                                        "tests/test_mutation_strategies.py::"
+                                        "test_ncm_runs_on_cached_frozen_features_and_its_options_are_config_fields",
                                         "tests/test_strategies_heads_pec_center.py::test_ncm_euclidean_and_cosine_scores",
                                         "tests/test_strategies_heads_pec_center.py::"
                                         "test_ncm_strategy_classifies_by_the_nearest_mean_without_training"]),
@@ -246,6 +248,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "if obj.dtype == object:", "",
          "numpy orders dtypes by safe casting: d >= object only if object casts safely to d, i.e. d is object "
          "(checked over every builtin dtype)"),
+    ],
+    "ncm": [
+        (r"core/NumberReplacer$", "return torch.optim.SGD([self._dummy], lr=0.0)", "",
+         "the inert optimiser's only parameter never gets a gradient, so SGD skips it whatever the learning rate"),
     ],
     "er_ace": [
         (r"core/RemoveDecorator$", "@dataclass", "",

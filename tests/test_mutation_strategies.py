@@ -258,6 +258,19 @@ def test_ncm_freezes_its_backbone_and_trains_nothing():
     assert torch.equal(s.predict(x).argmax(1), torch.cdist(h, means).argmin(1))
 
 
+
+def test_ncm_runs_on_cached_frozen_features_and_its_options_are_config_fields():
+    from conftest import tiny
+
+    from cl.core.config import resolve, section_config
+    from cl.core.strategy import uses_frozen_features
+    from strategies.ncm import NCM, NCMConfig
+
+    assert uses_frozen_features(NCM, NCMConfig())  # the engine encodes the data once with the frozen backbone
+    cfg = section_config(resolve(tiny({"name": "ncm", "metric": "cosine", "normalize": False})), "strategy")
+    assert (cfg.metric, cfg.normalize) == ("cosine", False)  # settable: dataclass fields, not class attributes
+
+
 # -- UER ---------------------------------------------------------------------------------------------
 
 def test_uer_defaults_and_cosine_temperature():
