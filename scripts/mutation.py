@@ -249,6 +249,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "numpy orders dtypes by safe casting: d >= object only if object casts safely to d, i.e. d is object "
          "(checked over every builtin dtype)"),
     ],
+    "uer": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.infer == "cosine":', "",
+         "infer is validated to be dot or cosine (build_model), and 'dot' <= 'cosine' is False: same branch"),
+    ],
     "ncm": [
         (r"core/NumberReplacer$", "return torch.optim.SGD([self._dummy], lr=0.0)", "",
          "the inert optimiser's only parameter never gets a gradient, so SGD skips it whatever the learning rate"),
