@@ -237,7 +237,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     ],
     "checkpoint": [
         (r".*", "if torch.cuda.is_available() and torch.cuda.is_initialized():", "", _CUDA_ONLY),
-        (r".*", 'if "cuda" in st and torch.cuda.is_available():', "", _CUDA_ONLY),
+        (r".*", 'if "cuda" in st and torch.cuda.is_available():', "",
+         _CUDA_ONLY + "; a GPU checkpoint resumed on a CPU machine carries a cuda state, but there "
+         "torch.cuda.set_rng_state_all only queues a call for a CUDA initialisation that never comes (checked)"),
         (r"core/AddNot$", 'torch.set_rng_state(st["torch"].cpu() if isinstance(st["torch"], torch.Tensor)', "",
          "accepted: the saved state is always a tensor, loaded onto the run's device (map_location); .cpu() "
          "matters only when that device is a GPU (set_rng_state needs a CPU tensor), so no CPU test can tell"),
