@@ -251,6 +251,13 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "numpy orders dtypes by safe casting: d >= object only if object casts safely to d, i.e. d is object "
          "(checked over every builtin dtype)"),
     ],
+    "online": [
+        (r"core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if upto > self.synced:", "",
+         "upto (the end of the batch just predicted) never decreases within an experience and synced restarts at 0 "
+         "with each one, so upto >= synced: != means >, and >= only adds an empty copy"),
+        (r"core/NumberReplacer$", "c.free_at = g + max(st.realtime_cost, 1.0)", "max(st.realtime_cost, 0.0)",
+         "a cost below 1 leaves the learner free before the next batch (g + 1) either way (as in metrics)"),
+    ],
     "uer": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.infer == "cosine":', "",
          "infer is validated to be dot or cosine (build_model), and 'dot' <= 'cosine' is False: same branch"),

@@ -298,3 +298,36 @@ def test_online_history_window_is_the_mean_of_the_last_w_samples_up_to_m():
     assert h.window(3, 10) == pytest.approx(2 / 3)  # fewer than w samples so far: all of them
     assert h.window(6, 1) == 0.0 and h.window(5, 1) == 1.0
     assert h.window(0, 5) == 0.0  # nothing seen yet
+
+
+def test_online_summary_from_known_counts_and_phase_times():
+    from cl.core.config import ProtocolConfig
+    from cl.train.online import OnlineLoop, _History
+    from cl.train.state import OnlineState
+
+    loop = object.__new__(OnlineLoop)  # only what summary() reads
+    loop.st = st = OnlineState()
+    loop.c = c = st.cursor
+    loop.p = ProtocolConfig(name="online", window=2, realtime=True)
+    loop.hist = h = _History()
+    h.extend(np.array([1, 0, 1, 1], dtype=np.uint8))
+    st.times.update(predict=1.0, train=2.0, near_future=0.5, anytime=0.5)
+    st.trained_batches, c.batches = 4, 8
+    c.nf_correct, c.nf_count = 3, 4
+    st.anytime = [(10, 0.5), (30, 0.25)]
+    st.anytime_forgetting_curve = [(10, 0.0), (30, 0.125)]
+    out = loop.summary()
+    assert out["online_acc"] == 0.75 and out["online_acc_window"] == 1.0
+    assert out["near_future_acc"] == 0.75
+    assert out["anytime_acc_last"] == 0.25 and out["anytime_forgetting"] == 0.125
+    assert out["anytime_auc"] == pytest.approx((0.5 * 10 + 0.25 * 20) / 30)
+    assert (out["predict_time_s"], out["train_step_time_s"], out["near_future_time_s"], out["anytime_eval_time_s"]) \
+        == (1.0, 2.0, 0.5, 0.5)
+    assert out["train_step_ms"] == 500.0 and out["predict_ms"] == 125.0
+    assert out["online_eval_time_s"] == 2.0 and out["eval_cost_fraction"] == 0.5
+    assert out["realtime_k"] == 2.0
+    loop.p = ProtocolConfig(name="online", window=2)
+    st.anytime, c.nf_count, st.trained_batches, c.batches = [], 0, 0, 0
+    out = loop.summary()
+    assert "realtime_k" not in out and "near_future_acc" not in out and "anytime_auc" not in out
+    assert out["train_step_ms"] == 2000.0 and out["predict_ms"] == 1000.0  # no division by zero
