@@ -250,6 +250,9 @@ def test_anytime_evaluation_at_an_experiences_last_sample_has_its_stream_time(tm
     res = run(fab_cfg("test-online-spy", {"eval_every": 40, "log_every": 0}, timed=True), tmp_path)
     assert [m for m, _ in res["online"]["anytime"]] == [40, 80, 120]
     assert [t for t, _ in res["online"]["anytime_time"]] == [39.0, 79.0, 119.0]
+    m = res["metrics"]
+    for k in ("anytime_eval_time_s", "predict_time_s", "train_step_time_s"):  # measured phase times
+        assert 0 < m[k] < m["wall_time"], k
 
 
 @pytest.mark.parametrize("boundaries", ["hidden", "blurry", "gradual"])
