@@ -274,16 +274,16 @@ def test_online_history_grows_past_its_first_size_and_counts_exactly():
     from cl.train.online import _History
 
     h = _History()
-    bits = (np.arange(3000) % 3 == 0).astype(np.uint8)  # right on every third sample: 1000 of 3000
+    bits = (np.arange(3000) % 3 == 1).astype(np.uint8)  # right on samples 1, 4, 7, ...: 1000 of 3000
     h.extend(bits[:1000])
     h.extend(bits[1000:1024])  # exactly fills the first 1024 slots
     h.extend(bits[1024:1025])  # one more: grows
     h.extend(bits[1025:])  # more than doubling is needed
     assert h.n == 3000 and h.total == 1000
     assert np.array_equal(h.a[:3000], bits)
-    assert h.count_upto(3) == 1 and h.count_upto(3) == 1 and h.count_upto(10) == 4  # samples 0, 3, 6, 9
+    assert h.count_upto(3) == 1 and h.count_upto(3) == 1 and h.count_upto(10) == 3  # samples 1, 4, 7
     assert h.count_upto(3000) == 1000
-    assert h.count_upto(4) == 2  # a smaller m than the last one starts over (0 and 3)
+    assert h.count_upto(4) == 1  # a smaller m than the last one starts over from sample 0 (only 1 is right)
     h.extend(np.array([], dtype=np.uint8))
     assert h.n == 3000 and h.total == 1000
 
