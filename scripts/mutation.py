@@ -255,6 +255,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if upto > self.synced:", "",
          "upto (the end of the batch just predicted) never decreases within an experience and synced restarts at 0 "
          "with each one, so upto >= synced: != means >, and >= only adds an empty copy"),
+        (r"core/NumberReplacer$", "if 0 <= m - 1 - st.seen < len(self.times) else None", "if -1 <= m - 1 - st.seen",
+         "an anytime evaluation comes after at least one sample of the experience (m >= st.seen + 1): the lower "
+         "bound never binds"),
         (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if m < self._pos:", "",
          "the cursor is an optimisation: starting the count over from sample 0 whenever m moves gives the same count"),
         (r"core/ReplaceBinaryOperator_Mul_|core/NumberReplacer$", "np.resize(self.a, max(need, 2 * len(self.a)))", "",
