@@ -312,7 +312,7 @@ def test_online_summary_from_known_counts_and_phase_times():
     loop.hist = h = _History()
     h.extend(np.array([1, 0, 1, 1], dtype=np.uint8))
     st.times.update(predict=1.0, train=2.0, near_future=0.5, anytime=0.5)
-    st.trained_batches, c.batches = 4, 8
+    st.trained_batches, c.batches = 4, 9
     c.nf_correct, c.nf_count = 3, 4
     st.anytime = [(10, 0.5), (30, 0.25)]
     st.anytime_forgetting_curve = [(10, 0.0), (30, 0.125)]
@@ -323,11 +323,17 @@ def test_online_summary_from_known_counts_and_phase_times():
     assert out["anytime_auc"] == pytest.approx((0.5 * 10 + 0.25 * 20) / 30)
     assert (out["predict_time_s"], out["train_step_time_s"], out["near_future_time_s"], out["anytime_eval_time_s"]) \
         == (1.0, 2.0, 0.5, 0.5)
-    assert out["train_step_ms"] == 500.0 and out["predict_ms"] == 125.0
+    assert out["train_step_ms"] == 500.0 and out["predict_ms"] == pytest.approx(1000 / 9)
     assert out["online_eval_time_s"] == 2.0 and out["eval_cost_fraction"] == 0.5
-    assert out["realtime_k"] == 2.0
+    assert out["realtime_k"] == 2.25  # 9 stream batches, 4 trained
     loop.p = ProtocolConfig(name="online", window=2)
     st.anytime, c.nf_count, st.trained_batches, c.batches = [], 0, 0, 0
     out = loop.summary()
     assert "realtime_k" not in out and "near_future_acc" not in out and "anytime_auc" not in out
     assert out["train_step_ms"] == 2000.0 and out["predict_ms"] == 1000.0  # no division by zero
+    loop.hist = h = _History()
+    h.extend(np.array([1], dtype=np.uint8))
+    st.times.clear()
+    out = loop.summary()
+    assert out["online_acc"] == 1.0  # one sample, right
+    assert out["anytime_eval_time_s"] == out["predict_time_s"] == out["eval_cost_fraction"] == 0.0  # nothing timed
