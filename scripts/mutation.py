@@ -56,7 +56,12 @@ class Module:
 
 # with -x the first failing test ends a mutant's run: the fast, targeted files come first
 ENGINE_TESTS = ["tests/test_mutation_engine.py", "tests/test_engine.py", "tests/test_resume.py"]
-ONLINE_TESTS = ["tests/test_mutation_engine.py", "tests/test_online.py", "tests/test_engine.py"]
+# test_resume.py (14 s) re-runs whole streams: left out where the faster files exercise the module fully
+FAST_ENGINE_TESTS = ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.py", "tests/test_engine.py"]
+ONLINE_TESTS = ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.py", "tests/test_online.py",
+                "tests/test_engine.py"]
+
+_RP, _RG, _RI = "tests/test_baselines_replay.py", "tests/test_baselines_reg.py", "tests/test_baselines_isolation.py"
 
 MODULES: dict[str, Module] = {
     # -- numbers: metrics and the shared pieces strategies hold
@@ -69,28 +74,101 @@ MODULES: dict[str, Module] = {
                      functions=["Run.train_experience", "Run.evaluated", "Run.evaluate", "Run.checkpoint",
                                 "Run.restore", "Run.finish", "Run.execute", "Run._execute_locked", "seed_everything"],
                      note="run lifecycle phases"),
-    "offline": Module("cl/train/offline.py", ENGINE_TESTS, note="offline loop"),
-    "evaluate": Module("cl/train/evaluate.py", ENGINE_TESTS, note="evaluation"),
-    "checkpoint": Module("cl/train/checkpoint.py", ["tests/test_resume.py", "tests/test_mutation_engine.py",
-                                                    "tests/test_reliability_state.py"],
-                         note="checkpoint save/load"),
-    "online": Module("cl/train/online.py", ONLINE_TESTS, note="online loop"),
+    "offline": Module("cl/train/offline.py", FAST_ENGINE_TESTS, note="offline loop"),
+    "evaluate": Module("cl/train/evaluate.py", FAST_ENGINE_TESTS, note="evaluation"),
+    "checkpoint": Module("cl/train/checkpoint.py", ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.py",
+                                                    "tests/test_reliability_state.py::test_not_plain_state_is_an_error_naming_it",
+                                                    "tests/test_reliability_state.py::"
+                                                    "test_checkpoint_loads_with_weights_only_and_holds_declared_state_once"],
+                         note="checkpoint save/load (test_resume.py left out: 14 s, its cases are in the first two files)"),
+    "online": Module("cl/train/online.py", ONLINE_TESTS, functions=["_History", "OnlineLoop"],
+                     note="online loop (not PhaseTimer: wall-clock phase timings, no checkable value)"),
     "results": Module("cl/train/results.py", ["tests/test_mutation_sweep.py", "tests/test_reliability_faults.py"],
                       note="finished-run detection, outcome files, run locks"),
-    "sweep-status": Module("cl/sweeps/status.py", ["tests/test_mutation_sweep.py", "tests/test_sweep_exec.py"],
+    # test_sweep_exec.py (SIGKILL, ray, lost workers: ~40 s) left out of the sweep modules: test_mutation_sweep.py
+    # drives run_status / run_sweep through every status
+    "sweep-status": Module("cl/sweeps/status.py", ["tests/test_mutation_sweep.py::test_run_status_of_each_kind_of_run_folder",
+                                                   "tests/test_mutation_sweep.py"],
                            functions=["run_status"], note="status logic"),
-    "sweep-runner": Module("cl/sweeps/runner.py", ["tests/test_mutation_sweep.py", "tests/test_sweep_exec.py"],
+    "sweep-runner": Module("cl/sweeps/runner.py", ["tests/test_mutation_sweep.py::test_run_sweep_statuses_of_a_failed_run",
+                                                   "tests/test_mutation_sweep.py"],
                            functions=["run_sweep"], note="which runs a sweep runs"),
     "settings": Module("cl/data/settings.py", ["tests/test_settings.py", "tests/test_scenarios.py"]),
     # -- strategies
     "er": Module("strategies/er.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py",
                                       "tests/test_engine.py::test_er_replays_only_after_the_first_step"]),
     "er_ace": Module("strategies/er_ace.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py"]),
-    "uer": Module("strategies/uer.py", ["tests/test_strategies_er_family.py", "tests/test_strategies2_mechanism.py"]),
+    "uer": Module("strategies/uer.py", ["tests/test_mutation_strategies.py::test_uer_defaults_and_cosine_temperature",
+                                        "tests/test_strategies_er_family.py"]),  # the other UER tests are there
     "pec": Module("strategies/pec.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_heads_pec_center.py"]),
     "prd": Module("strategies/prd.py", ["tests/test_mutation_strategies.py", "tests/test_strategies2_mechanism.py",
                                         "tests/test_strategies2_engine.py"]),
-    "ncm": Module("strategies/ncm.py", ["tests/test_strategies_heads_pec_center.py"]),
+    "ncm": Module("strategies/ncm.py", ["tests/test_mutation_strategies.py::test_ncm_freezes_its_backbone_and_trains_nothing",
+                                        "tests/test_mutation_strategies.py::"
+                                        "test_ncm_runs_on_cached_frozen_features_and_its_options_are_config_fields",
+                                        "tests/test_strategies_heads_pec_center.py::test_ncm_euclidean_and_cosine_scores",
+                                        "tests/test_strategies_heads_pec_center.py::"
+                                        "test_ncm_strategy_classifies_by_the_nearest_mean_without_training"]),
+    # -- the baseline strategies (issues 14-16): each with the mechanism tests of its file (fast, hand-computed)
+    #    first, then its boundary-resume test
+    **{name: Module(f"strategies/{name}.py", [f"{_RP}::{t}" for t in tests] + [f"{_RP}::test_resume_from_a_boundary_is_exact[{rid}]"])
+       for name, rid, tests in [
+           ("der", "der", ["test_raw_logits_are_unmasked_and_forward_unchanged", "test_der_stores_unmasked_logits_of_the_step",
+                           "test_der_replay_loss_is_alpha_mse_to_stored_logits", "test_derpp_adds_beta_ce_on_an_independent_batch"]),
+           ("derpp", "derpp", ["test_der_stores_unmasked_logits_of_the_step[derpp]",
+                               "test_derpp_adds_beta_ce_on_an_independent_batch"]),
+           ("xder", "xder", ["test_xder_update_logits_formula",
+                             "test_xder_future_past_update_changes_only_current_and_future_entries"]),
+           ("agem", "agem", ["test_agem_projection", "test_episodic_memory_is_per_experience_and_first_pass_only[agem]",
+                             "test_agem_step_uses_the_projected_gradient"]),
+           ("gem", "gem", ["test_gem_projection_is_the_closest_feasible_gradient",
+                           "test_episodic_memory_is_per_experience_and_first_pass_only[gem]",
+                           "test_gem_step_satisfies_every_past_constraint"]),
+           ("gdumb", "gdumb", ["test_gdumb_memory_is_class_balanced_and_no_step_is_taken_on_the_stream",
+                               "test_gdumb_retrains_from_scratch_on_the_memory"]),
+           ("er_aml", "er-aml", ["test_aml_loss_matches_a_hand_computed_case", "test_aml_positives_and_negatives_are_valid",
+                                 "test_aml_uses_ce_before_the_second_experience"]),
+       ]},
+    **{name: Module(f"strategies/{name}.py", [f"{_RG}::{t}" for t in tests] +
+                    [f"{_RG}::test_resume_from_a_boundary_is_exact[{rid}]" for rid in rids])
+       for name, rids, tests in [
+           ("ewc", ["ewc-extra0", "ewc-extra9"], ["test_ewc_penalty_is_fisher_weighted_distance",
+                                                  "test_ewc_warns_when_the_penalty_is_too_stiff_for_sgd",
+                                                  "test_online_ewc_running_fisher_follows_gamma"]),
+           ("si", ["si-extra1"], ["test_si_importance_is_hand_computed_path_integral_on_a_quadratic"]),
+           ("mas", ["mas-extra2"], ["test_mas_importance_is_mean_absolute_gradient_of_output_norm",
+                                    "test_mas_ignores_unseen_classes"]),
+           ("rwalk", ["rwalk-extra8"], ["test_rwalk_score_is_per_step_fisher_normalised_path_integral"]),
+           ("_reg", ["ewc-extra0", "si-extra1"], ["test_ewc_penalty_is_fisher_weighted_distance",
+                                                  "test_online_ewc_running_fisher_follows_gamma",
+                                                  "test_si_importance_is_hand_computed_path_integral_on_a_quadratic",
+                                                  "test_mas_importance_is_mean_absolute_gradient_of_output_norm",
+                                                  "test_rwalk_score_is_per_step_fisher_normalised_path_integral"]),
+           ("lwf", ["lwf-extra3"], ["test_lwf_distillation_is_zero_for_the_frozen_copy_and_hand_kd_after_a_change"]),
+           ("lwf_mc", ["lwf-mc-extra4"], ["test_lwf_mc_targets_are_one_hot_new_and_teacher_sigmoid_old"]),
+           ("icarl", ["icarl-extra5"], ["test_icarl_memory_is_herded_reduced_and_classifies_by_nme"]),
+           ("lucir", ["lucir-extra6"], ["test_lucir_imprints_new_weights_and_less_forget_is_zero_for_unchanged_model",
+                                        "test_lucir_margin_ranking_matches_hand_computation_and_old_weights_stay_fixed"]),
+           ("bic", ["bic-extra7"], ["test_bic_bias_layer_changes_only_new_class_logits_and_fits_on_validation",
+                                    "test_bic_validation_is_held_out_memory_and_new_data"]),
+       ]},
+    **{name: Module(f"strategies/{name}.py", [f"{_RI}::{t}" for t in tests] +
+                    [f"{_RI}::test_resume_from_a_boundary_is_exact[{rid}]" for rid in rids])
+       for name, rids, tests in [
+           ("pnn", ["pnn"], ["test_pnn_freezes_earlier_columns_and_outputs",
+                             "test_pnn_earlier_columns_get_no_gradient_and_laterals_feed_the_new_column"]),
+           ("packnet", ["packnet"], ["test_packnet_prunes_by_magnitude_and_assigns_owners",
+                                     "test_isolation_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn[packnet]"]),
+           ("hat", ["hat"], ["test_hat_gradient_compensation_and_regulariser_hand_computed",
+                             "test_isolation_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn[hat]"]),
+           ("rmn", ["rmn"], ["test_rmn_binary_maps_straight_through_and_frozen_relevant_weights",
+                             "test_isolation_leaves_earlier_tasks_bitwise_unchanged_mlp_and_cnn[rmn]"]),
+           ("hnet", ["hnet", "hnet-rnn"], ["test_hnet_output_regulariser_zero_unchanged_positive_after_change",
+                                           "test_hnet_rnn_generates_layer_by_layer_and_chunked_hnet_does_not_depend_across_chunks",
+                                           "test_hnet_keeps_batchnorm_statistics_per_task"]),
+           ("cl2r", ["cl2r"], ["test_dsimplex_classifier_is_fixed_and_equiangular",
+                               "test_cl2r_feature_distillation_on_memory_only_and_compatibility_logged"]),
+       ]},
 }
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -109,6 +187,8 @@ EXCLUDE_OPERATORS = [
 # (operator regex, part of the original source line, part of the mutated line ("" = any), reason).
 # Source parts are compared with all whitespace removed.  Each is explained in docs/testing.md.
 _NEVER_NEG = "a size is never negative, so the two conditions agree"
+_CUDA_ONLY = ("accepted: the CUDA RNG branch; on a machine without CUDA (where these runs are made) both sides are "
+              "False whatever the operator, so no CPU test can tell (it needs a run on a GPU)")
 EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "metrics": [
         (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "c.size == 0", "", _NEVER_NEG),
@@ -154,6 +234,50 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "counts is 1-D: dimension -1 is dimension 0"),
         (r"core/ReplaceComparisonOperator_Eq_(LtE|Lt|GtE|Gt)$", 'if self.metric == "cosine":', 'self.metric<="cosine"',
          "the metric is validated to be euclidean or cosine, and 'euclidean' <= 'cosine' is False: same branch"),
+    ],
+    "checkpoint": [
+        (r".*", "if torch.cuda.is_available() and torch.cuda.is_initialized():", "", _CUDA_ONLY),
+        (r".*", 'if "cuda" in st and torch.cuda.is_available():', "",
+         _CUDA_ONLY + "; a GPU checkpoint resumed on a CPU machine carries a cuda state, but there "
+         "torch.cuda.set_rng_state_all only queues a call for a CUDA initialisation that never comes (checked)"),
+        (r"core/AddNot$", 'torch.set_rng_state(st["torch"].cpu() if isinstance(st["torch"], torch.Tensor)', "",
+         "accepted: the saved state is always a tensor, loaded onto the run's device (map_location); .cpu() "
+         "matters only when that device is a GPU (set_rng_state needs a CPU tensor), so no CPU test can tell"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "and len(obj) == 2:", "",
+         "both tag keys are tested present just before, so len(obj) >= 2 and <= 2 means == 2"),
+        (r"core/ReplaceTrueWithFalse$|core/ReplaceFalseWithTrue$", ".astype(np.dtype(obj[\"dtype\"]), copy=False)", "",
+         "copy=True copies the array out of a tensor that nothing else holds: same values, same dtype"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", "if obj.dtype == object:", "",
+         "numpy orders dtypes by safe casting: d >= object only if object casts safely to d, i.e. d is object "
+         "(checked over every builtin dtype)"),
+    ],
+    "online": [
+        (r"core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if upto > self.synced:", "",
+         "upto (the end of the batch just predicted) never decreases within an experience and synced restarts at 0 "
+         "with each one, so upto >= synced: != means >, and >= only adds an empty copy"),
+        (r"core/NumberReplacer$", "if 0 <= m - 1 - st.seen < len(self.times) else None", "if -1 <= m - 1 - st.seen",
+         "an anytime evaluation comes after at least one sample of the experience (m >= st.seen + 1): the lower "
+         "bound never binds"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if m < self._pos:", "",
+         "the cursor is an optimisation: starting the count over from sample 0 whenever m moves gives the same count"),
+        (r"core/ReplaceBinaryOperator_Mul_|core/NumberReplacer$", "np.resize(self.a, max(need, 2 * len(self.a)))", "",
+         "only the spare capacity changes: max(need, ...) always leaves room for the need samples"),
+        (r"core/ReplaceComparisonOperator_Gt_GtE$", "if pcfg.eval_subsample and n_te > pcfg.eval_subsample:", "",
+         "with n_te == eval_subsample the subsample is every test index, sorted: the same as no subsample"),
+        (r"core/RemoveDecorator$", "@torch.no_grad()", "",
+         "_anytime only indexes tensors and calls the evaluation function, which runs under torch.no_grad itself"),
+        (r"core/ReplaceBinaryOperator_Sub_Add$", "tn += [0] * (k - len(tn))", "",
+         "extra zero counts are never read: the per-task accuracies zip(tc, tn) stop at tc's length"),
+        (r"core/NumberReplacer$", "c.free_at = g + max(st.realtime_cost, 1.0)", "max(st.realtime_cost, 0.0)",
+         "a cost below 1 leaves the learner free before the next batch (g + 1) either way (as in metrics)"),
+    ],
+    "uer": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.infer == "cosine":', "",
+         "infer is validated to be dot or cosine (build_model), and 'dot' <= 'cosine' is False: same branch"),
+    ],
+    "ncm": [
+        (r"core/NumberReplacer$", "return torch.optim.SGD([self._dummy], lr=0.0)", "",
+         "the inert optimiser's only parameter never gets a gradient, so SGD skips it whatever the learning rate"),
     ],
     "er_ace": [
         (r"core/RemoveDecorator$", "@dataclass", "",
@@ -344,6 +468,108 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
     return res
 
 
+# -- the fork server: torch imported once, one forked child per mutant ------------------------------------
+# Importing torch costs seconds (tens of seconds on a loaded machine), more than most mutants' tests.  With
+# ``--fork-server`` a server process started with the test Python imports the third-party libraries once
+# (never the project: every child imports cl/ and strategies/ afresh from the work copy, after cosmic-ray
+# has written the mutant) and forks a child per mutant that runs ``pytest.main``; cosmic-ray's test command
+# is a small client that waits for the child's exit status.  The outcome is the child's pytest exit code,
+# exactly as with a fresh interpreter.
+SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "pytest", "yaml")
+
+
+def serve(sock_path: str) -> None:
+    import importlib
+    import signal
+    import socket as so
+
+    for mod in SERVER_IMPORTS:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+    assert not any(k == "cl" or k.startswith(("cl.", "strategies")) for k in sys.modules), "server imported the project"
+    srv = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    Path(sock_path).unlink(missing_ok=True)
+    srv.bind(sock_path)
+    srv.listen(1)
+    print("ready", flush=True)
+    while True:
+        conn, _ = srv.accept()
+        with conn:
+            req = json.loads(conn.makefile().readline())
+            if req.get("stop"):
+                return
+            pid = os.fork()
+            if pid == 0:  # the child: a fresh test session in the work copy
+                try:
+                    srv.close()
+                    os.chdir(req["cwd"])
+                    sys.dont_write_bytecode = True  # a mutant's bytecode is never cached
+                    null = os.open(os.devnull, os.O_WRONLY)
+                    os.dup2(null, 1), os.dup2(null, 2)
+                    import pytest
+
+                    rc = int(pytest.main(req["args"]))
+                except BaseException:
+                    rc = 99
+                os._exit(rc)
+            import select
+
+            while True:  # until the child ends; a client gone (cosmic-ray's timeout killed it) kills the child
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    break
+                if select.select([conn], [], [], 0.05)[0] and not conn.recv(1, so.MSG_PEEK):
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    status = None
+                    break
+            if status is not None:
+                rc = os.waitstatus_to_exitcode(status)
+                try:
+                    conn.sendall(f"{rc if rc >= 0 else 98}\n".encode())
+                except OSError:
+                    pass
+
+
+def client(sock_path: str, pytest_args: list[str]) -> int:
+    import socket as so
+
+    c = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+    c.connect(sock_path)
+    c.sendall((json.dumps({"cwd": os.getcwd(), "args": pytest_args}) + "\n").encode())
+    reply = c.makefile().readline().strip()
+    return int(reply) if reply else 97
+
+
+class ForkServer:
+    def __init__(self, python: str, work: Path, env: dict):
+        self.sock = str(work.parent / f".{work.name}.sock")
+        self.proc = subprocess.Popen([python, str(Path(__file__).resolve()), "--serve", self.sock],
+                                     cwd=work, env=env, stdout=subprocess.PIPE, text=True)
+        if self.proc.stdout.readline().strip() != "ready":
+            sys.exit("the fork server did not start")
+
+    def command(self, cmd: str) -> str:
+        args = cmd.split()
+        assert args[1:3] == ["-m", "pytest"], cmd
+        return " ".join([sys.executable, str(Path(__file__).resolve()), "--client", self.sock, "--"] + args[3:])
+
+    def close(self) -> None:
+        try:
+            import socket as so
+
+            c = so.socket(so.AF_UNIX, so.SOCK_STREAM)
+            c.connect(self.sock)
+            c.sendall(b'{"stop": true}\n')
+            c.close()
+            self.proc.wait(timeout=30)
+        except Exception:
+            self.proc.kill()
+        Path(self.sock).unlink(missing_ok=True)
+
+
 def run_module(name: str, args) -> dict:
     m = MODULES[name]
     out = Path(args.out).resolve()
@@ -362,10 +588,15 @@ def run_module(name: str, args) -> dict:
         new = False
     cmd = test_command(m, args.python)
     env = test_env(work)
+    server = ForkServer(args.python, work, env) if args.fork_server else None
+    run_cmd = server.command(cmd) if server else cmd
     t0 = time.perf_counter()
-    base = subprocess.run(cmd.split(), cwd=work, env=env, capture_output=True, text=True)
+    base = subprocess.run(run_cmd.split(), cwd=work, env=env, capture_output=True, text=True)
     t_base = time.perf_counter() - t0
     if base.returncode != 0:
+        if server:
+            server.close()
+            base = subprocess.run(cmd.split(), cwd=work, env=env, capture_output=True, text=True)  # its output
         print(base.stdout[-3000:], base.stderr[-3000:], sep="\n")
         sys.exit(f"{name}: the tests fail without any mutation ({cmd}); fix them first")
     timeout = max(30.0, 4 * t_base + 10)
@@ -374,7 +605,7 @@ def run_module(name: str, args) -> dict:
                    f"module-path = {json.dumps(m.path)}\n"
                    f"timeout = {timeout:.0f}\n"
                    "excluded-modules = []\n"
-                   f"test-command = {json.dumps(cmd)}\n"
+                   f"test-command = {json.dumps(run_cmd)}\n"
                    "[cosmic-ray.distributor]\nname = \"local\"\n")
     if new:
         subprocess.run(_tool("cosmic-ray") + ["init", str(cfg), str(db)], cwd=work, env=env, check=True)
@@ -391,8 +622,12 @@ def run_module(name: str, args) -> dict:
     wdb.close()
     print(f"{name}: {pending} mutants to run, tests {t_base:.1f} s unmutated -> timeout {timeout:.0f} s; {cmd}",
           flush=True)
-    if pending:
-        subprocess.run(_tool("cosmic-ray") + ["exec", str(cfg), str(db)], cwd=work, env=env, check=True)
+    try:
+        if pending:
+            subprocess.run(_tool("cosmic-ray") + ["exec", str(cfg), str(db)], cwd=work, env=env, check=True)
+    finally:
+        if server:
+            server.close()
     res = collect(db, m, name, source)
     res["test_seconds"] = round(t_base, 2)
     (out / f"{name}.json").write_text(json.dumps(res, indent=1))
@@ -438,6 +673,12 @@ def load_results(out: Path) -> list[dict]:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--client"]:  # cosmic-ray's test command with --fork-server: SOCK -- pytest args
+        return client(argv[1], argv[3:])
+    if argv[:1] == ["--serve"]:  # SOCK
+        serve(argv[1])
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--module", "-m", action="append", choices=sorted(MODULES), help="module(s) to mutate")
     p.add_argument("--all", action="store_true", help="every module")
@@ -449,6 +690,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=os.environ.get("CL_MUTATION_OUT", "/tmp/cl-mutation"),
                    help="sessions and reports (default $CL_MUTATION_OUT or /tmp/cl-mutation, outside the repository)")
     p.add_argument("--python", default=sys.executable, help="the Python that runs the tests")
+    p.add_argument("--fork-server", action="store_true",
+                   help="run each mutant's tests in a child forked from a server that imported torch once "
+                        "(seconds instead of tens of seconds a mutant on a loaded machine; same outcomes)")
     args = p.parse_args(argv)
     out = Path(args.out)
     if args.list:

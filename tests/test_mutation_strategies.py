@@ -233,3 +233,61 @@ def test_er_defaults_and_graph_safety():
     cfg = ERConfig()
     assert (cfg.buffer_size, cfg.replay_batch_size, cfg.single_forward) == (500, 10, True)
     assert is_graph_safe(_er()) and not is_graph_safe(_er(ERACE, ERACEConfig))
+
+
+# -- NCM ---------------------------------------------------------------------------------------------
+
+def test_ncm_freezes_its_backbone_and_trains_nothing():
+    from strategies.ncm import NCM, NCMConfig
+
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.Linear(4, 3))
+    backbone.out_dim = 3
+    cfg = NCMConfig()
+    assert (cfg.metric, cfg.normalize) == ("euclidean", True)  # Janson et al.'s defaults
+    model = NCM.build_model(cfg, backbone, SimpleNamespace(n_classes=2))
+    assert not any(p.requires_grad for p in backbone.parameters())
+    s = NCM(cfg, model, info(2, (4,)))
+    s.setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    x, y = torch.randn(6, 4), torch.tensor([0, 1, 0, 1, 0, 1])
+    assert s.train_step(x, y).item() == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    h = nn.functional.normalize(backbone(x), dim=1)
+    means = torch.stack([h[y == c].mean(0) for c in (0, 1)])
+    assert torch.equal(s.predict(x).argmax(1), torch.cdist(h, means).argmin(1))
+
+
+
+def test_ncm_runs_on_cached_frozen_features_and_its_options_are_config_fields():
+    from conftest import tiny
+
+    from cl.core.config import resolve, section_config
+    from cl.core.strategy import uses_frozen_features
+    from strategies.ncm import NCM, NCMConfig
+
+    assert uses_frozen_features(NCM, NCMConfig())  # the engine encodes the data once with the frozen backbone
+    cfg = section_config(resolve(tiny({"name": "ncm", "metric": "cosine", "normalize": False})), "strategy")
+    assert (cfg.metric, cfg.normalize) == ("cosine", False)  # settable: dataclass fields, not class attributes
+
+
+# -- UER ---------------------------------------------------------------------------------------------
+
+def test_uer_defaults_and_cosine_temperature():
+    from strategies.uer import UER, UERConfig
+
+    cfg = UERConfig()
+    assert (cfg.tau, cfg.infer) == (0.09, "dot")  # the documented defaults (module docstring)
+    torch.manual_seed(0)
+    backbone = nn.Identity()
+    backbone.out_dim = 3
+    model = UER.build_model(cfg, backbone, SimpleNamespace(n_classes=2))
+    s = UER(cfg, model, info(2, (3,)))
+    s.setup()
+    model.observe(torch.tensor([0, 1]))
+    with torch.no_grad():
+        model.head.weight.copy_(torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.5, 0.0]]))
+    h = torch.tensor([[1.0, 1.0, 0.0]])
+    c = 1 / math.sqrt(2)
+    assert torch.allclose(s.cosine_logits(h), torch.tensor([[c / 0.09, c / 0.09]]))
+    assert torch.allclose(s.predict(h), torch.tensor([[3.0, 0.5]]))  # dot-product inference by default

@@ -244,6 +244,17 @@ def test_time_ordered_stream_is_consumed_by_timestamp(tmp_path):
     assert [t for t, _ in res["online"]["online_acc_time_curve"]] == [29.0, 59.0, 89.0, 119.0]
 
 
+def test_anytime_evaluation_at_an_experiences_last_sample_has_its_stream_time(tmp_path):
+    # 40 samples an experience, an anytime evaluation every 40: each falls on an experience's last sample,
+    # whose timestamp is 39, 79, 119 (found by mutation testing: an index one past it dropped those points)
+    res = run(fab_cfg("test-online-spy", {"eval_every": 40, "log_every": 0}, timed=True), tmp_path)
+    assert [m for m, _ in res["online"]["anytime"]] == [40, 80, 120]
+    assert [t for t, _ in res["online"]["anytime_time"]] == [39.0, 79.0, 119.0]
+    m = res["metrics"]
+    for k in ("anytime_eval_time_s", "predict_time_s", "train_step_time_s"):  # measured phase times
+        assert 0 < m[k] < m["wall_time"], k
+
+
 @pytest.mark.parametrize("boundaries", ["hidden", "blurry", "gradual"])
 def test_task_free_streams_run(tmp_path, boundaries):
     res = run(fab_cfg("er", {"eval_every": 50, "near_future_shift": 1}, boundaries=boundaries), tmp_path)
