@@ -93,7 +93,7 @@ MODULES: dict[str, Module] = {
     "sweep-runner": Module("cl/sweeps/runner.py", ["tests/test_mutation_sweep.py::test_run_sweep_statuses_of_a_failed_run",
                                                    "tests/test_mutation_sweep.py"],
                            functions=["run_sweep"], note="which runs a sweep runs"),
-    "settings": Module("cl/data/settings.py", ["tests/test_settings.py", "tests/test_scenarios.py"]),
+    "settings": Module("cl/data/settings.py", ["tests/test_mutation_settings.py", "tests/test_settings.py", "tests/test_scenarios.py"]),
     # -- strategies
     "er": Module("strategies/er.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py",
                                       "tests/test_engine.py::test_er_replays_only_after_the_first_step"]),
