@@ -477,7 +477,7 @@ def run_records(e: Entry, row: Row) -> list[dict]:
     return out
 
 
-def _git_commit(where: Path) -> str:
+def _git_commit() -> str:
     from cl.train.engine import code_commit  # lazy: torch is not needed to list or report entries
 
     return code_commit() or "unknown"
@@ -560,7 +560,7 @@ def cmd_run(args) -> int:
             print(f"\nentry {e.name} ({e.hardware}, {e.cost_hours:g} h in all, {remaining_cost(e):.2f} h left)")
             print_dry_run(e.sweep)
         return 0
-    commit = _git_commit(Path(__file__).resolve().parent)  # the code that runs, not the entries' folder
+    commit = _git_commit()  # the code that runs (cl.train.engine.code_commit), not the entries' folder
     rc, done = 0, set()
     for e in todo:
         key = (e.sweep_path, e.out)

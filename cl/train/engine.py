@@ -17,6 +17,7 @@ carried across experiences is a typed dataclass (:class:`cl.train.state.RunState
 from __future__ import annotations
 
 import contextlib
+import functools
 import platform
 import random
 import resource
@@ -72,6 +73,7 @@ def versions() -> dict:
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def code_commit() -> str | None:
     """The git commit of the platform's code (``abc1234567``, ``+dirty`` with uncommitted tracked changes),
     or None outside a git checkout (an installed wheel)."""
@@ -90,6 +92,7 @@ def code_commit() -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_model() -> str:
     """The CPU's model name (from /proc/cpuinfo on Linux), else what ``platform`` knows."""
     try:
@@ -148,6 +151,7 @@ class Run:
         self.progress_enabled = progress
         self.state = RunState()
         self.resumed = False
+        self.pred_counts: torch.Tensor | None = None  # classes predicted by the last evaluation (prediction_report)
         self.loop: Loop | None = None
 
     # -- files ----------------------------------------------------------------------------------
@@ -242,14 +246,10 @@ class Run:
         """Row i of R (accuracy on each experience's test data; None where not evaluated), recorded and logged."""
         st = self.state
         t0 = time.perf_counter()
-        seen = self.scenario.experiences[: i + 1]
-        if len(self.evaluated(i)) == len(seen):  # count the predictions on the seen experiences' test data
-            self.pred_counts = torch.zeros(self.scenario.n_classes, dtype=torch.long, device=self.device)
-            row = self.evaluate_fn(seen, self.pred_counts)
-        else:  # future experiences too (FWT): count the seen ones in a pass of their own
-            row = self.evaluate_fn(self.evaluated(i))
-            self.pred_counts = None
-        self.seen_classes = len({int(c) for e in seen for c in e.classes})
+        # the predicted classes of this evaluation; the report reads those of the last one (every experience is
+        # seen by then, so counting future experiences in earlier rows changes nothing it reports)
+        self.pred_counts = torch.zeros(self.scenario.n_classes, dtype=torch.long, device=self.device)
+        row = self.evaluate_fn(self.evaluated(i), self.pred_counts)
         row += [None] * (len(self.scenario) - len(row))
         st.eval_time += time.perf_counter() - t0
         st.R.append(row)
@@ -268,10 +268,10 @@ class Run:
     def prediction_report(self) -> dict:
         """``pred_top_class_share``, ``pred_classes_used`` and ``prediction_collapsed`` of the last evaluation
         (every strategy; issue 13 item 4), with a warning when the predictions collapsed to one class."""
-        counts = getattr(self, "pred_counts", None)
-        if counts is None:
+        if self.pred_counts is None:
             return {}
-        out = M.prediction_collapse(counts.cpu().numpy(), getattr(self, "seen_classes", None))
+        seen = {int(c) for e in self.scenario.experiences[: len(self.state.R)] for c in e.classes}
+        out = M.prediction_collapse(self.pred_counts.cpu().numpy(), len(seen))
         if out.get("prediction_collapsed"):
             warnings.warn(f"{self.id}: predictions collapsed: {out['pred_top_class_share']:.0%} of the final "
                           f"evaluation's test samples are predicted as one class ({out['pred_classes_used']} "
