@@ -1,7 +1,9 @@
 """The check of strategies that need visible experience boundaries (a frozen teacher taken at a boundary,
-a memory kept per experience): on a task-free stream (``scenario.boundaries`` hidden, blurry or gradual)
-the engine still calls the boundary hooks at the evaluation points, and using them would hand the
-learner the boundaries the stream hides, so such a strategy refuses to run."""
+a memory kept per experience) with a reason the user can act on.  On a task-free stream (``scenario.boundaries``
+hidden, blurry or gradual) the engine hands the boundary hooks a ``HiddenBoundary`` (the evaluation point's
+index only) and refuses any strategy that overrides them without declaring ``task_free``
+(cl/core/strategy.py); a strategy whose need depends on an option (A-GEM's memory, PEC's lr decay) or that
+wants to say why calls ``require_boundaries`` in ``setup``."""
 from __future__ import annotations
 
 from cl.core.registry import ConfigError

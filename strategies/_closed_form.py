@@ -4,16 +4,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from cl.core.registry import ConfigError
 
 
 def inert_optimizer(strategy) -> torch.optim.Optimizer:
     """Nothing is trained: an optimiser over one dummy parameter keeps the checkpoint format of every strategy."""
     strategy._dummy = nn.Parameter(torch.zeros(()))
     return torch.optim.SGD([strategy._dummy], lr=0.0)
-
-
-def require_boundaries(info, name: str, why: str) -> None:
-    """ConfigError naming ``scenario.boundaries`` on a task-free stream."""
-    if info.boundaries == "none":
-        raise ConfigError(f"{name} {why} and needs experience boundaries: scenario.boundaries must be 'visible'")

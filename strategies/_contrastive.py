@@ -41,12 +41,6 @@ def record_stats(model, scenario):
     return model
 
 
-def needs_boundaries(strategy, why: str) -> None:
-    if strategy.info.boundaries != "visible":
-        raise ConfigError(f"strategy {strategy.cfg_name!r} needs experience boundaries ({why}); got "
-                          f"scenario.boundaries={strategy.info.boundaries!r}; valid choice: 'visible'")
-
-
 class ContrastiveReplay(Strategy):
     """Reservoir buffer (raw inputs, updated after the step) + the method's views."""
 

@@ -49,12 +49,10 @@ class SessionMixin:
     transient_attrs = ("current", "schedule", "_repeat")
 
     def setup_sessions(self, who: str) -> None:
-        from cl.core.registry import ConfigError
         from cl.models.task_keys import model_preprocess
+        from strategies._boundaries import require_boundaries
 
-        if self.info.boundaries == "none":
-            raise ConfigError(f"{who} works session by session: it needs task boundaries (scenario "
-                              f"boundaries=visible), not a task-free stream")
+        require_boundaries(self, f"{who} works session by session")
         self.preprocess = model_preprocess(self.model, self.device)
         self.session = -1
         self.current = torch.zeros(self.info.n_classes, dtype=torch.bool, device=self.device)

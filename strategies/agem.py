@@ -116,6 +116,7 @@ class EpisodicMemory(Strategy):
 
 @register("agem", AGEMConfig)
 class AGEM(EpisodicMemory):
+    task_free = True  # memory=reservoir uses no boundary; memory=episodic refuses task-free streams in setup
     """A-GEM: project the gradient when it conflicts with the gradient on an episodic-memory batch."""
 
     name = "agem"

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from cl.core.strategy import register
+from strategies._boundaries import require_boundaries
 from strategies.er import ER, ERConfig
 
 
@@ -40,9 +41,13 @@ class CenterLoss(ER):
     """Center-loss regularisation with frozen centres and classifier rows (optionally with replay)."""
 
     transient_attrs = ("_h", "_y")  # the last batch's features and labels, set by loss() before use
+    task_free = True  # freeze=false uses no boundary; freeze=true (freezing at a boundary) refuses task-free streams
 
     def setup(self):
         super().setup()
+        if self.cfg.freeze:
+            require_boundaries(self, "it freezes a class's centre and classifier row at the end of its experience",
+                               "; or strategy.freeze=false")
         C, d = self.info.n_classes, self.model.backbone.out_dim
         self.centers = torch.zeros(C, d, device=self.device)
         self.frozen = torch.zeros(C, dtype=torch.bool, device=self.device)

@@ -53,6 +53,7 @@ from cl.models.heads import IncrementalLinear
 from cl.models.prompts import (PrefixModel, check_layers, default_layers, depth, gram_schmidt_rows, ortho_penalty,
                                resolve_readout)
 from cl.models.task_keys import by_length, trim_padding
+from strategies._boundaries import require_boundaries
 
 LAYERS = (0, 1, 2, 3, 4)
 
@@ -158,9 +159,7 @@ class CodaPrompt(Strategy):
                                cfg.pool_size // n_tasks, cfg.length, resolve_readout(cfg.readout, backbone))
 
     def setup(self):
-        if self.info.boundaries == "none":
-            raise ConfigError("coda-prompt gives every task its own components: it needs task boundaries "
-                              "(scenario boundaries 'visible'), not a task-free stream")
+        require_boundaries(self, "it gives every task its own components")
         self.task = -1
         self.current = torch.zeros(self.info.n_classes, dtype=torch.bool, device=self.device)
 

@@ -53,6 +53,7 @@ from cl.models.heads import IncrementalLinear
 from cl.models.prompts import PrefixModel, check_layers, default_layers, depth, resolve_readout
 from cl.models.task_keys import by_length, trim_padding
 from strategies.l2p import majority
+from strategies._boundaries import require_boundaries
 
 G_LAYERS, E_LAYERS = (0, 1), (2, 3, 4)
 
@@ -149,9 +150,7 @@ class DualPrompt(Strategy):
                                cfg.g_length, cfg.e_length, cfg.pool_size, resolve_readout(cfg.readout, backbone))
 
     def setup(self):
-        if self.info.boundaries == "none":
-            raise ConfigError("dualprompt trains E-prompt t on task t: it needs task boundaries "
-                              "(scenario boundaries 'visible'), not a task-free stream")
+        require_boundaries(self, "it trains E-prompt t on task t")
         self.model.batchwise = self.cfg.batchwise_prompt
         self.task = -1
         self.current = torch.zeros(self.info.n_classes, dtype=torch.bool, device=self.device)

@@ -57,6 +57,8 @@ def aml_loss(anchor, contrast, anchor_y, contrast_y, temperature, base_temperatu
 class ERAML(ER):
     """ER with AML: metric-learning loss on incoming samples, CE on replay."""
 
+    task_free = True  # the boundary index only delays AML with visible boundaries (aml_phase)
+
     def setup(self):
         super().setup()
         self.exp_index = 0

@@ -45,7 +45,8 @@ from cl.models.analytic import correlation, eval_features, mahalanobis, shrink_c
 from cl.models.heads import MaskedHead
 from cl.models.model import Model
 from cl.models.task_keys import by_length, model_preprocess, remember_preprocess
-from strategies._closed_form import inert_optimizer, require_boundaries
+from strategies._boundaries import require_boundaries
+from strategies._closed_form import inert_optimizer
 
 TUKEY = ("auto", "on", "off")
 
@@ -111,7 +112,7 @@ class FeCAM(Strategy):
         return inert_optimizer(self)
 
     def setup(self):
-        require_boundaries(self.info, "fecam", "computes class covariances per task")
+        require_boundaries(self, "computes class covariances per task")
         self.preprocess = model_preprocess(self.model, self.device)
         self.session = -1
 

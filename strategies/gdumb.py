@@ -55,6 +55,8 @@ class GDumbConfig(StrategyConfig):
 class GDumb(Strategy):
     """Greedy class-balanced memory; the model is retrained from scratch on it before each evaluation."""
 
+    task_free = True  # the stream only fills the memory; it retrains at each evaluation point
+
     def setup(self):
         c = self.cfg
         if c.buffer_size < 1 or c.fit_epochs < 0 or c.fit_batch_size < 1:
@@ -66,7 +68,8 @@ class GDumb(Strategy):
         self.to_offer = float("inf")  # set per experience when boundaries are visible
 
     def before_experience(self, exp):
-        if self.info.protocol != "online":  # online: one pass, each sample is offered once anyway
+        # online: one pass, each sample is offered once anyway; task-free: the experience's size is hidden
+        if self.info.protocol != "online" and self.info.boundaries == "visible":
             self.to_offer = len(exp.train_y)
 
     def train_step(self, x, y, t=None):

@@ -59,6 +59,7 @@ from cl.models.heads import IncrementalLinear
 from cl.models.model import model_preprocess
 from cl.models.prompts import PrefixModel, check_layers, default_layers, depth, resolve_readout
 from cl.models.task_keys import batched, by_length, kmeans, trim_padding
+from strategies._boundaries import require_boundaries
 
 LAYERS = (0, 1, 2, 3, 4)
 
@@ -185,9 +186,7 @@ class HiDePrompt(Strategy):
         return model
 
     def setup(self):
-        if self.info.boundaries == "none":
-            raise ConfigError("hide-prompt trains one prompt per task: it needs task boundaries "
-                              "(scenario boundaries 'visible'), not a task-free stream")
+        require_boundaries(self, "it trains one prompt per task")
         C, K = self.info.n_classes, self.cfg.n_centroids
         D, dq = self.model.backbone.prompt_dim, self.model.backbone.out_dim
         self.task = -1

@@ -49,7 +49,7 @@ from cl.models.heads import IncrementalLinear
 from cl.models.model import Model
 from cl.models.analytic import eval_features
 from cl.models.task_keys import by_length, model_preprocess, remember_preprocess, trim_padding
-from strategies._closed_form import require_boundaries
+from strategies._boundaries import require_boundaries
 
 BACKBONES = "timm ViTs (vit-tiny, timm:vit_*), minilm, mlp"
 
@@ -195,7 +195,7 @@ class InfLoRA(Strategy):
         return make_optimizer(params, self.cfg)
 
     def setup(self):
-        require_boundaries(self.info, "inflora", "designs a branch per task")
+        require_boundaries(self, "designs a branch per task")
         self.preprocess = model_preprocess(self.model, self.device)
         self.session = -1
         self.bases: list = [None] * len(self.layers)

@@ -97,6 +97,7 @@ class Kalman(Strategy):
 
     frozen_features = True
     finetune = False
+    task_free = True  # after_experience only records gamma at the evaluation point
 
     @classmethod
     def build_model(cls, cfg, backbone, scenario):

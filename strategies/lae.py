@@ -40,7 +40,7 @@ from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
 from cl.models.model import Model, build_head
 from cl.models.task_keys import by_length, freeze_batchnorm, remember_preprocess, trim_padding
-from strategies._closed_form import require_boundaries
+from strategies._boundaries import require_boundaries
 
 ENSEMBLES = ("max_prob", "online", "offline")
 
@@ -106,7 +106,7 @@ class LAE(Strategy):
         return make_optimizer(params, self.cfg)
 
     def setup(self):
-        require_boundaries(self.info, "lae", "starts its offline module at a task boundary")
+        require_boundaries(self, "starts its offline module at a task boundary")
         self.session = -1
         self.current = torch.zeros(self.info.n_classes, dtype=torch.bool, device=self.device)
         self._done, self._n_train = 0, 1

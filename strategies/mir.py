@@ -68,6 +68,8 @@ class MIRConfig(ERConfig):
 class MIR(ER):
     """ER with maximally interfered retrieval: replay the candidates whose loss a virtual step raises most."""
 
+    task_free = True  # the boundary index is read only by exclude_current, which needs visible boundaries
+
     def setup(self):
         if self.cfg.exclude_current and self.info.boundaries != "visible":
             raise ConfigError(f"strategy 'mir': exclude_current=true needs experience boundaries, got "

@@ -49,8 +49,8 @@ from strategies._contrastive import (
     RotationContrast,
     check_positive,
     model_with_projection,
-    needs_boundaries,
 )
+from strategies._boundaries import require_boundaries
 
 
 @dataclass
@@ -71,7 +71,7 @@ class OCM(RotationContrast, ContrastiveReplay):
     build_model = classmethod(lambda cls, cfg, backbone, scenario: model_with_projection(cfg, backbone, scenario))
 
     def setup(self):
-        needs_boundaries(self, "the model frozen at the last boundary and the first-experience branch")
+        require_boundaries(self, "the model frozen at the last boundary and the first-experience branch")
         super().setup()
         self.teacher = FrozenCopy()
         self.old_classes: list[int] = []

@@ -85,6 +85,7 @@ class OnProConfig(RotationConfig):
 class OnPro(RotationContrast, ContrastiveReplay):
     cfg_name = "onpro"
     state_attrs = ("classes_mean", "boundaries_seen", "first_batch")
+    task_free = True  # boundaries are read only when visible (first_phase, first_batch)
 
     build_model = classmethod(lambda cls, cfg, backbone, scenario: model_with_projection(cfg, backbone, scenario))
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from cl.models.heads import MaskedHead
 from cl.core.strategy import Strategy, StrategyConfig, register
+from strategies._boundaries import require_boundaries
 
 DEFAULTS = {"mlp": dict(width=10, d_out=99, teacher_mult=500, lr=0.01, pool=0),
             "cnn": dict(width=60, d_out=743, teacher_mult=100, lr=3e-4, pool=5)}
@@ -180,6 +181,13 @@ def _arch(cfg, input_shape):
 @register("pec", PECConfig)
 class PEC(Strategy):
     """Prediction-error-based classification: per-class students imitating a frozen random teacher."""
+
+    task_free = True  # lr_decay reads each class's sample count at the boundary: it refuses task-free streams
+
+    def setup(self):
+        if self.cfg.lr_decay:
+            require_boundaries(self, "lr_decay spreads each class's learning rate over the class's samples in the "
+                               "coming experience", "; or strategy.lr_decay=false")
 
     @classmethod
     def build_model(cls, cfg, backbone, scenario):

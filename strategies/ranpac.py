@@ -50,7 +50,8 @@ from cl.models.analytic import RIDGE_GRID, eval_features, project, random_projec
 from cl.models.heads import MaskedHead
 from cl.models.model import build_head
 from cl.models.task_keys import by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
-from strategies._closed_form import inert_optimizer, require_boundaries
+from strategies._boundaries import require_boundaries
+from strategies._closed_form import inert_optimizer
 
 PETL = ("none", "lora")
 PRECISIONS = {"float32": torch.float32, "float64": torch.float64}
@@ -154,7 +155,7 @@ class RanPAC(Strategy):
         return inert_optimizer(self)
 
     def setup(self):
-        require_boundaries(self.info, "ranpac", "chooses its ridge parameter per task")
+        require_boundaries(self, "chooses its ridge parameter per task")
         self.preprocess = model_preprocess(self.model, self.device)
         h = self.model.head
         if h.w_rand.numel():

@@ -75,6 +75,7 @@ class SCRConfig(StrategyConfig):
 class SCR(ContrastiveReplay):
     cfg_name = "scr"
     state_attrs = ("steps", "means_at")
+    task_free = True  # the review step at a boundary runs only when boundaries are visible
 
     @classmethod
     def build_model(cls, cfg, backbone, scenario):

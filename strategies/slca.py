@@ -44,7 +44,7 @@ from cl.models.analytic import cholesky_factor, class_gaussian, eval_features, s
 from cl.models.heads import IncrementalLinear
 from cl.models.model import Model
 from cl.models.task_keys import by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
-from strategies._closed_form import require_boundaries
+from strategies._boundaries import require_boundaries
 
 
 @dataclass
@@ -97,7 +97,7 @@ class SLCA(Strategy):
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
     def setup(self):
-        require_boundaries(self.info, "slca", "fits class statistics and aligns the classifier per task")
+        require_boundaries(self, "fits class statistics and aligns the classifier per task")
         C = self.info.n_classes
         self.preprocess = model_preprocess(self.model, self.device)
         self.session = -1

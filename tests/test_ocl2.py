@@ -295,7 +295,7 @@ def test_bad_numbers_name_the_field(name, key, value):
 
 
 def test_ocm_needs_boundaries_and_says_so():
-    with pytest.raises(ConfigError, match=r"boundaries.*'visible'"):
+    with pytest.raises(ConfigError, match=r"boundaries.*visible"):
         make(OCM, OCMConfig(), Ident(4), 4, (4,), boundaries="hidden")
     make(OnPro, OnProConfig(), Ident(4), 4, (4,), boundaries="hidden")  # task-free OnPro is allowed
     make(SCR, SCRConfig(), Ident(4), 4, (4,), boundaries="hidden")

@@ -6,7 +6,7 @@ small set of hooks; the defaults implement plain fine-tuning, so a strategy
 overrides only what differs::
 
     setup()                      once, after model and optimiser exist
-    before_experience(exp)       at each experience boundary (visible ones)
+    before_experience(exp)       at each experience boundary (on a task-free stream: a HiddenBoundary)
     train_data(exp)              (x, y) the engine iterates for this experience
     train_step(x, y, t)          one optimisation step; returns the loss tensor (no .item())
     loss(x, y, t)                the objective of the default train_step; the loss tensor, or
@@ -21,8 +21,9 @@ overrides only what differs::
     build_model(cfg, backbone, scenario)   (classmethod) the network; default backbone + head
     extra_metrics()              strategy-specific metrics for the result file
 
-and reads two class flags: ``frozen_features`` (train on cached features of a frozen
-backbone) and ``graph_safe`` (the online step may be captured as a CUDA graph).  Every
+and reads three class flags: ``frozen_features`` (train on cached features of a frozen
+backbone), ``graph_safe`` (the online step may be captured as a CUDA graph) and ``task_free``
+(the strategy runs on a stream whose boundaries are hidden, blurry or gradual).  Every
 hook and flag is declared below with its default; the engine never probes for others.
 
 Shared pieces (buffers, heads, adapters) are plain objects from ``cl/`` that a
@@ -115,6 +116,8 @@ class RunInfo:
 
 #: hooks whose override makes a subclass not graph-safe unless it declares ``graph_safe`` itself
 GRAPH_HOOKS = ("train_step", "loss", "after_step", "predict")
+#: hooks that see an experience boundary (and, on a visible one, the experience's data and classes)
+BOUNDARY_HOOKS = ("before_experience", "train_data", "after_experience")
 
 
 class Strategy:
@@ -128,6 +131,22 @@ class Strategy:
     #: overrides one of GRAPH_HOOKS without declaring ``graph_safe`` in its own body is not graph-safe
     #: (a subclass of ER that changes ``loss`` does not inherit ER's declaration).
     graph_safe: bool = True
+    #: runs on task-free streams (``scenario.boundaries`` hidden, blurry or gradual).  ``None``: inferred, true
+    #: when the class overrides none of BOUNDARY_HOOKS.  There the engine still calls ``before_experience`` /
+    #: ``after_experience`` at the evaluation points, but with a ``HiddenBoundary`` (its index only); a strategy
+    #: that overrides a boundary hook and learns nothing from it declares ``task_free = True``.  The engine
+    #: refuses every other strategy on a task-free stream (a ConfigError naming ``scenario.boundaries``).
+    task_free: bool | None = None
+
+    @classmethod
+    def runs_task_free(cls) -> bool:
+        """``task_free`` if declared, else whether the class leaves every boundary hook to the base."""
+        return bool(cls.task_free) if cls.task_free is not None else not cls.boundary_hooks()
+
+    @classmethod
+    def boundary_hooks(cls) -> list[str]:
+        """The boundary hooks this class (or a base of it other than Strategy) overrides."""
+        return [h for h in BOUNDARY_HOOKS if getattr(cls, h) is not getattr(Strategy, h)]
 
     def __init_subclass__(cls, **kw):
         super().__init_subclass__(**kw)

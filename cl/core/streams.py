@@ -40,6 +40,21 @@ def default_preprocess(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
+@dataclass(frozen=True)
+class HiddenBoundary:
+    """What ``before_experience`` / ``after_experience`` receive on a task-free stream (``scenario.boundaries``
+    hidden, blurry or gradual): the index of the evaluation point, and nothing of the experience (no data,
+    classes or task id), so that a strategy cannot learn where the stream's hidden boundaries are."""
+
+    index: int
+    boundaries: str = "hidden"
+    task_id = None
+
+    def __getattr__(self, name):
+        raise AttributeError(f"experience.{name} is hidden from the strategy on a task-free stream "
+                             f"(scenario.boundaries={self.boundaries!r}); only .index is known")
+
+
 @dataclass
 class Scenario:
     name: str

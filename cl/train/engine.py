@@ -31,7 +31,8 @@ import torch
 
 import cl.core.metrics as M
 from cl.core.config import run_id as make_run_id, section_config
-from cl.core.registry import scenarios, strategies
+from cl.core.registry import ConfigError, scenarios, strategies
+from cl.core.streams import HiddenBoundary
 from cl.core.strategy import RunInfo, uses_frozen_features
 from cl.models.backbones import backbone_spec, build_backbone
 from cl.models.model import attach_preprocess, model_preprocess, preprocess_factory, trainable_parameters
@@ -190,7 +191,13 @@ class Run:
                        protocol=pcfg.name, n_experiences=len(scenario))
         model = build_model(strategy_cls, scfg, cfg, scenario, device)
         self.strategy = strategy = strategy_cls(scfg, model, info)
-        strategy.setup()
+        strategy.setup()  # its own checks first: their messages say why it needs boundaries
+        if scenario.boundaries != "visible" and not strategy_cls.runs_task_free():
+            raise ConfigError(
+                f"strategy {cfg['strategy']['name']!r} learns at experience boundaries (it overrides "
+                f"{', '.join(strategy_cls.boundary_hooks())}), "
+                f"which scenario.boundaries={scenario.boundaries!r} hides; valid choice: scenario.boundaries=visible, "
+                f"or a task-free strategy (docs/strategies-ocl3.md lists them)")
         if strategy.augment is None and scenario.modality == "image":  # on-device augmentation (cl/data/augment.py)
             from cl.data.augment import augment_for
             strategy.augment = augment_for(scenario, device)
@@ -227,10 +234,12 @@ class Run:
     def train_experience(self, i: int) -> None:
         """The strategy's boundary hooks around the protocol's loop; training time and samples counted."""
         exp, st, device = self.scenario[i], self.state, self.device
-        self.strategy.before_experience(exp)
+        # on a task-free stream the hooks learn only that an evaluation point is reached, not what the data is
+        seen = exp if self.scenario.boundaries == "visible" else HiddenBoundary(i, self.scenario.boundaries)
+        self.strategy.before_experience(seen)
         t0 = time.perf_counter()
         n = self.loop.run_experience(i, exp)
-        self.strategy.after_experience(exp)
+        self.strategy.after_experience(seen)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         st.train_time += time.perf_counter() - t0
