@@ -18,15 +18,21 @@ The buffer keeps samples with their stored logits, as DER, and X-DER edits those
   from the experience's first pass (mammoth iterates the train loader).
 * Loss: CE of the incoming batch on the current experience's classes only (present head),
   ``alpha * MSE`` of replayed logits to the stored ones (all classes, unmasked), ``beta * CE`` of a
-  second replay batch on the past classes only, and the future constraint
-  ``eta * mean(relu(max_future + margin - max_own_task))`` over incoming and replayed samples.
+  second replay batch on the past classes only, the future constraint
+  ``eta * mean(relu(max_future + margin - max_own_task))`` over incoming and replayed samples, and the past
+  constraint on incoming samples after the first task: with ``p`` the softmax over the classes seen so far,
+  ``eta * mean(relu(max p_past (no gradient) + margin - max p_present))`` over the samples where it is
+  positive (``past_constraint``). The present-head CE alone says nothing about past against present
+  classes, so without it a new task's samples are classified into past classes in class-IL.
 * Defaults: alpha 0.3, beta 0.8, gamma 0.85, lr 0.03 (mammoth ``models/config/xder.yaml`` and best args,
   seq-CIFAR-100, buffer 500); margin 0.3 and eta 0.1 (mammoth's ``--constr_margin`` / ``--constr_eta``
   defaults); replay batch 32.
 
 Left out (deviations): the SimCLR consistency loss on the future heads (``lambd``), the distance-
-preserving loss (``dp_weight``), BatchNorm alignment (``align_bn``) and the past constraint (off by
-default in mammoth). New samples' logits at insertion are computed with the model in eval mode (mammoth:
+preserving loss (``dp_weight``) and BatchNorm alignment (``align_bn``). Until 2026-12-01 the past
+constraint was left out too, on the belief that mammoth turns it off; mammoth's ``models/xder.py`` (commits
+0d727a7 and 9073cf9) applies it at every step after the first task, and without it the reduced CPU table gave
+new tasks 0 % class-IL accuracy at their own boundary (benchmarks/results/baselines1-replay.md). New samples' logits at insertion are computed with the model in eval mode (mammoth:
 train mode without updating BatchNorm statistics). The frozen copy of base1 is not needed here.
 Needs visible experience boundaries.
 """
@@ -37,9 +43,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cl.core.registry import ConfigError
 from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.buffers import ClassBalancedBuffer
+from strategies._boundaries import require_boundaries
 
 
 @dataclass
@@ -51,7 +57,8 @@ class XDERConfig(StrategyConfig):
     beta: float = 0.8
     gamma: float = 0.85  # scale of transplanted logits relative to the true class's
     margin: float = 0.3  # future constraint margin
-    eta: float = 0.1  # future constraint weight
+    eta: float = 0.1  # weight of the future and past constraints
+    past_constraint: bool = True  # mammoth models/xder.py: on at every step after the first task
 
 
 def update_logits(old, new, y, cols, gamma):
@@ -66,13 +73,21 @@ def update_logits(old, new, y, cols, gamma):
     return old
 
 
+def past_constraint(logits, past, present, margin):
+    """Per-sample ``relu(max p_past + margin - max p_present)``, ``p`` the softmax over the seen classes (past
+    or present), the past maximum detached (mammoth's "past logits constraint")."""
+    p = F.softmax(logits.masked_fill(~(past | present), float("-inf")), 1)
+    bad = p.masked_fill(~past, 0).max(1).values.detach()
+    good = p.masked_fill(~present, 0).max(1).values
+    return (bad + margin - good).clamp_min(0)
+
+
 @register("xder", XDERConfig)
 class XDER(Strategy):
     """X-DER (reduced: no consistency loss): DER++ with future-past logit updates and a future constraint."""
 
     def setup(self):
-        if self.info.boundaries != "visible":
-            raise ConfigError(f"xder needs experience boundaries, got scenario.boundaries={self.info.boundaries!r}")
+        require_boundaries(self, "its memory and future-past updates are per task")
         n = self.info.n_classes
         self.class_task = torch.full((n,), -1, dtype=torch.long, device=self.device)  # experience of each class
         self.cur = 0
@@ -118,6 +133,12 @@ class XDER(Strategy):
             own = self.class_task[None, :] == self.class_task[yb][:, None]
             bad.append(outs[:, self.class_task < 0])
             good.append(outs.masked_fill(~own, float("-inf")))
+        past = self.past()
+        if c.past_constraint and c.eta > 0 and bool(past.any()):
+            h = past_constraint(raw, past, present, c.margin)
+            pos = h > 0
+            if bool(pos.any()):
+                loss = loss + c.eta * h[pos].mean()
         if bool((self.class_task < 0).any()) and c.eta > 0:
             h = torch.cat(bad).max(1).values + c.margin - torch.cat(good).max(1).values
             pos = h > 0

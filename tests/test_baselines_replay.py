@@ -303,6 +303,39 @@ def test_xder_future_past_update_changes_only_current_and_future_entries():
     assert not torch.allclose(got[:, 2:], kept[:, 2:])
 
 
+def test_xder_past_constraint_hand_computed():
+    """mammoth's past logits constraint: softmax over the seen classes, relu(max past prob (detached) + m -
+    max present prob); future classes take no part."""
+    from strategies.xder import past_constraint
+
+    logits = torch.tensor([[2.0, 0.0, 1.0, 0.0, 9.0], [0.0, 0.0, 3.0, 0.0, 9.0]], requires_grad=True)
+    past = torch.tensor([True, True, False, False, False])
+    present = torch.tensor([False, False, True, True, False])  # class 4: a future class
+    h = past_constraint(logits, past, present, 0.3)
+    p = torch.softmax(torch.tensor([[2.0, 0.0, 1.0, 0.0], [0.0, 0.0, 3.0, 0.0]]), 1)
+    want = (p[:, :2].max(1).values + 0.3 - p[:, 2:].max(1).values).clamp_min(0)
+    assert torch.allclose(h, want) and h[0] > 0 and h[1] == 0  # sample 1's present class wins by > 0.3
+    h.sum().backward()
+    assert logits.grad[0, 2] < 0 and logits.grad[0, 4] == 0  # raises the present class; future untouched
+
+
+def test_xder_past_constraint_is_in_the_loss_after_the_first_task():
+    s = build("xder", n_classes=4, n_exp=2, buffer_size=4, eta=1.0, alpha=0.0, beta=0.0)
+    s.class_task[:] = torch.tensor([0, 0, 1, 1])
+    s.cur = 1
+    x, y = torch.randn(6, 3), torch.tensor([2, 3, 2, 3, 2, 3])
+    s.model.observe(torch.arange(4))
+    with torch.no_grad():
+        s.model.head.fc.weight[:2] += 5 * x.mean(0)  # the past classes win on the new samples
+    on = s.loss(x, y)
+    s.cfg.past_constraint = False
+    off = s.loss(x, y)
+    from strategies.xder import past_constraint
+    raw = s.model.raw_logits(x).float()
+    h = past_constraint(raw, s.past(), s.class_task == 1, s.cfg.margin)
+    assert (h > 0).any() and torch.allclose(on - off, h[h > 0].mean())
+
+
 # -- exact resume from a boundary ---------------------------------------------------------------------
 RESUME = {"der": {}, "derpp": {}, "agem": {}, "gem": {}, "gdumb": {"fit_epochs": 3}, "er-aml": {}, "xder": {}}
 
