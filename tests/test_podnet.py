@@ -100,7 +100,7 @@ def test_nca_loss_matches_hand_computation_in_both_forms():
     sim = torch.tensor([[0.5, 0.2, -0.1], [0.1, 0.7, 0.3]])
     y = torch.tensor([0, 0])
     eta, delta = 2.0, 0.6
-    # the paper (eq. 7): [log sum_{i != y} exp(eta s_i) - eta (s_y - delta)]_+
+    # the paper's form: [log sum_{i != y} exp(eta s_i) - eta (s_y - delta)]_+
     p0 = math.log(math.exp(0.4) + math.exp(-0.2)) - 2.0 * (0.5 - 0.6)
     p1 = math.log(math.exp(1.4) + math.exp(0.6)) - 2.0 * (0.1 - 0.6)
     assert nca_loss(sim, y, eta, delta, form="paper").item() == pytest.approx((p0 + p1) / 2, rel=1e-6)
