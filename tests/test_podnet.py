@@ -15,11 +15,25 @@ from test_resume import _interrupt_at
 from cl.core.config import resolve
 from cl.core.registry import ConfigError
 from cl.core.strategy import RunInfo
+from cl.models.backbones.small import (
+    MLP,
+    CNNConfig,
+    MLPConfig,
+    ReducedResNet18,
+    ResNetConfig,
+    SmallCNN,
+)
 from cl.models.task_keys import kmeans
-from cl.models.backbones.small import CNNConfig, MLPConfig, ReducedResNet18, ResNetConfig, MLP, SmallCNN
 from cl.train.engine import Run
-from strategies.podnet import (PODNet, PODNetConfig, LSCHead, lsc_similarity, nca_loss, pod_spatial,
-                               stage_outputs)
+from strategies.podnet import (
+    LSCHead,
+    PODNet,
+    PODNetConfig,
+    lsc_similarity,
+    nca_loss,
+    pod_spatial,
+    stage_outputs,
+)
 
 pytestmark = pytest.mark.usefixtures("restore_registry")
 
