@@ -48,13 +48,18 @@ class SmallCNN(nn.Module):
     def __init__(self, cfg: CNNConfig, input_shape):
         super().__init__()
         c_in, mods, c = input_shape[0], [], cfg.channels
+        ends = []
         for i in range(cfg.blocks):
             mods += [nn.Conv2d(c_in, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True)]
             if min(input_shape[1:]) >> (i + 1) >= 1:
                 mods.append(nn.MaxPool2d(2, ceil_mode=True))
+            ends.append(len(mods) - 1)
             c_in, c = c, c * 2
         self.net = nn.Sequential(*mods, nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.out_dim = c_in
+        #: the modules whose outputs are the per-block feature maps (B, C, H, W), in forward order
+        #: (read by strategies that distil intermediate maps, e.g. PODNet's forward hooks)
+        self.stage_names = [f"net.{i}" for i in ends]
 
     def forward(self, x):
         return self.net(x)
@@ -106,6 +111,8 @@ class ReducedResNet18(nn.Module):
             c_in = c_out
         self.layers = nn.Sequential(*layers)
         self.out_dim = c_in
+        #: the last block of each of the four stages: its output is the stage's feature map (B, C, H, W)
+        self.stage_names = [f"layers.{i}" for i in (1, 3, 5, 7)]
 
     def forward(self, x):
         out = self.layers(F.relu(self.bn1(self.conv1(x))))

@@ -136,6 +136,9 @@ class TimmBackbone(nn.Module):
                                                  else "mlp")
         if self.is_vit:
             self.prompt_dim = int(model.embed_dim)
+        #: timm's feature-pyramid stages (``feature_info``): modules whose outputs are per-stage feature maps
+        #: (ViT blocks give tokens; ``stage_map`` turns them into a patch grid)
+        self.stage_names = ["model." + f["module"] for f in getattr(model, "feature_info", None) or []]
         self._compiled = None
 
     # -- forward --------------------------------------------------------------------------------
@@ -180,6 +183,17 @@ class TimmBackbone(nn.Module):
         if n_p:
             x = torch.cat([x[:, :npt], x[:, npt + n_p:]], dim=1)
         return m.forward_head(x, pre_logits=True)
+
+    def stage_map(self, out: torch.Tensor) -> torch.Tensor:
+        """A stage module's output as a (B, C, H, W) map: a ViT block's patch tokens on their grid (prefix
+        tokens dropped), a CNN stage's output as it is."""
+        if out.dim() != 3:
+            return out
+        x = out[:, getattr(self.model, "num_prefix_tokens", 0):]
+        gh, gw = tuple(self.model.patch_embed.grid_size)
+        if gh * gw != x.shape[1]:  # another input size than the one the grid was built for: assume square
+            gh = gw = int(round(x.shape[1] ** 0.5))
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], gh, gw)
 
     # -- preprocessing --------------------------------------------------------------------------
     def make_preprocess(self, scenario, device):
