@@ -23,7 +23,7 @@ from test_reliability_state import _configs, _project_strategies
 
 #: strategies that read an experience at its boundary (teacher, per-task memory, importance, class mask,
 #: per-task parameters or statistics): each must refuse a task-free stream
-LEARN_AT_BOUNDARIES = {"ewc", "si", "mas", "rwalk", "lwf", "lwf-mc", "icarl", "lucir", "bic", "gem", "xder",
+LEARN_AT_BOUNDARIES = {"ewc", "si", "mas", "rwalk", "lwf", "lwf-mc", "icarl", "lucir", "podnet", "bic", "gem", "xder",
                        "cl2r", "l2p", "l2l", "linear-probe", "sprompts", "prd", "color", "ssiat", "fecam",
                        "ranpac", "slca", "inflora", "lae", "dualprompt", "coda-prompt", "hide-prompt", "aper",
                        "ease", "ocm", "joint", "packnet", "hat", "rmn", "pnn", "hnet", "hnet-rnn"}
