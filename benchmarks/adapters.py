@@ -327,7 +327,7 @@ def main(argv=None) -> list[dict] | None:
         return None
     if args.threads:
         torch.set_num_threads(args.threads)
-    load0, t0 = os.getloadavg(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load0, t0, mach = os.getloadavg(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), machine()
     rows, what = measure(args)
     load1 = os.getloadavg()
     cols = ["method", "used by", "trainable", "platform img/s", "reference img/s", "ratio", "ratio per round",
@@ -335,7 +335,7 @@ def main(argv=None) -> list[dict] | None:
     tab = table(rows, cols)
     cmd = " ".join(argv if argv is not None else sys.argv[1:])
     body = [f"## {'GPU' if gpu else 'CPU'}: {what}", "",
-            f"Machine: {machine()}; {_versions()}. Date: {t0}. Command: `python benchmarks/adapters.py {cmd}`.",
+            f"Machine: {mach}; {_versions()}. Date: {t0}. Command: `python benchmarks/adapters.py {cmd}`.",
             f"Load average (1, 5, 15 min) {load0[0]:.1f} / {load0[1]:.1f} / {load0[2]:.1f} at the start and "
             f"{load1[0]:.1f} / {load1[1]:.1f} / {load1[2]:.1f} at the end"
             + (": the machine was shared with other jobs, so absolute images/s are low and noisy; the ratio "
