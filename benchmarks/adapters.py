@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch import nn  # noqa: E402
 from torch.nn.utils import parameters_to_vector, vector_to_parameters  # noqa: E402
 
 from benchmarks.common import table  # noqa: E402
@@ -341,11 +341,11 @@ def main(argv=None) -> list[dict] | None:
             + (": the machine was shared with other jobs, so absolute images/s are low and noisy; the ratio "
                "(both paths interleaved in the same process) is the figure to read." if load0[0] > 0.5 * (os.cpu_count() or 1)
                else "."), "",
-            "images/s: median over rounds of one training step (forward, backward, AdamW over the trainable "
+            ("images/s: median over rounds of one training step (forward, backward, AdamW over the trainable "
             "parameters, cross-entropy on a linear head to 100 classes); ratio = platform / reference (median "
             "rates), with the range of the per-round ratios; same step = largest |loss difference| over two steps "
             "of both paths from the same weights and seed; trainable = trainable parameters (equal on both paths, "
-            "head included).", "", tab]
+            "head included)."), "", tab]
     text = "\n".join(body) + "\n"
     print(text)
     if args.out:
