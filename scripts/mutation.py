@@ -277,6 +277,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.infer == "cosine":', "",
          "infer is validated to be dot or cosine (build_model), and 'dot' <= 'cosine' is False: same branch"),
     ],
+    "der": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'return raw if self.cfg.ce_classes == "all"', "",
+         "ce_classes is validated to be all or seen (setup), and 'seen' <= 'all' is False: same branch"),
+    ],
     "ncm": [
         (r"core/NumberReplacer$", "return torch.optim.SGD([self._dummy], lr=0.0)", "",
          "the inert optimiser's only parameter never gets a gradient, so SGD skips it whatever the learning rate"),
