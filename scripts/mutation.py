@@ -170,8 +170,8 @@ MODULES: dict[str, Module] = {
                                "test_cl2r_feature_distillation_on_memory_only_and_compatibility_logged"]),
        ]},
 }
-for _name in ("der", "derpp"):  # the tests written from their first mutation run come first (fast, hand-computed)
-    MODULES[_name].tests.insert(0, "tests/test_mutation_der.py")
+for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem")):  # the tests written from their first
+    MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
 # arithmetic operator by a bitwise / shift one (or the reverse), by % or **, and comparisons turned into
