@@ -32,7 +32,8 @@ Left out (deviations): the SimCLR consistency loss on the future heads (``lambd`
 preserving loss (``dp_weight``) and BatchNorm alignment (``align_bn``). Until 2026-12-01 the past
 constraint was left out too, on the belief that mammoth turns it off; mammoth's ``models/xder.py`` (commits
 0d727a7 and 9073cf9) applies it at every step after the first task, and without it the reduced CPU table gave
-new tasks 0 % class-IL accuracy at their own boundary (benchmarks/results/baselines1-replay.md). New samples' logits at insertion are computed with the model in eval mode (mammoth:
+new tasks 0 % class-IL accuracy at their own boundary (benchmarks/results/baselines1.md, finding 2; the
+constraint does not change that at this budget). New samples' logits at insertion are computed with the model in eval mode (mammoth:
 train mode without updating BatchNorm statistics). The frozen copy of base1 is not needed here.
 Needs visible experience boundaries.
 """
