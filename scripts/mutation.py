@@ -170,7 +170,7 @@ MODULES: dict[str, Module] = {
                                "test_cl2r_feature_distillation_on_memory_only_and_compatibility_logged"]),
        ]},
 }
-for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem")):  # the tests written from their first
+for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an

@@ -116,8 +116,9 @@ class EpisodicMemory(Strategy):
 
 @register("agem", AGEMConfig)
 class AGEM(EpisodicMemory):
-    task_free = True  # memory=reservoir uses no boundary; memory=episodic refuses task-free streams in setup
     """A-GEM: project the gradient when it conflicts with the gradient on an episodic-memory batch."""
+
+    task_free = True  # memory=reservoir uses no boundary; memory=episodic refuses task-free streams in setup
 
     name = "agem"
     task_free_hint = ", or strategy.memory=reservoir (task-free A-GEM)"
