@@ -56,3 +56,19 @@ def test_reservoir_reference_batch_is_none_while_empty_then_distinct_samples():
     for _ in range(5):
         x, y = s.reference_batch()  # 6 slots filled, 6 asked: each exactly once (no replacement)
         assert sorted(y.tolist()) == sorted(s.buffer.items()["y"].tolist())
+
+
+def test_episodic_memory_offers_exactly_the_experiences_samples_in_its_first_pass():
+    """to_offer counts down the experience's samples: with 5 samples in batches of 4, the second batch
+    offers its single remaining sample, and a second pass offers nothing."""
+    from cl.core.streams import Experience
+
+    s = build("agem", buffer_size=20, n_exp=2)
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 0, 1, 0])
+    s.before_experience(Experience(x, y, x, y, [0, 1], 0, 0))
+    s.after_step(x[:4], y[:4])
+    assert s.to_offer == 1 and len(s.pending.items()["y"]) == 4
+    s.after_step(x[4:], y[4:])
+    assert s.to_offer == 0 and len(s.pending.items()["y"]) == 5
+    s.after_step(x[:4], y[:4])  # a second epoch's batch: nothing more
+    assert len(s.pending.items()["y"]) == 5
