@@ -170,7 +170,7 @@ MODULES: dict[str, Module] = {
                                "test_cl2r_feature_distillation_on_memory_only_and_compatibility_logged"]),
        ]},
 }
-for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem")):  # the tests written from their first
+for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem"), ("gdumb", "gdumb")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -276,6 +276,19 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "uer": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.infer == "cosine":', "",
          "infer is validated to be dot or cosine (build_model), and 'dot' <= 'cosine' is False: same branch"),
+    ],
+    "gdumb": [
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'self.info.boundaries == "visible"', "",
+         "boundaries is visible, hidden, blurry or gradual, and every other value sorts before 'visible'"),
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'self.info.protocol != "online"', "",
+         "protocol is offline or online, and 'offline' < 'online'"),
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if self.to_offer > 0:", "",
+         "to_offer never goes below 0, and at 0 the mutants offer x[:0], an empty batch, which the buffer ignores"),
+        (r"core/NumberReplacer$", "if self.to_offer > 0:", "self.to_offer > -1",
+         "to_offer never goes below 0, and at 0 the mutant offers x[:0], an empty batch, which the buffer ignores"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "0.1 if epoch == 0 else 1.0", "", "epochs count from 0"),
+        (r"core/ReplaceTrueWithFalse$", "opt.zero_grad(set_to_none=True)", "",
+         "every trained parameter gets a gradient in each backward, so zeroed and absent gradients step alike"),
     ],
     "agem": [
         (r"core/NumberReplacer$", "self.per_task = self.cfg.buffer_size // max(1, self.info.n_experiences)", "max( 0,",
