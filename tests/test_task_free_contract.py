@@ -1,9 +1,10 @@
 """Task-free streams hide their boundaries from the learner (scenario.boundaries hidden, blurry, gradual).
 
 Before this contract the engine handed every strategy the whole experience at each hidden boundary, and the
-checks of eight strategies compared ``boundaries`` with "none", a value that does not exist, so EWC, SI, MAS,
-L2P, PRD, CoLoR, X-DER, FeCAM, RanPAC, DualPrompt, CODA-Prompt, HiDe-Prompt, APER, EASE, ... learned at the
-boundaries a task-free stream is meant to hide.  Now the boundary hooks get a ``HiddenBoundary`` (the
+checks of ten strategies (FeCAM, RanPAC, SLCA, InfLoRA, LAE, DualPrompt, CODA-Prompt, HiDe-Prompt, APER, EASE)
+compared ``boundaries`` with "none", a value that does not exist, so they, and EWC, SI, MAS, RWalk, L2P, SSIAT,
+PRD, CoLoR, CL2R, S-Prompts and the linear probe, which had no check, learned at the boundaries a task-free
+stream is meant to hide.  Now the boundary hooks get a ``HiddenBoundary`` (the
 evaluation point's index only) and a strategy that overrides a boundary hook without declaring ``task_free``
 is refused with a ConfigError naming ``scenario.boundaries``."""
 from __future__ import annotations
