@@ -170,7 +170,8 @@ MODULES: dict[str, Module] = {
                                "test_cl2r_feature_distillation_on_memory_only_and_compatibility_logged"]),
        ]},
 }
-for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem"), ("gdumb", "gdumb")):  # the tests written from their first
+for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem"), ("gdumb", "gdumb"),
+                      ("er_aml", "er_aml")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -276,6 +277,16 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "uer": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.infer == "cosine":', "",
          "infer is validated to be dot or cosine (build_model), and 'dot' <= 'cosine' is False: same branch"),
+    ],
+    "er_aml": [
+        (r"core/NumberReplacer$", "self.exp_index = 0", "",
+         "before_experience sets exp_index (an index, or a HiddenBoundary's) before aml_phase reads it"),
+        (r"core/NumberReplacer$", 'self.exp_index = state.get("exp_index", 0)', "",
+         "extra_state always saves exp_index: the default is never used"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(self.buffer) == 0:", "", "a length is never negative"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "self.exp_index > 0", "", "an experience index is never negative"),
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'self.info.boundaries != "visible"', "",
+         "boundaries is visible, hidden, blurry or gradual, and every other value sorts before 'visible'"),
     ],
     "gdumb": [
         (r"core/ReplaceComparisonOperator_Eq_GtE$", 'self.info.boundaries == "visible"', "",
