@@ -48,8 +48,9 @@ from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
 from cl.models.heads import IncrementalLinear
 from cl.models.model import Model
 from cl.models.analytic import eval_features
-from cl.models.task_keys import by_length, model_preprocess, remember_preprocess, trim_padding
+from cl.models.task_keys import by_length, model_preprocess, remember_preprocess
 from strategies._boundaries import require_boundaries
+from strategies._closed_form import current_task_ce
 
 BACKBONES = "timm ViTs (vit-tiny, timm:vit_*), minilm, mlp"
 
@@ -235,9 +236,7 @@ class InfLoRA(Strategy):
     def loss(self, x, y, t=None):
         if self.cfg.train_eval_mode:
             self.model.eval()
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
-        logits = self.model.head.raw(self.model.backbone(x)).float().masked_fill(~self.current, float("-inf"))
-        return F.cross_entropy(logits, y)  # local CE over the current task's classes
+        return current_task_ce(self, x, y)
 
     def predict(self, x, t=None):
         return by_length(self.model, x)

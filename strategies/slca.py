@@ -43,8 +43,9 @@ from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.analytic import cholesky_factor, class_gaussian, eval_features, sample_gaussian
 from cl.models.heads import IncrementalLinear
 from cl.models.model import Model
-from cl.models.task_keys import by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
+from cl.models.task_keys import by_length, freeze_batchnorm, model_preprocess, remember_preprocess
 from strategies._boundaries import require_boundaries
+from strategies._closed_form import current_task_ce
 
 
 @dataclass
@@ -136,9 +137,7 @@ class SLCA(Strategy):
     def loss(self, x, y, t=None):
         if self.cfg.freeze_bn:
             freeze_batchnorm(self.model.backbone)
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
-        logits = self.model.head.raw(self.model.backbone(x)).float().masked_fill(~self.current, float("-inf"))
-        return F.cross_entropy(logits, y)  # local CE over the current task's classes
+        return current_task_ce(self, x, y)
 
     def predict(self, x, t=None):
         return by_length(self.model, x)

@@ -114,7 +114,7 @@ class XDER(Strategy):
     def loss(self, x, y, t=None):
         c = self.cfg
         raw = self.model.raw_logits(self.aug(x)).float()
-        present = self.class_task == self.cur
+        present, past = self.class_task == self.cur, self.past()
         loss = F.cross_entropy(raw.masked_fill(~present, float("-inf")), y)
         bad, good = [raw[:, self.class_task < 0]], [raw.masked_fill(~present, float("-inf"))]
         if self.mem is not None:
@@ -124,7 +124,7 @@ class XDER(Strategy):
             loss = loss + c.alpha * F.mse_loss(out1, self.mem["logits"][i1])
             i2 = torch.randint(n, (c.replay_batch_size,), device=self.device)
             out2 = self.model.raw_logits(self.aug(self.mem["x"][i2])).float()
-            loss = loss + c.beta * F.cross_entropy(out2.masked_fill(~self.past(), float("-inf")), self.mem["y"][i2])
+            loss = loss + c.beta * F.cross_entropy(out2.masked_fill(~past, float("-inf")), self.mem["y"][i2])
             idx, outs = torch.cat([i1, i2]), torch.cat([out1, out2])
             uniq, inv = torch.unique(idx, return_inverse=True)  # each slot once (its first draw)
             ar = torch.arange(len(idx), device=self.device)
@@ -134,7 +134,6 @@ class XDER(Strategy):
             own = self.class_task[None, :] == self.class_task[yb][:, None]
             bad.append(outs[:, self.class_task < 0])
             good.append(outs.masked_fill(~own, float("-inf")))
-        past = self.past()
         if c.past_constraint and c.eta > 0 and bool(past.any()):
             h = past_constraint(raw, past, present, c.margin)
             pos = h > 0
