@@ -24,6 +24,8 @@ classifier over all classes.
   Off by default here; turn it on to reproduce the official behaviour.
 * Defaults: M = 10, L_p = 5, N = 5 (the paper text; the released CIFAR configs use L_p = 10, N = 4),
   Adam, lr 0.03 (the official CIFAR config), optimiser re-initialised per task.
+* ``prompt_lr`` (a platform option, default null = one rate for everything, as the official code): the
+  prompt tokens' own rate (L2L: the LoRA entries'), the keys and the head stay at ``lr``.
 
 **L2L** (``l2l``): the same selection, but every pool entry is a LoRA adapter (peft, via
 :class:`cl.models.adapters.LoraSet`) paired with a learnable key; the selected adapters act together (their
@@ -60,6 +62,7 @@ class L2PConfig(StrategyConfig):
     train_eval_mode: bool = False  # keep the backbone in eval() (dropout off) while training
     readout: str = "auto"  # auto | prompts | cls | mean  (auto: prompts on ViTs, mean on text encoders)
     prompt_init: str = "uniform"  # uniform = U(0, 0.01) (official) | symmetric = U(-1, 1) | normal
+    prompt_lr: float | None = None  # the prompts' (L2L: the LoRA entries') rate; None = lr (official: one rate)
 
 
 READOUTS = ("auto", "prompts", "cls", "mean")
@@ -205,6 +208,25 @@ class L2P(Strategy):
         self.current = torch.zeros(self.info.n_classes, dtype=torch.bool, device=self.device)
         self.selection_counts = torch.zeros(self.cfg.pool_size, dtype=torch.long, device=self.device)
 
+    def prompt_params(self) -> list:
+        """The pool entries (``prompt_lr``'s parameter group): the prompt tokens; L2L: its LoRA entries."""
+        return [self.model.pool.prompts]
+
+    def trainable(self) -> list:
+        """Every parameter the optimiser updates (the frozen backbone's have requires_grad off)."""
+        return list(self.model.parameters())
+
+    def make_optimizer(self):
+        """One optimiser; with ``prompt_lr`` set, the pool entries form a second group at that rate."""
+        if self.cfg.prompt_lr is None:
+            return make_optimizer(self.trainable(), self.cfg)
+        if not self.cfg.prompt_lr > 0:
+            raise ConfigError(f"strategy.prompt_lr must be > 0 (or null: the same as lr), got {self.cfg.prompt_lr!r}")
+        entries = {id(p) for p in self.prompt_params()}
+        opt = make_optimizer([p for p in self.trainable() if id(p) not in entries], self.cfg)
+        opt.add_param_group({"params": [p for p in self.prompt_params() if p.requires_grad], "lr": self.cfg.prompt_lr})
+        return opt
+
     def before_experience(self, exp):
         self.current.zero_()
         self.current[torch.as_tensor(exp.classes, device=self.device)] = True
@@ -258,8 +280,10 @@ class L2L(L2P):
         pool.activate([0])
         return L2LModel(backbone, pool, IncrementalLinear(backbone.out_dim, scenario.n_classes))
 
-    def make_optimizer(self):
+    def trainable(self) -> list:
         params = [self.model.pool.keys, *self.model.head.parameters()]
-        for n in self.model.pool.names:
-            params += list(self.model.pool.lora.parameters(n))
-        return make_optimizer(params, self.cfg)
+        return params + self.prompt_params()
+
+    def prompt_params(self) -> list:
+        pool = self.model.pool
+        return [p for n in pool.names for p in pool.lora.parameters(n)]

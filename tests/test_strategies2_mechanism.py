@@ -414,3 +414,30 @@ def test_color_domain_mode_shares_the_label_space():
     with torch.no_grad():
         out = s.predict(pre(sc[0].test_x))
     assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["l2p", "l2l"])
+def test_prompt_lr_moves_the_pool_entries_at_their_own_rate(name):
+    """Adam's first step moves every parameter with a gradient by its group's rate: the pool entries (L2P's
+    prompts, L2L's LoRA entries) by ``prompt_lr``, the head and the keys by ``lr``."""
+    sc = fake_scenario()
+    s = make_strategy(name, tiny_vit(), sc, pool_size=3, top_k=1, optimizer="adam", lr=0.01, prompt_lr=1e-4)
+    entries = {id(p) for p in s.prompt_params()}
+    before = {n: p.detach().clone() for n, p in s.model.named_parameters()}
+    _step(s, sc, 0)
+    moved = {n: float((p.detach() - before[n]).abs().max()) for n, p in s.model.named_parameters()}
+    by_id = {n: id(p) for n, p in s.model.named_parameters()}
+    pool = [moved[n] for n in moved if by_id[n] in entries and moved[n] > 0]
+    rest = [moved[n] for n in moved if by_id[n] not in entries and moved[n] > 0]
+    assert pool and rest
+    assert max(pool) == pytest.approx(1e-4, rel=0.05)
+    assert max(rest) == pytest.approx(0.01, rel=0.05)
+    assert {"head.fc.weight", "pool.keys"} <= {n for n in moved if moved[n] > 0}
+
+
+def test_prompt_lr_default_is_one_rate_and_bad_values_name_the_field():
+    sc = fake_scenario()
+    s = make_strategy("l2p", tiny_vit(), sc, pool_size=3, top_k=1, optimizer="adam", lr=0.01)
+    assert s.cfg.prompt_lr is None and len(s.optimizer.param_groups) == 1
+    with pytest.raises(Exception, match="strategy.prompt_lr"):
+        make_strategy("l2p", tiny_vit(), sc, pool_size=3, top_k=1, optimizer="adam", lr=0.01, prompt_lr=0.0)
