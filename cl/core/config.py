@@ -391,7 +391,7 @@ ID_EXCLUDE = ("out", "wandb", "project", "group", "tags", "name", "device")
 #: existed (one thread, built-in code) stay the same
 ID_IMPLICIT = {"threads": 1, CODE_KEY: None}
 #: section fields hashed only when they differ from these values (fields added after runs were made)
-ID_IMPLICIT_FIELDS = {"protocol": {"eval_amp": False}}
+ID_IMPLICIT_FIELDS = {"protocol": {"eval_amp": False}, "strategy": {"prompt_lr": None}}  # fields added later, at their defaults
 
 
 def run_id(resolved: dict) -> str:
