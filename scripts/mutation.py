@@ -356,6 +356,33 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'elif cfg.boundaries == "gradual":', "",
          "reached with boundaries visible or gradual only, and 'visible' sorts after 'gradual'"),
     ],
+    "results": [
+        (r"core/ReplaceBinaryOperator_BitOr_BitXor$", "fcntl.LOCK_SH | fcntl.LOCK_NB", "",
+         "LOCK_SH and LOCK_NB are distinct bits (1, 4): ^ and | give the same flags"),
+        (r"core/ReplaceBinaryOperator_BitOr_BitXor$", "fcntl.LOCK_EX | fcntl.LOCK_NB", "",
+         "LOCK_EX and LOCK_NB are distinct bits (2, 4): ^ and | give the same flags"),
+        (r"core/ReplaceBinaryOperator_BitOr_BitXor$", 'os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)', "",
+         "O_RDWR, O_CREAT and O_CLOEXEC are distinct bits: ^ and | give the same flags"),
+        (r"core/ReplaceBinaryOperator_BitOr_(BitXor|BitAnd)$", 'os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)', "",
+         "O_RDONLY is 0: ^ gives the same flags, and & gives O_RDONLY without O_CLOEXEC, which Python's os.open "
+         "sets anyway (PEP 446: its descriptors are non-inheritable; checked: FD_CLOEXEC is set without the flag)"),
+        (r"core/NumberReplacer$", 'getattr(os, "O_CLOEXEC", 0)', '"O_CLOEXEC",-1)',
+         "os.O_CLOEXEC exists wherever fcntl does (Linux, macOS): the getattr default is never used"),
+        (r"core/NumberReplacer$", 'getattr(os, "O_CLOEXEC", 0)', '"O_CLOEXEC",1)',
+         "os.O_CLOEXEC exists wherever fcntl does (Linux, macOS): the getattr default is never used"),
+        (r"core/NumberReplacer$", "os.ftruncate(self.fd, 0)", "os.ftruncate(self.fd,1)",
+         "the record is written from offset 0 and is longer than 1 byte, so truncating to 1 byte or to 0 before "
+         "writing it leaves the same file"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'INTERRUPTED if status == "interrupted" else FAILED', "",
+         "reached with the statuses a run ends with other than finished (Run._execute_locked): interrupted or "
+         "failed, and 'failed' >= 'interrupted' is False"),
+        (r"core/ReplaceTrueWithFalse$", "print(s, file=sys.stderr, flush=True)", "",
+         "sys.stderr needs no flush for a whole line: interactive it is line-buffered, otherwise (Python >= 3.9) "
+         "it writes through to an unbuffered file (checked: the message is in a redirected stderr file while the "
+         "process still runs, with flush=False)"),
+        (r"core/ReplaceTrueWithFalse$", "(run_dir / other).unlink(missing_ok=True)", "",
+         "the FileNotFoundError of a missing stale file is an OSError, caught around each unlink: nothing changes"),
+    ],
     "er_ace": [
         (r"core/RemoveDecorator$", "@dataclass", "",
          "ERACEConfig adds no field: without @dataclass it still inherits ERConfig's dataclass fields and __init__"),

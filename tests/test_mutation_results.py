@@ -165,14 +165,14 @@ def test_a_finished_result_that_cannot_be_written_becomes_a_failed_one(tmp_path,
 
     monkeypatch.setattr(loggers, "atomic_write_json", full_for_result)
     d = tmp_path / "run"
-    rec = {**GOOD, "traceback": "tb", "error": None}
-    out = write_outcome(d, rec)
+    rec = {**GOOD, "traceback": "tb", "error": None, "versions": {"torch": "2.4"}, "threads": 1}  # keys on
+    out = write_outcome(d, rec)  # either side of "traceback"
     msg = f"cannot write {d / RESULT}: No space left on device"
     assert out["status"] == "failed" and out["error"] == msg and out["save_error"] == msg
     assert out["saved"] == str(d / FAILED) and not (d / RESULT).exists()
-    saved = json.loads((d / FAILED).read_text())
-    assert "traceback" not in saved and saved["status"] == "failed" and saved["R"] == [[0.5]]
-    assert saved["error"] == msg and saved["run_id"] == "b-run"
+    assert json.loads((d / FAILED).read_text()) == {  # everything but the traceback, as it was when written
+        "run_id": "b-run", "status": "failed", "R": [[0.5]], "error": msg, "versions": {"torch": "2.4"}, "threads": 1,
+        "saved": None, "save_error": msg}
 
 
 def test_when_nothing_can_be_written_the_record_says_so_and_keeps_its_status(tmp_path, monkeypatch):
