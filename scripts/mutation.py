@@ -83,7 +83,14 @@ MODULES: dict[str, Module] = {
                          note="checkpoint save/load (test_resume.py left out: 14 s, its cases are in the first two files)"),
     "online": Module("cl/train/online.py", ONLINE_TESTS, functions=["_History", "OnlineLoop"],
                      note="online loop (not PhaseTimer: wall-clock phase timings, no checkable value)"),
-    "results": Module("cl/train/results.py", ["tests/test_mutation_sweep.py", "tests/test_reliability_faults.py"],
+    # test_reliability_faults.py whole takes ~160 s (two sweeps and two `cl run` as subprocesses, W&B
+    # timeouts): only its tests of results.py, after the hand-built cases of test_mutation_results.py
+    "results": Module("cl/train/results.py", ["tests/test_mutation_results.py", "tests/test_mutation_sweep.py"] +
+                      [f"tests/test_reliability_faults.py::{t}" for t in (
+                          "test_corrupt_result_is_moved_aside_and_recomputed", "test_a_locked_run_is_skipped_then_computed",
+                          "test_a_killed_holder_leaves_no_stale_lock", "test_disk_full_at_checkpoint_leaves_no_tmp_and_says_so",
+                          "test_disk_full_everywhere_never_points_at_a_missing_file", "test_read_only_results_folder",
+                          "test_ctrl_c_is_interrupted_and_resumable", "test_result_files_follow_the_umask")],
                       note="finished-run detection, outcome files, run locks"),
     # test_sweep_exec.py (SIGKILL, ray, lost workers: ~40 s) left out of the sweep modules: test_mutation_sweep.py
     # drives run_status / run_sweep through every status
@@ -327,6 +334,54 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "ncm": [
         (r"core/NumberReplacer$", "return torch.optim.SGD([self._dummy], lr=0.0)", "",
          "the inert optimiser's only parameter never gets a gradient, so SGD skips it whatever the learning rate"),
+    ],
+    "settings": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if cfg.boundaries == "blurry" and cfg.setting in', "",
+         "boundaries is checked just before to be visible, hidden, blurry or gradual, and only 'blurry' among "
+         "them is <= 'blurry'"),
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", "if len(set(ids)) != len(ids):", "",
+         "the set of a list's values is never longer than the list, so < and != agree"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'setting = "task" if cfg.task_labels and cfg.setting == "class"', "",
+         "setting is validated to be class, task, domain or data, and only 'class' among them is <= 'class'"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(present) == 0:", "", "a length is never negative"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if cfg.boundaries == "blurry" and cfg.stochastic_tasks:', "",
+         "boundaries is validated to be visible, hidden, blurry or gradual, and only 'blurry' among them is <= 'blurry'"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'task_labels=setting == "task"', "",
+         "here setting is class or task (domain and data took the branches above), and 'class' >= 'task' is False"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if setting == "task":', "",
+         "here setting is class or task (domain and data took the branches above), and 'class' >= 'task' is False"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'elif cfg.boundaries == "blurry":', "",
+         "reached with boundaries visible, blurry or gradual (hidden took the branch above), and 'visible' and "
+         "'gradual' sort after 'blurry'"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'elif cfg.boundaries == "gradual":', "",
+         "reached with boundaries visible or gradual only, and 'visible' sorts after 'gradual'"),
+    ],
+    "results": [
+        (r"core/ReplaceBinaryOperator_BitOr_BitXor$", "fcntl.LOCK_SH | fcntl.LOCK_NB", "",
+         "LOCK_SH and LOCK_NB are distinct bits (1, 4): ^ and | give the same flags"),
+        (r"core/ReplaceBinaryOperator_BitOr_BitXor$", "fcntl.LOCK_EX | fcntl.LOCK_NB", "",
+         "LOCK_EX and LOCK_NB are distinct bits (2, 4): ^ and | give the same flags"),
+        (r"core/ReplaceBinaryOperator_BitOr_BitXor$", 'os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)', "",
+         "O_RDWR, O_CREAT and O_CLOEXEC are distinct bits: ^ and | give the same flags"),
+        (r"core/ReplaceBinaryOperator_BitOr_(BitXor|BitAnd)$", 'os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)', "",
+         "O_RDONLY is 0: ^ gives the same flags, and & gives O_RDONLY without O_CLOEXEC, which Python's os.open "
+         "sets anyway (PEP 446: its descriptors are non-inheritable; checked: FD_CLOEXEC is set without the flag)"),
+        (r"core/NumberReplacer$", 'getattr(os, "O_CLOEXEC", 0)', '"O_CLOEXEC",-1)',
+         "os.O_CLOEXEC exists wherever fcntl does (Linux, macOS): the getattr default is never used"),
+        (r"core/NumberReplacer$", 'getattr(os, "O_CLOEXEC", 0)', '"O_CLOEXEC",1)',
+         "os.O_CLOEXEC exists wherever fcntl does (Linux, macOS): the getattr default is never used"),
+        (r"core/NumberReplacer$", "os.ftruncate(self.fd, 0)", "os.ftruncate(self.fd,1)",
+         "the record is written from offset 0 and is longer than 1 byte, so truncating to 1 byte or to 0 before "
+         "writing it leaves the same file"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'INTERRUPTED if status == "interrupted" else FAILED', "",
+         "reached with the statuses a run ends with other than finished (Run._execute_locked): interrupted or "
+         "failed, and 'failed' >= 'interrupted' is False"),
+        (r"core/ReplaceTrueWithFalse$", "print(s, file=sys.stderr, flush=True)", "",
+         "sys.stderr needs no flush for a whole line: interactive it is line-buffered, otherwise (Python >= 3.9) "
+         "it writes through to an unbuffered file (checked: the message is in a redirected stderr file while the "
+         "process still runs, with flush=False)"),
+        (r"core/ReplaceTrueWithFalse$", "(run_dir / other).unlink(missing_ok=True)", "",
+         "the FileNotFoundError of a missing stale file is an OSError, caught around each unlink: nothing changes"),
     ],
     "er_ace": [
         (r"core/RemoveDecorator$", "@dataclass", "",
