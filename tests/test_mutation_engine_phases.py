@@ -324,3 +324,29 @@ def test_a_failure_before_the_loop_exists_still_writes_the_failure(tmp_path, pro
     assert res["status"] == "failed" and res["error"] == "RuntimeError: cannot predict"
     assert res["R"] == [] and res["online"] is None and res["random_init"] is None
     assert (tmp_path / "failed.json").exists()
+
+
+@pytest.mark.parametrize("kind", ["cuda", "mps", "cpu"])
+def test_the_training_clock_waits_for_queued_cuda_work_on_cuda_only(tmp_path, monkeypatch, kind):
+    """The phases on a CPU run, with the run's device replaced by one of another type after setup: only a
+    CUDA device is synchronised (1 fake second of queued work) before the training time is read."""
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: CLOCK[0]))
+    calls = []
+
+    def synchronize(device=None):
+        calls.append(device)
+        CLOCK[0] += 1.0
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    run = Run(resolve(raw({"step_cost": 0.25})), progress=False, out_dir=tmp_path)
+    run.setup()
+    run.open_loggers()
+    try:
+        run.loop = engine.LOOPS["offline"](run.ctx, run.state)
+        fake = types.SimpleNamespace(type=kind)
+        run.device = fake
+        run.train_experience(0)
+    finally:
+        run.events.close()
+    assert calls == ([fake] if kind == "cuda" else [])
+    assert run.state.train_time == 0.25 + (1.0 if kind == "cuda" else 0.0) and run.state.samples == 8
