@@ -147,7 +147,7 @@ def test_eval_future_or_fwt_evaluates_every_experience_in_every_row(tmp_path, fl
 
 # -- timings and throughput, on a fake clock ------------------------------------------------------------
 
-@pytest.mark.parametrize("step_cost", [0.25, 0.0])
+@pytest.mark.parametrize("step_cost", [0.375, 0.0])  # 80 samples / 7.5 s is not a whole number
 def test_phase_times_and_throughput_are_exact_on_a_fake_clock(tmp_path, monkeypatch, step_cost):
     """Time passes only in the strategy: step_cost per training step, 0.125 per prediction.  Offline,
     2 epochs of batches of 4 over 8 samples: 4 steps per experience; evaluation: one prediction per
@@ -173,13 +173,13 @@ def test_phase_times_and_throughput_are_exact_on_a_fake_clock(tmp_path, monkeypa
 def test_online_phase_times_are_exact_on_a_fake_clock(tmp_path, monkeypatch):
     monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: CLOCK[0], strftime=time.strftime,
                                                               gmtime=time.gmtime))
-    cfg = resolve(raw({"step_cost": 0.5}, protocol={"name": "online", "batch_size": 4}))
+    cfg = resolve(raw({"step_cost": 0.75}, protocol={"name": "online", "batch_size": 4}))
     CALLS.clear()
     run = Run(cfg, progress=False, out_dir=tmp_path)
     res = run.execute()
     m = res["metrics"]
-    assert m["train_time"] == 5 * 2 * 0.5 and m["eval_time"] == 0.0  # 2 steps per experience; predictions are free
-    assert run.state.samples == 40 and m["train_samples_per_s"] == 40 / 5.0
+    assert m["train_time"] == 5 * 2 * 0.75 and m["eval_time"] == 0.0  # 2 steps per experience; predictions are free
+    assert run.state.samples == 40 and m["train_samples_per_s"] == 40 / 7.5
     assert m["online_acc"] == pytest.approx(0.1)  # class 0 is half of task 0's stream: 4 of 40
     online = res["online"]
     assert online["trained_batches"] == 10 and online["cursor"]
