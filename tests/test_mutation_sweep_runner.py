@@ -137,3 +137,13 @@ def test_a_fresh_sweep_creates_its_folder_and_a_rerun_reuses_it(tmp_path, fake_c
         s = run_sweep(sweep, FakeExecutor(recs), log=lines.append)
         assert Path(sweep.out).is_dir() and s["failed"] == ["b"] and s["ran"] == 2
         assert lines[-1] == "  failed: b (no failure record could be written)"
+
+
+def test_a_results_folder_that_cannot_be_made_stops_the_sweep_before_any_run(tmp_path, fake_clock):
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder's parent should be")
+    sweep = sweep_of(tmp_path, [spec("a")])
+    ex = FakeExecutor({"a": {"status": "finished"}})
+    with pytest.raises(OSError):
+        run_sweep(sweep, ex, log=lambda s: None)
+    assert ex.got == []  # no run was started that could not have kept its result
