@@ -192,9 +192,6 @@ EXCLUDE_OPERATORS = [
 _NEVER_NEG = "a size is never negative, so the two conditions agree"
 _CUDA_ONLY = ("accepted: the CUDA RNG branch; on a machine without CUDA (where these runs are made) both sides are "
               "False whatever the operator, so no CPU test can tell (it needs a run on a GPU)")
-_DEVICE_ONLY = ("accepted: a CUDA-only branch; the device type is cpu, cuda or mps, and 'cpu' < 'cuda' < 'mps': on "
-                "a CPU run == and the mutant are both False, they differ only on a CUDA or MPS device, which no CPU "
-                "test has")
 EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "metrics": [
         (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "c.size == 0", "", _NEVER_NEG),
@@ -342,10 +339,6 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "engine": [
         (r"core/ReplaceComparisonOperator_Eq_GtE$", 'seen = exp if self.scenario.boundaries == "visible" else', "",
          "boundaries is visible, hidden, blurry or gradual, and every other value sorts before 'visible'"),
-        (r"core/ReplaceComparisonOperator_Eq_(Gt|GtE)$", 'if device.type == "cuda" else "")', "",
-         _DEVICE_ONLY + " (here: the GPU's name in the result header)"),
-        (r"core/ReplaceComparisonOperator_Eq_(Gt|GtE)$", 'if device.type == "cuda" and self.protocol.amp', "",
-         _DEVICE_ONLY + " (here: bf16 autocast; a CPU test checks that a CPU run never enters CUDA autocast)"),
         (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if self.protocol.checkpoint and i + 1 < len(self.scenario):",
          "", "i runs over range(next_exp, len(scenario)), so i + 1 <= len: != and < agree"),
         (r"core/NumberReplacer$", 'torch.set_num_threads(int(self.cfg.get("threads") or 1))', "",

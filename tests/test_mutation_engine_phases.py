@@ -350,3 +350,43 @@ def test_the_training_clock_waits_for_queued_cuda_work_on_cuda_only(tmp_path, mo
         run.events.close()
     assert calls == ([fake] if kind == "cuda" else [])
     assert run.state.train_time == 0.25 + (1.0 if kind == "cuda" else 0.0) and run.state.samples == 8
+
+
+class OnDevice(Run):
+    """A CPU run whose device is replaced after setup and the loggers (the loop keeps the CPU): what the
+    engine itself does with a CUDA or MPS device (the result header, bf16 autocast) can be checked on a CPU."""
+
+    device_after_setup = None
+
+    def open_loggers(self):
+        events = super().open_loggers()
+        self.device = torch.device(self.device_after_setup)
+        return events
+
+
+@pytest.mark.parametrize("kind,amp", [("cuda", True), ("cuda", False), ("mps", True)])
+def test_bf16_autocast_and_the_gpu_name_on_cuda_only(tmp_path, monkeypatch, kind, amp):
+    entered = []
+
+    class Autocast:  # records the autocast the run enters, and stops the run there
+        def __init__(self, device_type, dtype=None, **kw):
+            self.args = (device_type, dtype)
+
+        def __enter__(self):
+            entered.append(self.args)
+            raise RuntimeError("stopped at autocast")
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(torch, "autocast", Autocast)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: 0)
+    cfg = resolve(raw({"fail": "interrupt", "fail_at": 0}, protocol={"name": "offline", "amp": amp}))
+    monkeypatch.setattr(OnDevice, "device_after_setup", kind)
+    res = OnDevice(cfg, progress=False, out_dir=tmp_path).execute()
+    assert res["device"] == ("cuda (Fake GPU)" if kind == "cuda" else kind)
+    if kind == "cuda" and amp:
+        assert entered == [("cuda", torch.bfloat16)] and res["error"] == "RuntimeError: stopped at autocast"
+    else:  # no autocast: the run goes on to experience 0, where the strategy interrupts it
+        assert entered == [] and res["status"] == "interrupted"
