@@ -178,7 +178,7 @@ MODULES: dict[str, Module] = {
        ]},
 }
 for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem"), ("gdumb", "gdumb"),
-                      ("er_aml", "er_aml")):  # the tests written from their first
+                      ("er_aml", "er_aml"), ("engine", "engine_phases"), ("sweep-runner", "sweep_runner")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -390,6 +390,31 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),
+    ],
+    "engine": [
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'seen = exp if self.scenario.boundaries == "visible" else', "",
+         "boundaries is visible, hidden, blurry or gradual, and every other value sorts before 'visible'"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if self.protocol.checkpoint and i + 1 < len(self.scenario):",
+         "", "i runs over range(next_exp, len(scenario)), so i + 1 <= len: != and < agree"),
+        (r"core/NumberReplacer$", 'torch.set_num_threads(int(self.cfg.get("threads") or 1))', "",
+         "resolve always sets threads, validated >= 1 (cl/core/config.py): the fallback after `or` is never used"),
+    ],
+    "sweep-runner": [
+        (r"core/NumberReplacer$", "done[0]", "done[-1]",
+         "done is a one-item list (a counter the callback can increment): done[-1] is done[0]"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", '== "busy"', "",
+         "a record's status is finished, failed, interrupted or busy (skipped once counted), and none sorts before "
+         "'busy'"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if s == "skipped")', "",
+         "the statuses known before the run are skipped or failed, and 'failed' sorts before 'skipped'"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", "if s == 'skipped')} skipped", "",
+         "'skipped' sorts after every other status (busy, failed, finished, interrupted)"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'elif st == "failed" and not retry_failed:', "",
+         "'failed' sorts before every other state of a run folder (finished, running, partial, interrupted, pending)"),
+        (r"core/NumberReplacer$", '(rec.get("error") or "").splitlines()[0:1]', "[0:2]",
+         "only the first line is kept (extra[0] just below): [0:2] has the same first item"),
+        (r"core/NumberReplacer$", 'extra = extra[0] if extra else ""', "extra[-1]",
+         "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
     ],
 }
 
