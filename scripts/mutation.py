@@ -171,7 +171,7 @@ MODULES: dict[str, Module] = {
        ]},
 }
 for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem"), ("gdumb", "gdumb"),
-                      ("er_aml", "er_aml")):  # the tests written from their first
+                      ("er_aml", "er_aml"), ("online", "online")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
