@@ -40,7 +40,11 @@ class Stub:
         self.calls, self.losses, self.keep = [], losses or {}, keep
 
     def train_data(self, e):
-        return (e.train_x, e.train_y) if self.keep is None else (e.train_x[: self.keep], e.train_y[: self.keep])
+        if self.keep is None:
+            return e.train_x, e.train_y
+        if self.keep < 0:  # its own samples added: the experience's plus copies of its first -keep
+            return torch.cat([e.train_x, e.train_x[: -self.keep] + 500]), torch.cat([e.train_y, e.train_y[: -self.keep]])
+        return e.train_x[: self.keep], e.train_y[: self.keep]
 
     def predict(self, x, t=None):
         ids = x[:, 0].long()
@@ -125,18 +129,18 @@ def test_fresh_loop_schedules_and_reports_nothing_yet():
 
 def test_each_batch_is_predicted_before_it_is_learned_and_near_future_batches_ahead():
     """5 samples in batches of 2 (2, 2, 1), shift 1: at step s the model predicts batch s + 1, then batch s,
-    then learns batch s.  Right on odd ids: online 2/5, near-future on ids 2, 3, 4: 1/3."""
-    loop, stub, ev = loop_of([exp([0, 1, 2, 3, 4], [0, 1, 0, 1, 0], task=3)], near_future_shift=1)
+    then learns batch s.  Right on odd ids: online 3/5, near-future on ids 3, 2, 5: 2/3."""
+    loop, stub, ev = loop_of([exp([0, 1, 3, 2, 5], [0, 1, 0, 1, 0], task=3)], near_future_shift=1)
     assert stream(loop) == [5]
-    assert stub.calls == [("p", [0, 1], 3), ("p", [2, 3], 3), ("t", [0, 1], 3),
-                          ("p", [2, 3], 3), ("p", [4], 3), ("t", [2, 3], 3),
-                          ("p", [4], 3), ("t", [4], 3)]
+    assert stub.calls == [("p", [0, 1], 3), ("p", [3, 2], 3), ("t", [0, 1], 3),
+                          ("p", [3, 2], 3), ("p", [5], 3), ("t", [3, 2], 3),
+                          ("p", [5], 3), ("t", [5], 3)]
     assert ev.starts == [(0, 1, 3)]
-    assert np.array_equal(loop.hist.a[:5], [0, 1, 0, 1, 0]) and loop.hist.n == 5
+    assert np.array_equal(loop.hist.a[:5], [0, 1, 1, 0, 1]) and loop.hist.n == 5
     out = loop.summary()
-    assert out["online_acc"] == 0.4 and out["near_future_acc"] == pytest.approx(1 / 3)
-    assert (loop.c.nf_correct, loop.c.nf_count, loop.c.batches) == (1, 3, 3)
-    assert loop.st.near_future_curve == [(5, pytest.approx(1 / 3))]
+    assert out["online_acc"] == 0.6 and out["near_future_acc"] == pytest.approx(2 / 3)
+    assert (loop.c.nf_correct, loop.c.nf_count, loop.c.batches) == (2, 3, 3)
+    assert loop.st.near_future_curve == [(5, pytest.approx(2 / 3))]
     assert (loop.st.seen, loop.st.trained_batches, loop.st.skipped_batches) == (5, 3, 0)
 
 
@@ -333,9 +337,10 @@ def test_online_accuracy_per_sample_task_follows_the_shuffled_order():
     assert (loop.c.task_correct, loop.c.task_count) == ([1, 1, 3], [4, 2, 3])
 
 
-def test_no_per_task_accuracy_when_the_strategy_trains_on_other_samples_than_the_experiences():
-    loop, _, _ = loop_of([exp([1, 2, 3, 4], [0] * 4, train_t=[0, 1, 0, 1])], stub=Stub(keep=3))
-    assert stream(loop) == [3]
+@pytest.mark.parametrize("keep,n", [(3, 3), (-2, 6)])
+def test_no_per_task_accuracy_when_the_strategy_trains_on_other_samples_than_the_experiences(keep, n):
+    loop, _, _ = loop_of([exp([1, 2, 3, 4], [0] * 4, train_t=[0, 1, 0, 1])], stub=Stub(keep=keep))
+    assert stream(loop) == [n]
     assert loop.st.online_acc_per_task is None and loop.c.task_count is None
 
 
@@ -365,11 +370,13 @@ def test_only_visible_and_hidden_streams_are_shuffled(boundaries, shuffle, shuff
 
 
 def test_time_ordered_stream_is_stable_for_equal_times():
-    loop, stub, _ = loop_of([exp([0, 1, 2, 3], [0] * 4, train_time=[2.0, 1.0, 1.0, 0.0])],
-                            shuffle_within_experience=True)
+    """Samples with equal timestamps keep their storage order (20 of them: torch's default sort is not
+    stable at that size)."""
+    loop, stub, _ = loop_of([exp(list(range(20)), [0] * 20, train_time=[1.0] * 10 + [0.0] * 10)],
+                            shuffle_within_experience=True, batch_size=20)
     stream(loop)
-    assert stub.trained() == [[3, 1], [2, 0]]
-    assert list(loop.times) == [0.0, 1.0, 1.0, 2.0]
+    assert stub.trained() == [list(range(10, 20)) + list(range(10))]
+    assert list(loop.times) == [0.0] * 10 + [1.0] * 10
 
 
 # -- resume -----------------------------------------------------------------------------------------
@@ -398,3 +405,30 @@ def test_a_new_loop_on_the_saved_state_continues_where_the_last_stopped():
                                                    or k.endswith("_ms") or k == "eval_cost_fraction"}}
     assert np.array_equal(np.unpackbits(np.asarray(state.online.correct[1][1]), count=4), [1, 0, 1, 0])
     assert again.result()["online_acc"] == 4 / 9 and again.result()["cursor"]["batches"] == 5
+
+
+# -- phase times ----------------------------------------------------------------------------------------
+
+class Clock:
+    """Stands in for the ``time`` module of cl.train.online: every read advances the clock by 1 s."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self):
+        self.now += 1.0
+        return self.now
+
+
+def test_phase_times_add_up_per_phase(monkeypatch):
+    """On a clock that advances 1 s a read, each timed call costs exactly 1 s: 3 predictions, 3 steps,
+    2 near-future predictions and 2 anytime evaluations (5 samples, batches of 2, shift 1, every 2)."""
+    monkeypatch.setattr(O, "time", Clock())
+    loop, _, _ = loop_of([exp([0, 1, 2, 3, 4], [0] * 5)], near_future_shift=1, eval_every=2)
+    stream(loop)
+    assert loop.st.times == {"predict": 3.0, "near_future": 2.0, "train": 3.0, "anytime": 2.0}
+    out = loop.summary()
+    assert (out["predict_time_s"], out["train_step_time_s"], out["near_future_time_s"], out["anytime_eval_time_s"]) \
+        == (3.0, 3.0, 2.0, 2.0)
+    assert out["online_eval_time_s"] == 7.0 and out["eval_cost_fraction"] == 0.7
+    assert out["train_step_ms"] == 1000.0 and out["predict_ms"] == 1000.0
