@@ -281,6 +281,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "_flush runs after a predicted batch (at least one sample), so h.n >= 1 and max(0, h.n) == max(1, h.n)"),
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "_anytime only indexes tensors and calls the evaluation function, which runs under torch.no_grad itself"),
+        (r"core/NumberReplacer$", 'check_finite(losses[: s + 1], f"by step {s}", i)', "losses[: s + 2]",
+         "losses[s + 1] is not trained yet at step s and holds its initial 0: finite, so the check is the same"),
+        (r"core/ReplaceComparisonOperator_Lt_LtE$",
+         "if 0 <= m - 1 - st.seen < len(self.times) else None", "",
+         "an anytime evaluation is at a batch end of this experience, m <= st.seen + n, so m - 1 - st.seen < "
+         "len(times) = n always: the upper bound never binds"),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "last = s + 1 == steps", "",
          "s < steps in the loop, so s + 1 >= steps only at s + 1 == steps"),
         (r"core/NumberReplacer$", "c.free_at = g + max(st.realtime_cost, 1.0)", "max(st.realtime_cost, 0.0)",

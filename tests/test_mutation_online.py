@@ -432,3 +432,20 @@ def test_phase_times_add_up_per_phase(monkeypatch):
         == (3.0, 3.0, 2.0, 2.0)
     assert out["online_eval_time_s"] == 7.0 and out["eval_cost_fraction"] == 0.7
     assert out["train_step_ms"] == 1000.0 and out["predict_ms"] == 1000.0
+
+
+def test_per_step_times_are_not_rounded():
+    loop, _, _ = loop_of([exp([1], [0])])
+    loop.st.times.update(train=1.0, predict=2.0)
+    loop.st.trained_batches, loop.c.batches = 3, 3
+    out = loop.summary()
+    assert out["train_step_ms"] == pytest.approx(1000 / 3) and out["predict_ms"] == pytest.approx(2000 / 3)
+
+
+def test_anytime_after_every_sample_has_each_samples_stream_time():
+    """Batches of 1, an evaluation every sample: the point after sample k of an experience has its time."""
+    e0, e1 = exp([0, 1, 2], [0] * 3, train_time=[5.0, 4.0, 6.0]), exp([3, 4], [1] * 2, train_time=[8.0, 7.0])
+    loop, _, _ = loop_of([e0, e1], eval_every=1, batch_size=1)
+    stream(loop)
+    assert [m for m, _ in loop.st.anytime] == [1, 2, 3, 4, 5]
+    assert [t for t, _ in loop.st.anytime_time] == [4.0, 5.0, 6.0, 7.0, 8.0]
