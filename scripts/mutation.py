@@ -287,6 +287,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "if 0 <= m - 1 - st.seen < len(self.times) else None", "",
          "an anytime evaluation is at a batch end of this experience, m <= st.seen + n, so m - 1 - st.seen < "
          "len(times) = n always: the upper bound never binds"),
+        (r"core/NumberReplacer$", "self.a = np.zeros(1024, dtype=np.uint8)", "",
+         "the initial capacity only: extend grows the array whenever it is short (1023 or 1025 slots hold the same "
+         "samples)"),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "last = s + 1 == steps", "",
          "s < steps in the loop, so s + 1 >= steps only at s + 1 == steps"),
         (r"core/NumberReplacer$", "c.free_at = g + max(st.realtime_cost, 1.0)", "max(st.realtime_cost, 0.0)",

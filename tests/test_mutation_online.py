@@ -139,6 +139,7 @@ def test_each_batch_is_predicted_before_it_is_learned_and_near_future_batches_ah
     assert np.array_equal(loop.hist.a[:5], [0, 1, 1, 0, 1]) and loop.hist.n == 5
     out = loop.summary()
     assert out["online_acc"] == 0.6 and out["near_future_acc"] == pytest.approx(2 / 3)
+    assert loop.log_fields() == {"online_acc": 0.6}
     assert (loop.c.nf_correct, loop.c.nf_count, loop.c.batches) == (2, 3, 3)
     assert loop.st.near_future_curve == [(5, pytest.approx(2 / 3))]
     assert (loop.st.seen, loop.st.trained_batches, loop.st.skipped_batches) == (5, 3, 0)
@@ -440,6 +441,29 @@ def test_per_step_times_are_not_rounded():
     loop.st.trained_batches, loop.c.batches = 3, 3
     out = loop.summary()
     assert out["train_step_ms"] == pytest.approx(1000 / 3) and out["predict_ms"] == pytest.approx(2000 / 3)
+    loop.st.times.update(train=0.03, predict=0.01)  # well under a second in all
+    assert loop.summary()["eval_cost_fraction"] == pytest.approx(0.25)
+
+
+def test_realtime_over_an_empty_stream_reports_no_division_by_zero():
+    loop, _, _ = loop_of([exp([], [])], realtime=True, realtime_cost=2)
+    assert stream(loop) == [0]
+    out = loop.summary()
+    assert out["realtime_k"] == 0.0 and out["online_acc"] == 0.0 and out["eval_cost_fraction"] == 0.0
+
+
+def test_host_history_grows_only_when_full():
+    """Memory: one more sample at a time, the 1024 first slots are used before the array grows (by doubling)."""
+    from cl.train.online import _History
+
+    h = _History()
+    for _ in range(12):
+        h.extend(np.ones(1, dtype=np.uint8))
+    assert len(h.a) == 1024 and h.n == 12 and h.total == 12
+    h.extend(np.zeros(1012, dtype=np.uint8))
+    assert len(h.a) == 1024
+    h.extend(np.ones(1, dtype=np.uint8))
+    assert len(h.a) == 2048 and h.n == 1025 and h.total == 13
 
 
 def test_anytime_after_every_sample_has_each_samples_stream_time():
