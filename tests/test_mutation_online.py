@@ -33,7 +33,7 @@ def exp(ids, ys, test=(), task=0, train_t=None, train_time=None):
 
 
 class Stub:
-    """Right on odd ids (predicts the label), wrong on even ones (predicts an extra class); records calls."""
+    """Right on odd ids (predicts the label), wrong on even ones; records calls."""
 
     def __init__(self, losses=None, keep=None):
         self.model, self.device = torch.nn.Identity(), torch.device("cpu")
@@ -50,7 +50,8 @@ class Stub:
         ids = x[:, 0].long()
         self.calls.append(("p", ids.tolist(), t))
         out = torch.zeros(len(x), C + 1)
-        out[torch.arange(len(x)), torch.where(ids % 2 == 1, self.labels[ids], C)] = 1.0
+        y = self.labels[ids]  # wrong: a class above the label for class 0, below it for the others
+        out[torch.arange(len(x)), torch.where(ids % 2 == 1, y, torch.where(y > 0, 0, C))] = 1.0
         return out
 
     def train_step(self, x, y, t=None):
