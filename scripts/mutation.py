@@ -283,7 +283,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "_anytime only indexes tensors and calls the evaluation function, which runs under torch.no_grad itself"),
         (r"core/NumberReplacer$", 'check_finite(losses[: s + 1], f"by step {s}", i)', "losses[: s + 2]",
          "losses[s + 1] is not trained yet at step s and holds its initial 0: finite, so the check is the same"),
-        (r"core/ReplaceComparisonOperator_Lt_LtE$",
+        (r"core/ReplaceComparisonOperator_Lt_(LtE|NotEq)$",
          "if 0 <= m - 1 - st.seen < len(self.times) else None", "",
          "an anytime evaluation is at a batch end of this experience, m <= st.seen + n, so m - 1 - st.seen < "
          "len(times) = n always: the upper bound never binds"),
@@ -295,6 +295,15 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_(Gt|GtE)$", 'if self.device.type == "cuda":', "",
          "accepted: the CUDA synchronize before timing an anytime evaluation (timing only); 'cpu' > 'cuda' and "
          "'cpu' >= 'cuda' are False, so no CPU test can tell (>= is also True on CUDA: the same branch there)"),
+        (r"core/ReplaceComparisonOperator_Lt_(LtE|NotEq)$",
+         "if self.times is not None and 0 <= m - 1 - base < len(self.times):", "",
+         "a curve point is emitted once its sample is read, m <= h.n <= base + n, so m - 1 - base < len(times) = n "
+         "always: the upper bound never binds"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if m > lo else 0.0", "",
+         "lo = max(0, m - w) <= m for a sample count m >= 0, so m != lo means m > lo"),
+        (r"core/ReplaceComparisonOperator_GtE_Gt$", "if not p.realtime or g >= c.free_at - 1e-9:", "",
+         "g is a whole number and free_at - 1e-9 = g0 + max(C, 1) - 1e-9 is one only for a cost C within float "
+         "rounding of k + 1e-9 (measured costs are rounded to whole numbers): no schedule tells > from >="),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "last = s + 1 == steps", "",
          "s < steps in the loop, so s + 1 >= steps only at s + 1 == steps"),
         (r"core/NumberReplacer$", "c.free_at = g + max(st.realtime_cost, 1.0)", "max(st.realtime_cost, 0.0)",

@@ -451,6 +451,8 @@ def test_realtime_over_an_empty_stream_reports_no_division_by_zero():
     assert stream(loop) == [0]
     out = loop.summary()
     assert out["realtime_k"] == 0.0 and out["online_acc"] == 0.0 and out["eval_cost_fraction"] == 0.0
+    assert out["train_step_time_s"] == out["predict_time_s"] == out["near_future_time_s"] == 0.0  # nothing timed
+    assert out["anytime_eval_time_s"] == out["train_step_ms"] == out["predict_ms"] == 0.0
 
 
 def test_host_history_grows_only_when_full():
