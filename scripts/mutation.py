@@ -261,7 +261,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", "if 0 <= m - 1 - st.seen < len(self.times) else None", "if -1 <= m - 1 - st.seen",
          "an anytime evaluation comes after at least one sample of the experience (m >= st.seen + 1): the lower "
          "bound never binds"),
-        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if m < self._pos:", "",
+        (r"core/ReplaceComparisonOperator_Lt_(NotEq|LtE)$", "if m < self._pos:", "",
          "the cursor is an optimisation: starting the count over from sample 0 whenever m moves gives the same count"),
         (r"core/ReplaceBinaryOperator_Mul_|core/NumberReplacer$", "np.resize(self.a, max(need, 2 * len(self.a)))", "",
          "only the spare capacity changes: max(need, ...) always leaves room for the need samples"),
@@ -304,6 +304,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_GtE_Gt$", "if not p.realtime or g >= c.free_at - 1e-9:", "",
          "g is a whole number and free_at - 1e-9 = g0 + max(C, 1) - 1e-9 is one only for a cost C within float "
          "rounding of k + 1e-9 (measured costs are rounded to whole numbers): no schedule tells > from >="),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if (s + 1) % SYNC_EVERY == 0 or last:", "",
+         "a remainder modulo the positive SYNC_EVERY is never negative, so <= 0 means == 0"),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "last = s + 1 == steps", "",
          "s < steps in the loop, so s + 1 >= steps only at s + 1 == steps"),
         (r"core/NumberReplacer$", "c.free_at = g + max(st.realtime_cost, 1.0)", "max(st.realtime_cost, 0.0)",
