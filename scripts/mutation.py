@@ -265,6 +265,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "the cursor is an optimisation: starting the count over from sample 0 whenever m moves gives the same count"),
         (r"core/ReplaceBinaryOperator_Mul_|core/NumberReplacer$", "np.resize(self.a, max(need, 2 * len(self.a)))", "",
          "only the spare capacity changes: max(need, ...) always leaves room for the need samples"),
+        (r"core/ReplaceComparisonOperator_Gt_GtE$", "if need > len(self.a):", "",
+         "growing also when the samples exactly fill the array only adds spare capacity (the contents are kept)"),
         (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if pcfg.eval_subsample and n_te > pcfg.eval_subsample:", "",
          "with n_te <= eval_subsample the subsample would be every test index, sorted: the same as no subsample"),
         (r"core/ReplaceBinaryOperator_Add_(Sub|Mul)$|core/NumberReplacer$", "torch.Generator().manual_seed(7919 + j)", "",
