@@ -311,7 +311,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "last = s + 1 == steps", "",
          "s < steps in the loop, so s + 1 >= steps only at s + 1 == steps"),
         (r"core/NumberReplacer$", "c.free_at = g + max(st.realtime_cost, 1.0)", "max(st.realtime_cost, 0.0)",
-         "a cost below 1 leaves the learner free before the next batch (g + 1) either way (as in metrics)"),
+         "a cost below 1 leaves the learner free by the next batch (g + 1) either way (as in metrics): the same "
+         "schedule; only the cursor's free_at reads g + C instead of g + 1, both already passed at batch g + 1"),
     ],
     "uer": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.infer == "cosine":', "",
