@@ -358,11 +358,15 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "often i as j), equal up to float rounding"),
         (r"core/NumberReplacer$", "return -(mean_log_pos * has).sum() / has.sum().clamp_min(1)", "clamp_min(2)",
          "positives come in pairs, so has.sum() is 0 (numerator 0 as well) or at least 2"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "has = (n_pos > 0).float()", "", "a count is never negative"),
         (r"core/ReplaceTrueWithFalse$", "nn.ReLU(inplace=True)", "",
          "in place or not, the ReLU returns the same values, and the Linear before it needs its input, not its output, "
          "for the backward"),
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if p.requires_grad and n != "prototypes"]', "",
+         "PRDModel's parameters are backbone.*, projector.* and prototypes, and both other prefixes sort before "
+         "'prototypes': the same parameters are left out"),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if cfg.tune == "lora":', "",
          "in loss(): tune is validated to be full or lora (build_model), and 'full' >= 'lora' is False: same branch"),
         (r"core/ReplaceAndWithOr$", "if self.old_backbone is not None and self.old_tasks:", "",
@@ -373,6 +377,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", "conv, l2 = nn.Conv2d(input_shape[0], width, 3, 1, 1)", "width,3,",
          "the Conv2d only initialises the students' / teacher's first-layer weights (its init depends on the kernel "
          "size and channel counts, not on stride or padding); forward applies stride 1, padding 1 itself"),
+        (r"core/NumberReplacer$", "dev = self.params[0].device", "",
+         "every student parameter lives on the model's one device: any parameter's device is the first one's"),
         (r"core/NumberReplacer$", 'DEFAULTS = {"mlp": dict(width=10, d_out=99, teacher_mult=500, lr=0.01, pool=0),',
          "pool=", "the MLP has no pooling: ParallelNets never reads pool for arch mlp"),
         (r"core/NumberReplacer$|core/ReplaceUnaryOperator_", "out = self.teacher(x)[0]", "[-1]",
