@@ -374,15 +374,28 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "neither is"),
     ],
     "pec": [
-        (r"core/NumberReplacer$", "conv, l2 = nn.Conv2d(input_shape[0], width, 3, 1, 1)", "width,3,",
-         "the Conv2d only initialises the students' / teacher's first-layer weights (its init depends on the kernel "
-         "size and channel counts, not on stride or padding); forward applies stride 1, padding 1 itself"),
+        *[(r"core/NumberReplacer$", "conv, l2 = nn.Conv2d(input_shape[0], width, 3, 1, 1)", f"width,3,{sp})",
+           "the Conv2d only initialises the first-layer weights (its init depends on the kernel size and channel "
+           "counts, not on stride or padding); forward applies stride 1, padding 1 itself")
+          for sp in ("2,1", "0,1", "1,2", "1,0")],
         (r"core/NumberReplacer$", "dev = self.params[0].device", "",
          "every student parameter lives on the model's one device: any parameter's device is the first one's"),
-        (r"core/NumberReplacer$", 'DEFAULTS = {"mlp": dict(width=10, d_out=99, teacher_mult=500, lr=0.01, pool=0),',
-         "pool=", "the MLP has no pooling: ParallelNets never reads pool for arch mlp"),
+        *[(r"core/NumberReplacer$", 'DEFAULTS = {"mlp": dict(width=10, d_out=99, teacher_mult=500, lr=0.01, pool=0),',
+           f"lr=0.01,pool={v})", "the MLP has no pooling: ParallelNets never reads pool for arch mlp") for v in ("1", "-1")],
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if arch == "mlp":', "",
+         "arch is mlp or cnn (validated by build_model), and 'cnn' >= 'mlp' is False: same branch"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.arch == "mlp":', "",
+         "arch is mlp or cnn (validated by build_model), and 'cnn' >= 'mlp' is False: same branch"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.kind == "sgd":', "",
+         "kind is adam or sgd (validated by build_model), and 'adam' >= 'sgd' is False: same branch"),
+        (r"core/ReplaceComparisonOperator_NotEq_Gt$", 'if cfg.arch != "auto":', "",
+         "arch is auto, mlp or cnn (validated by build_model before _arch), and both others sort after 'auto'"),
         (r"core/NumberReplacer$|core/ReplaceUnaryOperator_", "out = self.teacher(x)[0]", "[-1]",
          "the teacher is one network (n = 1): index -1 is index 0"),
+        (r"core/ReplaceContinueWithBreak$", "continue", "break",
+         "the `if p.grad is None: continue` at line 150: PEC steps after a backward through forward_selected, which "
+         "uses all six student parameters, so no gradient is None and the branch is never taken (the other "
+         "`continue`, after the SGD update, is killed by the SGD tests)"),
         (r"core/NumberReplacer$", 'k = st["step"].clamp_min(1)', "clamp_min(0)",
          "k < 1 only for classes never stepped, whose nan bias correction torch.where drops (upd is False there)"),
         (r"core/ReplaceTrueWithFalse$", "def zero_grad(self, set_to_none=True):", "",
@@ -391,7 +404,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "a channel count is at least 1"),
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "scale = torch.where(self.total > 0,", "",
          "a sample count is never negative"),
-        (r"core/NumberReplacer$", "(1 - self.consumed / self.total.clamp_min(1))", "clamp_min(0)",
+        (r"core/NumberReplacer$", "(1 - self.consumed / self.total.clamp_min(1))", "total.clamp_min(0)",
          "the clamp only acts where total is 0, which torch.where replaces by 1.0"),
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "self.optimizer.step(count > 0, scale)", "",
          "a sample count is never negative"),
