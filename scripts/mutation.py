@@ -107,9 +107,21 @@ MODULES: dict[str, Module] = {
     "er_ace": Module("strategies/er_ace.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py"]),
     "uer": Module("strategies/uer.py", ["tests/test_mutation_strategies.py::test_uer_defaults_and_cosine_temperature",
                                         "tests/test_strategies_er_family.py"]),  # the other UER tests are there
-    "pec": Module("strategies/pec.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_heads_pec_center.py"]),
-    "prd": Module("strategies/prd.py", ["tests/test_mutation_strategies.py", "tests/test_strategies2_mechanism.py",
-                                        "tests/test_strategies2_engine.py"]),
+    # pec / prd: only the tests of these files that exercise the module (the others run other strategies)
+    "pec": Module("strategies/pec.py", [f"tests/test_mutation_strategies.py::test_pec_{t}" for t in (
+        "loss_is_the_sum_of_per_class_mean_errors", "step_moves_each_student_as_if_its_class_came_alone",
+        "predicts_the_class_with_the_smallest_error_and_masks_unseen")] + [
+        f"tests/test_strategies_heads_pec_center.py::test_pec_{t}" for t in (
+            "students_share_init_and_the_teacher_is_frozen_and_wider",
+            "scores_of_a_class_drop_after_training_its_student_and_others_are_unchanged",
+            "per_class_learning_rate_decays_linearly_to_zero", "cnn_students_match_their_selected_forward")]),
+    "prd": Module("strategies/prd.py", [f"tests/test_mutation_strategies.py::test_{t}" for t in (
+        "relation_distillation_is_kl_of_old_to_new_per_old_task", "prd_loss_distils_old_relations_into_the_new_model",
+        "prd_first_task_has_no_distillation_and_supcon_by_hand")] + [
+        f"tests/test_strategies2_mechanism.py::test_{t}" for t in (
+            "prd_prototype_loss_sends_no_gradient_to_encoder", "prd_old_prototypes_move_only_through_distillation",
+            "prd_one_softmax_per_old_task", "supcon_prefers_clustered_embeddings")] + [
+        "tests/test_strategies2_engine.py::test_smoke_vit[prd]", "tests/test_strategies2_engine.py::test_smoke_minilm[prd]"]),
     "ncm": Module("strategies/ncm.py", ["tests/test_mutation_strategies.py::test_ncm_freezes_its_backbone_and_trains_nothing",
                                         "tests/test_mutation_strategies.py::"
                                         "test_ncm_runs_on_cached_frozen_features_and_its_options_are_config_fields",
@@ -179,7 +191,7 @@ MODULES: dict[str, Module] = {
 }
 for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem"), ("gdumb", "gdumb"),
                       ("er_aml", "er_aml"), ("engine", "engine_phases"), ("sweep-runner", "sweep_runner"),
-                      ("online", "online")):  # the tests written from their first
+                      ("online", "online"), ("prd", "prd"), ("pec", "pec")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -427,6 +439,71 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "er_ace": [
         (r"core/RemoveDecorator$", "@dataclass", "",
          "ERACEConfig adds no field: without @dataclass it still inherits ERConfig's dataclass fields and __init__"),
+    ],
+    "prd": [
+        # SupCon: z z^T is symmetric, and so is the positive relation (same label, i != j), with the same number
+        # of positives n_i = n_j for every positive pair: summing rows or columns, or subtracting row i's or
+        # column i's log-sum-exp, gives the same loss
+        (r"core/NumberReplacer$", "n_pos = pos.sum(1)", "pos.sum(0)", "pos is symmetric: its row and column sums agree"),
+        (r"core/NumberReplacer$", "mean_log_pos = log_prob.masked_fill(~pos, 0.0).sum(1)", ".sum(0)",
+         "a positive pair (i, j) has n_i = n_j and both anchors counted, so summing the masked log-probabilities "
+         "by column instead of by row gives the same total"),
+        (r"core/NumberReplacer$|core/ReplaceTrueWithFalse$", "torch.logsumexp(sim, dim=1, keepdim=True)", "",
+         "sim = z z^T / tau is symmetric, so column j's log-sum-exp is row j's; subtracting it at column j instead of "
+         "row i's at row i changes the sum over each class's positive pairs by nothing (each class member is as "
+         "often i as j), equal up to float rounding"),
+        (r"core/NumberReplacer$", "return -(mean_log_pos * has).sum() / has.sum().clamp_min(1)", "clamp_min(2)",
+         "positives come in pairs, so has.sum() is 0 (numerator 0 as well) or at least 2"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "has = (n_pos > 0).float()", "", "a count is never negative"),
+        (r"core/ReplaceTrueWithFalse$", "nn.ReLU(inplace=True)", "",
+         "in place or not, the ReLU returns the same values, and the Linear before it needs its input, not its output, "
+         "for the backward"),
+        (r"core/RemoveDecorator$", "@torch.no_grad()", "",
+         "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if p.requires_grad and n != "prototypes"]', "",
+         "PRDModel's parameters are backbone.*, projector.* and prototypes, and both other prefixes sort before "
+         "'prototypes': the same parameters are left out"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if cfg.tune == "lora":', "",
+         "in loss(): tune is validated to be full or lora (build_model), and 'full' >= 'lora' is False: same branch"),
+        (r"core/ReplaceAndWithOr$", "if self.old_backbone is not None and self.old_tasks:", "",
+         "after_experience and load_extra_state set the frozen copy and the old tasks together, so both are set or "
+         "neither is"),
+    ],
+    "pec": [
+        *[(r"core/NumberReplacer$", "conv, l2 = nn.Conv2d(input_shape[0], width, 3, 1, 1)", f"width,3,{sp})",
+           "the Conv2d only initialises the first-layer weights (its init depends on the kernel size and channel "
+           "counts, not on stride or padding); forward applies stride 1, padding 1 itself")
+          for sp in ("2,1", "0,1", "1,2", "1,0")],
+        (r"core/NumberReplacer$", "dev = self.params[0].device", "",
+         "every student parameter lives on the model's one device: any parameter's device is the first one's"),
+        *[(r"core/NumberReplacer$", 'DEFAULTS = {"mlp": dict(width=10, d_out=99, teacher_mult=500, lr=0.01, pool=0),',
+           f"lr=0.01,pool={v})", "the MLP has no pooling: ParallelNets never reads pool for arch mlp") for v in ("1", "-1")],
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if arch == "mlp":', "",
+         "arch is mlp or cnn (validated by build_model), and 'cnn' >= 'mlp' is False: same branch"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.arch == "mlp":', "",
+         "arch is mlp or cnn (validated by build_model), and 'cnn' >= 'mlp' is False: same branch"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.kind == "sgd":', "",
+         "kind is adam or sgd (validated by build_model), and 'adam' >= 'sgd' is False: same branch"),
+        (r"core/ReplaceComparisonOperator_NotEq_Gt$", 'if cfg.arch != "auto":', "",
+         "arch is auto, mlp or cnn (validated by build_model before _arch), and both others sort after 'auto'"),
+        (r"core/NumberReplacer$|core/ReplaceUnaryOperator_", "out = self.teacher(x)[0]", "[-1]",
+         "the teacher is one network (n = 1): index -1 is index 0"),
+        (r"core/ReplaceContinueWithBreak$", "continue", "break",
+         "the `if p.grad is None: continue` at line 150: PEC steps after a backward through forward_selected, which "
+         "uses all six student parameters, so no gradient is None and the branch is never taken (the other "
+         "`continue`, after the SGD update, is killed by the SGD tests)"),
+        (r"core/NumberReplacer$", 'k = st["step"].clamp_min(1)', "clamp_min(0)",
+         "k < 1 only for classes never stepped, whose nan bias correction torch.where drops (upd is False there)"),
+        (r"core/ReplaceTrueWithFalse$", "def zero_grad(self, set_to_none=True):", "",
+         "zero_grad always sets the gradients to None; the argument is there for the torch optimiser interface"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", 'return "cnn" if len(input_shape) == 3 and input_shape[0] > 1', "",
+         "a channel count is at least 1"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "scale = torch.where(self.total > 0,", "",
+         "a sample count is never negative"),
+        (r"core/NumberReplacer$", "(1 - self.consumed / self.total.clamp_min(1))", "total.clamp_min(0)",
+         "the clamp only acts where total is 0, which torch.where replaces by 1.0"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "self.optimizer.step(count > 0, scale)", "",
+         "a sample count is never negative"),
     ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
