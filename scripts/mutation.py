@@ -178,7 +178,8 @@ MODULES: dict[str, Module] = {
        ]},
 }
 for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem"), ("gdumb", "gdumb"),
-                      ("er_aml", "er_aml")):  # the tests written from their first
+                      ("er_aml", "er_aml"), ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"),
+                      ("rwalk", "rwalk")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -579,7 +580,9 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
 # has written the mutant) and forks a child per mutant that runs ``pytest.main``; cosmic-ray's test command
 # is a small client that waits for the child's exit status.  The outcome is the child's pytest exit code,
 # exactly as with a fresh interpreter.
-SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "pytest", "yaml")
+# torch._dynamo (imported by the first torch.func vmap / grad call, e.g. the per-sample gradients of EWC and MAS)
+# costs ~6 s more; imported here once, not in every mutant's child
+SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml")
 
 
 def serve(sock_path: str) -> None:
