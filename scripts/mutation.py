@@ -179,7 +179,7 @@ MODULES: dict[str, Module] = {
 }
 for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem"), ("gdumb", "gdumb"),
                       ("er_aml", "er_aml"), ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"),
-                      ("rwalk", "rwalk")):  # the tests written from their first
+                      ("rwalk", "rwalk"), ("lwf", "lwf"), ("lwf_mc", "lwf")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
