@@ -118,3 +118,18 @@ def test_extra_state_restores_every_term(online):
     assert empty.terms == [] and empty.loss(X, Y).item() == pytest.approx(
         torch.nn.functional.cross_entropy(empty.model(X), Y).item())
     assert isinstance(s, EWC)
+
+
+def test_fisher_diag_goes_64_samples_at_a_time_by_default():
+    s = make("ewc")
+    sizes = []
+    x, y = torch.randn(130, 2, generator=torch.Generator().manual_seed(0)), torch.arange(130) % 3
+    f = fisher_diag(s.model, x, y, lambda v: sizes.append(len(v)) or v)
+    assert sizes == [64, 64, 2]
+    W0, b0 = s.model.head.fc.weight.detach(), s.model.head.fc.bias.detach()
+    assert torch.allclose(f["head.fc.weight"], hand_fisher(W0, b0, x, y)[0], atol=1e-6)
+    sizes.clear()
+    s = make("ewc", fisher_chunk=50)
+    s.preprocess = lambda v: sizes.append(len(v)) or v
+    s.after_experience(exp_of(x, y))
+    assert sizes == [50, 50, 30]  # the configured chunk

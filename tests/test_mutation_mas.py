@@ -101,3 +101,18 @@ def test_extra_state_restores_importance_and_anchor():
     y = torch.tensor([0, 1, 2])
     assert t.loss(XM, y).item() == pytest.approx(s.loss(XM, y).item())
     assert s.loss(XM, y).item() > F.cross_entropy(s.model(XM), y).item() + 0.1
+
+
+def test_importance_goes_64_samples_at_a_time_by_default():
+    s = make("mas")
+    sizes = []
+    x = torch.randn(130, 2, generator=torch.Generator().manual_seed(0))
+    imp = mas_importance(s.model, x, lambda v: sizes.append(len(v)) or v)
+    assert sizes == [64, 64, 2]
+    W, b = _wb(s)
+    assert torch.allclose(imp["head.fc.bias"], hand_importance(W, b, x)[1], atol=1e-4)
+    sizes.clear()
+    s = make("mas", importance_chunk=50)
+    s.preprocess = lambda v: sizes.append(len(v)) or v
+    s.after_experience(exp_of(x, torch.arange(130) % 3))
+    assert sizes == [50, 50, 30]  # the configured chunk
