@@ -24,10 +24,13 @@ def test_defaults():
 
 
 def test_validation_bounds():
-    for ok in ({"ewc_lambda": 0.0, "gamma": 0.0}, {"ewc_lambda": 5.0, "gamma": 1.0}, {"gamma": 0.5}):
+    for ok in ({"ewc_lambda": 0.0, "gamma": 0.0, "fisher_samples": 0, "fisher_chunk": 1},
+               {"ewc_lambda": 5.0, "gamma": 1.0}, {"gamma": 0.5}):
         make("ewc", **ok)  # the bounds themselves are valid
-    for bad in ({"ewc_lambda": -1e-6}, {"gamma": -0.01}, {"gamma": 1.01}, {"ewc_lambda": -1.0, "gamma": 2.0}):
-        with pytest.raises(ConfigError, match=r"ewc_lambda must be >= 0 and gamma in \[0, 1\]"):
+    for bad in ({"ewc_lambda": -1e-6}, {"gamma": -0.01}, {"gamma": 1.01}, {"ewc_lambda": -1.0, "gamma": 2.0},
+                {"fisher_samples": -1}, {"fisher_chunk": 0}):
+        with pytest.raises(ConfigError, match=r"ewc_lambda must be >= 0, gamma in \[0, 1\], fisher_samples >= 0 and "
+                                              r"fisher_chunk >= 1, got .*" + str(list(bad.values())[-1])):
             make("ewc", **bad)
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from cl.core.registry import ConfigError
 from strategies.mas import MASConfig, mas_importance
 
 from test_baselines_reg import exp_of, make
@@ -116,3 +117,11 @@ def test_importance_goes_64_samples_at_a_time_by_default():
     s.preprocess = lambda v: sizes.append(len(v)) or v
     s.after_experience(exp_of(x, torch.arange(130) % 3))
     assert sizes == [50, 50, 30]  # the configured chunk
+
+
+def test_validation_bounds():
+    make("mas", mas_lambda=0.0, importance_chunk=1)  # the bounds themselves are valid
+    for bad in ({"mas_lambda": -1e-6}, {"importance_chunk": 0}, {"mas_lambda": -1.0, "importance_chunk": 0}):
+        with pytest.raises(ConfigError, match=r"mas_lambda must be >= 0 and importance_chunk >= 1, got .*"
+                                              + str(list(bad.values())[-1])):
+            make("mas", **bad)

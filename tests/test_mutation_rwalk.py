@@ -9,6 +9,7 @@ import warnings
 import pytest
 import torch
 
+from cl.core.registry import ConfigError
 from cl.core.strategy import RunInfo
 from strategies.rwalk import RWalk, RWalkConfig
 
@@ -108,3 +109,13 @@ def test_extra_state_restores_every_accumulator_and_the_penalty_flag():
         assert torch.equal(getattr(t, k)["theta"], getattr(s, k)["theta"]), k
     assert t.loss(None, None).item() == pytest.approx(s.loss(None, None).item())
     assert s.loss(None, None).item() != pytest.approx(s.task_loss(None, None).item())
+
+
+def test_validation_bounds():
+    for ok in ({"rwalk_lambda": 0.0, "fisher_alpha": 0.0, "eps": 1e-9}, {"fisher_alpha": 1.0}):
+        _rw(**ok)  # the bounds themselves are valid (eps must be positive)
+    for bad in ({"rwalk_lambda": -1e-6}, {"fisher_alpha": -0.01}, {"fisher_alpha": 1.01}, {"eps": 0.0},
+                {"eps": -1.0}, {"rwalk_lambda": -1.0, "fisher_alpha": 2.0}):
+        with pytest.raises(ConfigError, match=r"rwalk_lambda must be >= 0, fisher_alpha in \[0, 1\] and eps > 0, got .*"
+                                              + str(list(bad.values())[-1])):
+            _rw(**bad)

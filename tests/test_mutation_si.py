@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from cl.core.registry import ConfigError
 from cl.core.strategy import RunInfo
 from strategies.si import SI, SIConfig
 
@@ -102,3 +103,10 @@ def test_extra_state_restores_omegas_anchor_and_the_penalty_flag():
         assert torch.equal(getattr(t, k)["theta"], getattr(s, k)["theta"]), k
     assert t.loss(None, None).item() == pytest.approx(s.loss(None, None).item())
     assert s.loss(None, None).item() != pytest.approx(s.task_loss(None, None).item())
+
+
+def test_validation_bounds():
+    _si(si_c=0.0, xi=1e-9)  # the bounds: c = 0 is valid, xi must be positive
+    for bad in ({"si_c": -1e-6}, {"xi": 0.0}, {"xi": -1.0}, {"si_c": -1.0, "xi": 0.0}):
+        with pytest.raises(ConfigError, match=r"si_c must be >= 0 and xi > 0, got .*" + str(list(bad.values())[-1])):
+            _si(**bad)
