@@ -114,3 +114,11 @@ def test_lwf_mc_before_its_first_boundary_is_plain_bce_over_the_seen_classes():
     onehot = F.one_hot(y, 2).float()
     want = -(onehot * torch.sigmoid(z).log() + (1 - onehot) * (1 - torch.sigmoid(z)).log()).mean()
     assert s.loss(X, y).item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_lwf_validation_bounds():
+    make("lwf", alpha=0.0, temperature=1e-6)  # the bounds: alpha = 0 is valid, T must be positive
+    for bad in ({"alpha": -1e-6}, {"temperature": 0.0}, {"temperature": -2.0}, {"alpha": -1.0, "temperature": 0.0}):
+        with pytest.raises(ConfigError, match=r"lwf: alpha must be >= 0 and temperature > 0, got .*"
+                                              + str(list(bad.values())[-1])):
+            make("lwf", **bad)
