@@ -388,6 +388,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/RemoveDecorator$", "@dataclass", "",
          "ERACEConfig adds no field: without @dataclass it still inherits ERConfig's dataclass fields and __init__"),
     ],
+    "_reg": [
+        (r"core/NumberReplacer$", 'g = vmap(grad(f), in_dims=(None, 0, 0), randomness="same")', "in_dims=(None,0,-1)",
+         "the labels are 1-D (one per sample): their dimension -1 is dimension 0"),
+    ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),
