@@ -38,11 +38,12 @@ def _fisher(s):
     return s.terms[-1]["fisher"]["head.fc.weight"], s.terms[-1]["fisher"]["head.fc.bias"]
 
 
-def test_fisher_samples_takes_a_random_subset_and_all_samples_otherwise():
-    s = make("ewc", fisher_samples=2)
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_fisher_samples_takes_a_random_subset_and_all_samples_otherwise(k):
+    s = make("ewc", fisher_samples=k)
     W0, b0 = s.model.head.fc.weight.detach().clone(), s.model.head.fc.bias.detach().clone()
     torch.manual_seed(3)
-    idx = torch.randperm(4)[:2]
+    idx = torch.randperm(4)[:k]
     torch.manual_seed(3)
     s.after_experience(exp_of(X, Y))
     fw, fb = hand_fisher(W0, b0, X[idx], Y[idx])
