@@ -392,6 +392,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", 'g = vmap(grad(f), in_dims=(None, 0, 0), randomness="same")', "in_dims=(None,0,-1)",
          "the labels are 1-D (one per sample): their dimension -1 is dimension 0"),
     ],
+    "ewc": [
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if 0 < self.cfg.fisher_samples < len(y):", "0 !=",
+         "fisher_samples is validated to be >= 0 (setup), so != 0 means > 0"),
+        (r"core/NumberReplacer$", 'old = self.terms[0]["fisher"]', "self.terms[-1]",
+         "online EWC keeps exactly one term (it replaces the list at each boundary): terms[-1] is terms[0]"),
+    ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),
