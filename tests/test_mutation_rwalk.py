@@ -46,6 +46,7 @@ def test_one_step_of_the_running_fisher_and_the_normalised_path_score():
     d = torch.tensor([-0.1, 0.2])
     want = -torch.tensor([1.0, -2.0]) * d / (0.5 * Fr * d ** 2 + 0.5)
     assert torch.allclose(s.path["theta"], want)
+    assert not s.path["theta"].requires_grad and not s.fisher["theta"].requires_grad  # no graph kept across steps
     # a change against the task gradient (set by hand after the step): a negative contribution
     with torch.no_grad():
         s.model.theta.grad = torch.tensor([1.0, -2.0])
@@ -68,6 +69,7 @@ def test_the_boundary_clips_negative_scores_averages_with_the_last_and_sets_the_
     th1 = s.model.theta.detach().clone()
     s.after_experience(None)
     assert torch.equal(s.score["theta"], torch.tensor([0.0, 2.0])) and s.has_penalty  # clipped at 0, no average yet
+    assert not any(getattr(s, k)["theta"].requires_grad for k in ("score", "fisher_star", "anchor"))
     assert torch.equal(s.fisher_star["theta"], torch.tensor([0.5, 0.25]))
     assert torch.equal(s.anchor["theta"], th1) and torch.equal(s.path["theta"], torch.zeros(2))
     assert s._g == {} and s._before == {}

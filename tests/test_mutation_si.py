@@ -40,6 +40,7 @@ def test_path_integral_is_minus_task_gradient_times_the_steps_change():
     s.train_step(None, None)  # SGD: dtheta = -0.1 g, omega = -g * dtheta = 0.1 g^2
     assert torch.allclose(s.model.theta.detach(), torch.tensor([0.9, -1.8]))
     assert torch.allclose(s.omega["theta"], torch.tensor([0.1, 0.4]))
+    assert not s.omega["theta"].requires_grad  # plain numbers, no autograd graph kept from step to step
     with torch.no_grad():  # a step the optimiser did not make away from the gradient: after_step reads the change
         s.record_step_start()
         s.model.theta.add_(torch.tensor([0.5, 0.5]))
@@ -59,6 +60,7 @@ def test_big_omega_accumulates_over_experiences_with_damping_and_the_anchor_move
     s.after_experience(None)
     O1 = om / ((th1 - th0) ** 2 + 0.5)
     assert torch.allclose(s.big_omega["theta"], O1) and s.has_penalty
+    assert not s.big_omega["theta"].requires_grad and not s.anchor["theta"].requires_grad
     assert torch.equal(s.anchor["theta"], th1) and torch.equal(s.omega["theta"], torch.zeros(2))
     assert s._g == {} and s._before == {}
     # second experience: one step by hand-set change, then the boundary adds the new ratio to O1
