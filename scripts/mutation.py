@@ -196,7 +196,8 @@ EXCLUDE_OPERATORS = [
 
 # Surviving mutants that are equivalent (no observable change) or accepted, per module:
 # (operator regex, part of the original source line, part of the mutated line ("" = any), reason).
-# Source parts are compared with all whitespace removed.  Each is explained in docs/testing.md.
+# Source parts are compared with all whitespace removed; the original line is followed by " in <function>"
+# (its qualified name), so that "@torch.no_grad() in SI.before_optimizer_step" names one decorator of several.  Each is explained in docs/testing.md.
 _NEVER_NEG = "a size is never negative, so the two conditions agree"
 _CUDA_ONLY = ("accepted: the CUDA RNG branch; on a machine without CUDA (where these runs are made) both sides are "
               "False whatever the operator, so no CPU test can tell (it needs a run on a GPU)")
@@ -398,6 +399,19 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", 'old = self.terms[0]["fisher"]', "self.terms[-1]",
          "online EWC keeps exactly one term (it replaces the list at each boundary): terms[-1] is terms[0]"),
     ],
+    "si": [
+        (r"core/RemoveDecorator$", "@torch.no_grad() in SI.before_optimizer_step", "",
+         "record_step_start computes the task gradient under task_gradients' own no_grad and keeps p.detach().clone(): "
+         "nothing it stores requires grad either way"),
+    ],
+    "rwalk": [
+        (r"core/RemoveDecorator$", "@torch.no_grad() in RWalk.before_optimizer_step", "",
+         "the running Fisher is updated in place from the task gradient, which task_gradients computes under its own "
+         "no_grad: nothing requires grad either way"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in RWalk.after_experience", "",
+         "the boundary reads the parameters only through p.detach() and the accumulators, which hold no graph "
+         "(after_step runs under no_grad): nothing requires grad either way"),
+    ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),
@@ -568,11 +582,13 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
                 plus_raw = " ".join(l[1:].strip() for l in (r.diff or "").splitlines()
                                     if l.startswith("+") and not l.startswith("+++"))
                 plus = _squash(plus_raw)
+                func = qualified_names(source).get(mu.start_pos[0])
+                where = _squash(f"{line} in {func}")  # "@torch.no_grad() in SI.after_step": a line and its function
                 reason = next((why for op, a, b, why in equiv
-                               if op.match(mu.operator_name) and a in _squash(line) and b in plus), None)
+                               if op.match(mu.operator_name) and a in where and b in plus), None)
                 res["equivalent" if reason else "survived"] += 1
                 res["survivors"].append({"job_id": item.job_id, "line": mu.start_pos[0], "operator": mu.operator_name,
-                                         "source": line, "mutated": plus_raw, "function": qualified_names(source).get(mu.start_pos[0]),
+                                         "source": line, "mutated": plus_raw, "function": func,
                                          "equivalent": reason, "diff": r.diff})
     finally:
         wdb.close()
