@@ -412,6 +412,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "the boundary reads the parameters only through p.detach() and the accumulators, which hold no graph "
          "(after_step runs under no_grad): nothing requires grad either way"),
     ],
+    "lwf": [
+        (r"core/ReplaceAndWithOr$", "if self.teacher and self.old_classes:", "",
+         "the teacher and old_classes are set together (after_experience, load_extra_state): both empty before the "
+         "first boundary, both set after it; a teacher with no old class would distil over zero columns, which "
+         "kd_loss gives as 0"),
+    ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),

@@ -57,6 +57,8 @@ def test_seen_and_old_classes_follow_the_boundaries():
     s.model.head.observe(torch.tensor([0, 4]))
     s.after_experience(None)
     assert s.old_idx().tolist() == [0, 1, 3, 4]  # re-read after the boundary
+    s.before_experience(exp_of(X, torch.tensor([1, 2, 1, 2]), index=2))  # an old class comes back with a new one
+    assert s.seen_classes == [0, 1, 2, 3, 4]
 
 
 def test_lwf_state_restores_the_teacher_and_the_old_classes():
