@@ -418,6 +418,18 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "first boundary, both set after it; a teacher with no old class would distil over zero columns, which "
          "kd_loss gives as 0"),
     ],
+    "lwf_mc": [
+        (r"core/RemoveDecorator$", "@dataclass", "",
+         "LwFMCConfig adds no field: without @dataclass it still inherits StrategyConfig's dataclass fields and __init__"),
+        (r"core/NumberReplacer$", "masked_fill(~torch.isfinite(teacher_logits), 0.0)", "",
+         "the filled entries are the teacher's -inf logits (classes it had not seen), and torch.where takes the "
+         "teacher's targets only at old classes, whose logits are finite: the fill value is never selected"),
+        (r"core/ReplaceAndWithOr$", "teacher = self.teacher(xa) if self.teacher and self.old_classes else None", "",
+         "the teacher and old_classes are set together (after_experience, load_extra_state): both empty before the "
+         "first boundary, both set after it (as in lwf)"),
+        (r"core/NumberReplacer$", "self.old_idx() if teacher is not None else seen[:0]", "",
+         "this index is passed only with no teacher, and icarl_bce reads old_idx only when there is a teacher"),
+    ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),
