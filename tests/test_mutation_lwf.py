@@ -105,6 +105,7 @@ def test_icarl_bce_targets_one_hot_new_and_teacher_sigmoid_old():
     onehot = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
     want0 = -(onehot * torch.sigmoid(zs).log() + (1 - onehot) * (1 - torch.sigmoid(zs)).log()).mean()
     assert icarl_bce(z, y, None, seen, old[:0]).item() == pytest.approx(want0.item(), rel=1e-5)
+    assert icarl_bce(z, y, None, seen, old).item() == pytest.approx(want0.item(), rel=1e-5)  # no teacher: one-hot
     assert icarl_bce(z, y, teacher, seen, old[:0]).item() == pytest.approx(want0.item(), rel=1e-5)  # no old class
 
 
