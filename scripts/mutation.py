@@ -191,7 +191,9 @@ MODULES: dict[str, Module] = {
 }
 for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem"), ("gdumb", "gdumb"),
                       ("er_aml", "er_aml"), ("engine", "engine_phases"), ("sweep-runner", "sweep_runner"),
-                      ("online", "online"), ("prd", "prd"), ("pec", "pec")):  # the tests written from their first
+                      ("online", "online"), ("prd", "prd"), ("pec", "pec"),
+                      ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
+                      ("lwf_mc", "lwf")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -208,7 +210,8 @@ EXCLUDE_OPERATORS = [
 
 # Surviving mutants that are equivalent (no observable change) or accepted, per module:
 # (operator regex, part of the original source line, part of the mutated line ("" = any), reason).
-# Source parts are compared with all whitespace removed.  Each is explained in docs/testing.md.
+# Source parts are compared with all whitespace removed; the original line is followed by " in <function>"
+# (its qualified name), so that "@torch.no_grad() in SI.before_optimizer_step" names one decorator of several.  Each is explained in docs/testing.md.
 _NEVER_NEG = "a size is never negative, so the two conditions agree"
 _CUDA_ONLY = ("accepted: the CUDA RNG branch; on a machine without CUDA (where these runs are made) both sides are "
               "False whatever the operator, so no CPU test can tell (it needs a run on a GPU)")
@@ -505,6 +508,47 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "self.optimizer.step(count > 0, scale)", "",
          "a sample count is never negative"),
     ],
+    "_reg": [
+        (r"core/NumberReplacer$", 'g = vmap(grad(f), in_dims=(None, 0, 0), randomness="same")', "in_dims=(None,0,-1)",
+         "the labels are 1-D (one per sample): their dimension -1 is dimension 0"),
+    ],
+    "ewc": [
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if 0 < self.cfg.fisher_samples < len(y):", "0 !=",
+         "fisher_samples is validated to be >= 0 (setup), so != 0 means > 0"),
+        (r"core/NumberReplacer$", 'old = self.terms[0]["fisher"]', "self.terms[-1]",
+         "online EWC keeps exactly one term (it replaces the list at each boundary): terms[-1] is terms[0]"),
+    ],
+    "si": [
+        (r"core/RemoveDecorator$", "@torch.no_grad() in SI.before_optimizer_step", "",
+         "record_step_start computes the task gradient under task_gradients' own no_grad and keeps p.detach().clone(): "
+         "nothing it stores requires grad either way"),
+    ],
+    "rwalk": [
+        (r"core/RemoveDecorator$", "@torch.no_grad() in RWalk.before_optimizer_step", "",
+         "the running Fisher is updated in place from the task gradient, which task_gradients computes under its own "
+         "no_grad: nothing requires grad either way"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in RWalk.after_experience", "",
+         "the boundary reads the parameters only through p.detach() and the accumulators, which hold no graph "
+         "(after_step runs under no_grad): nothing requires grad either way"),
+    ],
+    "lwf": [
+        (r"core/ReplaceAndWithOr$", "if self.teacher and self.old_classes:", "",
+         "the teacher and old_classes are set together (after_experience, load_extra_state): both empty before the "
+         "first boundary, both set after it; a teacher with no old class would distil over zero columns, which "
+         "kd_loss gives as 0"),
+    ],
+    "lwf_mc": [
+        (r"core/RemoveDecorator$", "@dataclass", "",
+         "LwFMCConfig adds no field: without @dataclass it still inherits StrategyConfig's dataclass fields and __init__"),
+        (r"core/NumberReplacer$", "masked_fill(~torch.isfinite(teacher_logits), 0.0)", "",
+         "the filled entries are the teacher's -inf logits (classes it had not seen), and torch.where takes the "
+         "teacher's targets only at old classes, whose logits are finite: the fill value is never selected"),
+        (r"core/ReplaceAndWithOr$", "teacher = self.teacher(xa) if self.teacher and self.old_classes else None", "",
+         "the teacher and old_classes are set together (after_experience, load_extra_state): both empty before the "
+         "first boundary, both set after it (as in lwf)"),
+        (r"core/NumberReplacer$", "self.old_idx() if teacher is not None else seen[:0]", "",
+         "this index is passed only with no teacher, and icarl_bce reads old_idx only when there is a teacher"),
+    ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),
@@ -700,11 +744,13 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
                 plus_raw = " ".join(l[1:].strip() for l in (r.diff or "").splitlines()
                                     if l.startswith("+") and not l.startswith("+++"))
                 plus = _squash(plus_raw)
+                func = qualified_names(source).get(mu.start_pos[0])
+                where = _squash(f"{line} in {func}")  # "@torch.no_grad() in SI.after_step": a line and its function
                 reason = next((why for op, a, b, why in equiv
-                               if op.match(mu.operator_name) and a in _squash(line) and b in plus), None)
+                               if op.match(mu.operator_name) and a in where and b in plus), None)
                 res["equivalent" if reason else "survived"] += 1
                 res["survivors"].append({"job_id": item.job_id, "line": mu.start_pos[0], "operator": mu.operator_name,
-                                         "source": line, "mutated": plus_raw, "function": qualified_names(source).get(mu.start_pos[0]),
+                                         "source": line, "mutated": plus_raw, "function": func,
                                          "equivalent": reason, "diff": r.diff})
     finally:
         wdb.close()
@@ -722,7 +768,9 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
 # has written the mutant) and forks a child per mutant that runs ``pytest.main``; cosmic-ray's test command
 # is a small client that waits for the child's exit status.  The outcome is the child's pytest exit code,
 # exactly as with a fresh interpreter.
-SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "pytest", "yaml")
+# torch._dynamo (imported by the first torch.func vmap / grad call, e.g. the per-sample gradients of EWC and MAS)
+# costs ~6 s more; imported here once, not in every mutant's child
+SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml")
 
 
 def serve(sock_path: str) -> None:

@@ -61,9 +61,11 @@ def fisher_diag(model, x, y, preprocess, chunk=64) -> dict:
 @register("ewc", EWCConfig, "Elastic weight consolidation (diagonal Fisher); online=true: online EWC")
 class EWC(Strategy):
     def setup(self):
-        if self.cfg.ewc_lambda < 0 or not 0 <= self.cfg.gamma <= 1:
-            raise ConfigError(f"ewc: ewc_lambda must be >= 0 and gamma in [0, 1], got ewc_lambda={self.cfg.ewc_lambda}, "
-                              f"gamma={self.cfg.gamma}")
+        c = self.cfg
+        if c.ewc_lambda < 0 or not 0 <= c.gamma <= 1 or c.fisher_samples < 0 or c.fisher_chunk < 1:
+            raise ConfigError(f"ewc: ewc_lambda must be >= 0, gamma in [0, 1], fisher_samples >= 0 and fisher_chunk >= 1, "
+                              f"got ewc_lambda={c.ewc_lambda}, gamma={c.gamma}, fisher_samples={c.fisher_samples}, "
+                              f"fisher_chunk={c.fisher_chunk}")
         self.preprocess = model_preprocess(self.model, self.device)
         self.terms: list[dict] = []  # [{"fisher": {name: tensor}, "anchor": {name: tensor}}]
 

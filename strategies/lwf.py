@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cl.core.registry import ConfigError
 from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.distill import kd_loss
 from cl.models.frozen import FrozenCopy
@@ -83,6 +84,12 @@ class DistillBase(Strategy):
 
 @register("lwf", LwFConfig, "Learning without forgetting (KD on old classes' logits, T=2)")
 class LwF(DistillBase):
+    def setup(self):
+        if self.cfg.alpha < 0 or not self.cfg.temperature > 0:  # T = 0 divides the logits by 0
+            raise ConfigError(f"lwf: alpha must be >= 0 and temperature > 0, got alpha={self.cfg.alpha}, "
+                              f"temperature={self.cfg.temperature}")
+        super().setup()
+
     def loss(self, x, y, t=None):
         xa = self._aug(x)
         logits = self.model(xa).float()

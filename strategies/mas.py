@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cl.core.registry import ConfigError
 from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.task_keys import model_preprocess
 from strategies._reg import (
@@ -49,6 +50,9 @@ class MAS(Strategy):
     build_model = classmethod(lambda cls, cfg, backbone, scenario: build_model(cfg, backbone, scenario))
 
     def setup(self):
+        if self.cfg.mas_lambda < 0 or self.cfg.importance_chunk < 1:
+            raise ConfigError(f"mas: mas_lambda must be >= 0 and importance_chunk >= 1, got mas_lambda={self.cfg.mas_lambda}, "
+                              f"importance_chunk={self.cfg.importance_chunk}")
         self.preprocess = model_preprocess(self.model, self.device)
         self.importance: dict = {}
         self.anchor: dict = {}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cl.core.registry import ConfigError
 from cl.core.strategy import StrategyConfig, register
 from strategies._reg import PathPenalty, trainable, warn_if_stiff
 
@@ -35,6 +36,10 @@ class RWalkConfig(StrategyConfig):
 @register("rwalk", RWalkConfig, "RWalk: running Fisher + per-step path score (KL-normalised path integral)")
 class RWalk(PathPenalty):
     def setup(self):
+        c = self.cfg
+        if c.rwalk_lambda < 0 or not 0 <= c.fisher_alpha <= 1 or not c.eps > 0:  # eps = 0: 0 / 0 where a step is 0
+            raise ConfigError(f"rwalk: rwalk_lambda must be >= 0, fisher_alpha in [0, 1] and eps > 0, got "
+                              f"rwalk_lambda={c.rwalk_lambda}, fisher_alpha={c.fisher_alpha}, eps={c.eps}")
         ps = trainable(self.model)
         z = lambda: {n: torch.zeros_like(p) for n, p in ps.items()}
         self.fisher, self.path, self.score, self.fisher_star = z(), z(), z(), z()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from cl.core.registry import ConfigError
 from cl.core.strategy import StrategyConfig, register
 from strategies._reg import PathPenalty, trainable, warn_if_stiff
 
@@ -30,6 +31,8 @@ class SIConfig(StrategyConfig):
 @register("si", SIConfig, "Synaptic intelligence (path-integral importance)")
 class SI(PathPenalty):
     def setup(self):
+        if self.cfg.si_c < 0 or not self.cfg.xi > 0:  # xi = 0: 0 / 0 for a parameter that did not move
+            raise ConfigError(f"si: si_c must be >= 0 and xi > 0, got si_c={self.cfg.si_c}, xi={self.cfg.xi}")
         ps = trainable(self.model)
         self.omega = {n: torch.zeros_like(p) for n, p in ps.items()}  # running path integral
         self.big_omega = {n: torch.zeros_like(p) for n, p in ps.items()}
