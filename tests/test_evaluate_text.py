@@ -1,6 +1,7 @@
 """Evaluation of text test sets in length buckets (cl/train/evaluate.py) and CPU bf16 evaluation."""
 from types import SimpleNamespace
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -92,12 +93,28 @@ def test_cpu_bf16_evaluation_runs_under_autocast_only_when_asked():
     assert not torch.is_autocast_enabled("cpu")
 
 
-def test_eval_amp_default_keeps_run_ids_and_a_change_changes_them():
-    base = {"strategy": "er", "scenario": "split-mnist", "backbone": "mlp", "seed": 0}
+# every field added after results were recorded, at its default, leaves the run ids of older configs as they were
+IMPLICIT_CASES = [("protocol", "eval_amp", "er", True), ("strategy", "prompt_lr", "l2p", 1e-4)]
+
+
+def test_every_implicit_field_is_covered():
+    from cl.core.config import ID_IMPLICIT_FIELDS
+
+    assert {(sec, f) for sec, fields in ID_IMPLICIT_FIELDS.items() for f in fields} == \
+        {(sec, f) for sec, f, _, _ in IMPLICIT_CASES}
+
+
+@pytest.mark.parametrize("section,field,strategy,other", IMPLICIT_CASES)
+def test_a_later_field_at_its_default_keeps_run_ids_and_a_change_changes_them(section, field, strategy, other):
+    from cl.core.config import ID_IMPLICIT_FIELDS
+
+    base = {"strategy": strategy, "scenario": "split-mnist", "backbone": "mlp", "seed": 0}
+    if strategy == "l2p":
+        base.update(scenario="clinc150", backbone="minilm")
     default = resolve(base)
-    assert default["protocol"]["eval_amp"] is False
+    assert default[section][field] == ID_IMPLICIT_FIELDS[section][field]
     legacy = {k: (dict(v) if isinstance(v, dict) else v) for k, v in default.items()}
-    del legacy["protocol"]["eval_amp"]  # a config from before the field existed
+    del legacy[section][field]  # a config from before the field existed
     assert run_id(default) == run_id(legacy)
-    on = resolve({**base, "protocol": {"eval_amp": True}})
-    assert run_id(on) != run_id(default)
+    changed = {**base, section: {**({"name": strategy} if section == "strategy" else {}), field: other}}
+    assert run_id(resolve(changed)) != run_id(default)

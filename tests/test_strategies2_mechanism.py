@@ -441,15 +441,3 @@ def test_prompt_lr_default_is_one_rate_and_bad_values_name_the_field():
     assert s.cfg.prompt_lr is None and len(s.optimizer.param_groups) == 1
     with pytest.raises(Exception, match="strategy.prompt_lr"):
         make_strategy("l2p", tiny_vit(), sc, pool_size=3, top_k=1, optimizer="adam", lr=0.01, prompt_lr=0.0)
-
-
-def test_prompt_lr_default_keeps_l2p_run_ids_and_a_value_changes_them():
-    from cl.core.config import resolve, run_id
-
-    base = {"strategy": "l2p", "scenario": "clinc150", "backbone": "minilm", "seed": 0}
-    default = resolve(base)
-    assert default["strategy"]["prompt_lr"] is None
-    legacy = {k: (dict(v) if isinstance(v, dict) else v) for k, v in default.items()}
-    del legacy["strategy"]["prompt_lr"]  # a config from before the field existed
-    assert run_id(default) == run_id(legacy)
-    assert run_id(resolve({**base, "strategy": {"name": "l2p", "prompt_lr": 1e-4}})) != run_id(default)
