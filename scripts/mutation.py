@@ -193,7 +193,7 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("er_aml", "er_aml"), ("engine", "engine_phases"), ("sweep-runner", "sweep_runner"),
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
-                      ("lwf_mc", "lwf")):  # the tests written from their first
+                      ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -548,6 +548,17 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "first boundary, both set after it (as in lwf)"),
         (r"core/NumberReplacer$", "self.old_idx() if teacher is not None else seen[:0]", "",
          "this index is passed only with no teacher, and icarl_bce reads old_idx only when there is a teacher"),
+    ],
+    "icarl": [
+        (r"core/ReplaceAndWithOr$", "teacher = self.teacher(xa) if self.teacher and self.old_classes else None", "",
+         "the teacher and old_classes are set together (after_experience, load_extra_state): both empty before the "
+         "first boundary, both set after it (as in lwf)"),
+        (r"core/NumberReplacer$", "m = self.cfg.buffer_size // max(1, len(self.old_classes))", "max( 0,",
+         "read after DistillBase.after_experience has set old_classes to the head's seen classes, which include "
+         "the experience's own: len >= 1, so max(0, n) = max(1, n)"),
+        (r"core/NumberReplacer$", "self.old_idx() if teacher is not None else self.seen_idx()[:0]", "seen_idx()[:",
+         "this index is passed only with no teacher, and icarl_bce reads old_idx only when there is a teacher "
+         "(as in lwf_mc)"),
     ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
