@@ -560,6 +560,22 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "this index is passed only with no teacher, and icarl_bce reads old_idx only when there is a teacher "
          "(as in lwf_mc)"),
     ],
+    "bic": [
+        (r"core/NumberReplacer$", "self.teacher_bias = (1.0, 0.0, [])", "",
+         "the initial value is never read: before_experience sets teacher_bias before any loss, and with an empty "
+         "class list teacher_logits corrects nothing whatever alpha and beta"),
+        (r"core/ReplaceAndWithOr$", "if not (self.teacher and self.old_classes):", "",
+         "the teacher and old_classes are set together (after_experience, load_extra_state): both empty before the "
+         "first boundary, both set after it (as in lwf)"),
+        (r"core/NumberReplacer$", "m = self.cfg.buffer_size // max(1, len(self.old_classes))", "max( 0,",
+         "read after DistillBase.after_experience has set old_classes to the head's seen classes, which include "
+         "the experience's own: len >= 1, so max(0, n) = max(1, n) (as in icarl)"),
+        (r"core/NumberReplacer$", "v = int(self._is_val().sum()) // max(1, len(self.memory.classes()))", "max( 0,",
+         "this branch runs only with a non-empty memory, which holds at least one class: max(0, n) = max(1, n)"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$",
+         "return (self.memory.rank % self.cfg.val_every) == self.cfg.val_every - 1", "",
+         "a remainder modulo val_every (>= 2, validated) is at most val_every - 1, so >= means =="),
+    ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),

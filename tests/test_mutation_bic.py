@@ -53,8 +53,16 @@ def test_bic_validation_is_one_exemplar_in_val_every_by_rank():
     s, e0, e1 = _two_steps(buffer_size=12, val_every=3)  # 6 exemplars per class; ranks 2 and 5 are validation
     assert len(s.memory) == 12 and sorted(s.memory.rank.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert s.memory.rank[s._is_val()].tolist().count(2) == 2 and set(s.memory.rank[s._is_val()].tolist()) == {2, 5}
+    torch.manual_seed(0)  # the new classes' validation draw
     s.before_experience(e1)
     assert sorted(s.val_y.tolist()) == [0, 0, 1, 1, 2, 2, 3, 3]  # 4 validation exemplars / 2 old classes = 2 per class
+    assert s.val_y[4:].tolist() == [2, 2, 3, 3]  # then, per new class in order, that many of its own samples
+    for seed in range(1, 11):  # whatever the draw: a mixed-class draw would show within 10 (p < 1e-6)
+        torch.manual_seed(seed)
+        s.before_experience(e1)
+        assert s.val_y[4:].tolist() == [2, 2, 3, 3] and len(s.val_x[4:].unique(dim=0)) == 4
+    torch.manual_seed(0)
+    s.before_experience(e1)
     assert s.cur_new == [2, 3] and s._cur_new_idx.tolist() == [2, 3]
     tx, ty = s.train_data(e1)
     assert len(ty) == 12 - 4 + 8
@@ -140,6 +148,7 @@ def test_bic_stage2_is_adam_in_batches_of_32_from_identity():
 def test_bic_stage2_fits_the_new_classes_and_keeps_the_budget():
     s, e0, e1 = _two_steps(buffer_size=6, val_every=2, bic_epochs=2)  # 3 per class; rank 1 is validation
     s.before_experience(e1)
+    assert s.val_y.tolist() == [0, 1, 2, 3]  # 2 validation exemplars // 2 old classes: 1 per class, new ones too
     want_y, want_x = s.val_y.clone(), s.val_x.clone()
     seen = {}
     s.fit_bias = lambda z, y, idx: seen.update(z=z, y=y, idx=idx) or (0.25, 0.5)
@@ -177,3 +186,26 @@ def test_bic_state_restores_the_bias_layer_and_memory():
     assert torch.equal(t.memory.x, s.memory.x) and torch.equal(t.memory.rank, s.memory.rank)
     t.model.load_state_dict(s.model.state_dict())
     assert torch.equal(t.predict(X), s.predict(X))
+
+
+def test_bic_validation_per_class_with_a_single_old_class():
+    s = make("bic", n_classes=4, seen=[0], buffer_size=6, val_every=3)
+    x0 = torch.randn(8, 2, generator=torch.Generator().manual_seed(1))
+    e0 = exp_of(x0, torch.zeros(8, dtype=torch.long))
+    s.before_experience(e0)
+    s.after_experience(e0)  # 6 exemplars of class 0; ranks 2 and 5 are validation
+    s.model.head.observe(torch.tensor([1]))
+    e1 = exp_of(x0 + 5, torch.ones(8, dtype=torch.long), index=1)
+    s.before_experience(e1)
+    assert s.val_y.tolist() == [0, 0, 1, 1]  # 2 validation exemplars // 1 old class: 2 of the new class
+
+
+def test_bic_without_exemplars_has_no_validation_and_draws_nothing():
+    s, e0, e1 = _two_steps(buffer_size=1)  # 1 // 2 classes = 0 exemplars per class: an empty memory
+    assert len(s.memory) == 0 and s.old_classes == [0, 1]
+    torch.manual_seed(0)
+    s.before_experience(e1)
+    assert s.val_x is None and s.val_y is None  # no stage 2 without validation exemplars
+    assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(0)))  # no draw taken
+    tx, ty = s.train_data(e1)
+    assert torch.equal(tx, e1.train_x) and torch.equal(ty, e1.train_y)
