@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl.core.registry import ConfigError
 from cl.core.strategy import RunInfo
 from strategies.lucir import LUCIR, LUCIRConfig, ScaledCosineHead
 
@@ -32,6 +33,7 @@ def test_scaled_cosine_head_init_is_kaiming_uniform_bound_one_over_sqrt_fan_in_a
     w = head.weight.detach()
     assert w.abs().max() <= 0.5 and w.abs().max() > 0.495  # bound gain(a=sqrt 5) * sqrt(3 / 4) = 1 / sqrt(4)
     assert head.sigma.item() == 3.0 and head.sigma.requires_grad
+    assert ScaledCosineHead(4, 3).sigma.item() == 1.0  # the authors' CosineLinear starts at sigma = 1
     head.observe(torch.tensor([1, 3]))
     h = torch.tensor([[1.0, -2.0, 0.5, 3.0]])
     cos = F.normalize(h, dim=1) @ F.normalize(w[[1, 3]], dim=1).t()
@@ -113,6 +115,9 @@ def test_lucir_lambda_adapts_to_old_over_new_classes_and_imprints_only_present_n
     assert s.lam == pytest.approx(3.0 * math.sqrt(3 / 2))
     assert s._new_idx.tolist() == [3, 4]
     assert torch.equal(s.model.head.weight.detach()[5], w[5])  # not a class of this experience: left as it was
+    s.before_experience(exp_of(x1, torch.tensor([3, 4]), classes=[3, 4, 5], index=1))  # class 5 has no sample
+    assert s.lam == pytest.approx(3.0 * math.sqrt(3 / 3))
+    assert torch.equal(s.model.head.weight.detach()[5], w[5])  # nothing to imprint it from: left as it was
     f = F.normalize(s.model.features(x1[1:]), dim=1)
     assert torch.allclose(s.model.head.weight.detach()[4], F.normalize(f.mean(0), dim=0) * w[:3].norm(dim=1).mean(),
                           atol=1e-6)
@@ -137,7 +142,10 @@ def test_lucir_loss_without_old_samples_is_finite_and_with_no_new_class_is_ce():
     s, x1, e1, _ = make_lucir(lambda_base=0.0)
     y = e1.train_y
     assert s.loss(x1, y).item() == pytest.approx(F.cross_entropy(s.model(x1), y).item(), abs=1e-6)
-    s._new_idx = s._new_idx[:0]  # an experience of old classes only: CE alone, no less-forget, no margin
+    lam = s.lam
+    w = s.model.head.weight.detach().clone()
+    s.before_experience(exp_of(x1, torch.tensor([0, 1, 0, 1]), index=2))  # old classes only: nothing new
+    assert s._new_idx.numel() == 0 and s.lam == lam and torch.equal(s.model.head.weight.detach(), w)
     with torch.no_grad():
         s.model.backbone.weight.add_(0.3)
     x, yo = torch.tensor([[1.0, 0.3], [0.0, 1.0]]), torch.tensor([0, 1])
@@ -184,3 +192,12 @@ def test_lucir_state_restores_lambda_memory_and_means():
     u.means = torch.zeros(4, 3)
     u.load_extra_state(st0)
     assert u.means is None
+
+
+def test_lucir_validation_bounds():
+    _fresh(buffer_size=0, exemplars_per_class=1, k_mr=1)  # the bounds themselves are valid
+    for bad in ({"buffer_size": -1}, {"exemplars_per_class": 0}, {"k_mr": 0}, {"k_mr": -2}):
+        want = {"buffer_size": 0, "exemplars_per_class": 20, "k_mr": 2, **bad}
+        with pytest.raises(ConfigError, match=rf"lucir: buffer_size must be >= 0 .*got buffer_size={want['buffer_size']}, "
+                                              rf"exemplars_per_class={want['exemplars_per_class']}, k_mr={want['k_mr']}"):
+            _fresh(**bad)
