@@ -576,6 +576,18 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "return (self.memory.rank % self.cfg.val_every) == self.cfg.val_every - 1", "",
          "a remainder modulo val_every (>= 2, validated) is at most val_every - 1, so >= means =="),
     ],
+    "lucir": [
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.cfg.buffer_size > 0 else self.cfg.exemplars_per_class", "",
+         "buffer_size is validated >= 0 (setup), so != 0 means > 0"),
+        (r"core/ReplaceAndWithOr$", "if not (self.teacher and self.old_classes) or not len(self._new_idx):", "",
+         "the teacher and old_classes are set together (after_experience, load_extra_state): both empty before the "
+         "first boundary, both set after it (as in lwf)"),
+        (r"core/NumberReplacer$", "w[c] = F.normalize(f[sel].mean(0), dim=0) * old_norm", "dim= -1",
+         "the mean over samples is 1-D: its dimension -1 is dimension 0"),
+        (r"core/ReplaceAndWithOr$", "if self.old_classes and self._frozen_rows is None:", "",
+         "with old classes, a re-capture at a later step reads the rows after_step has just restored (the same "
+         "values); without old classes the captured rows are empty and after_step writes nothing"),
+    ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
          "observe() only writes a constant into a bool buffer, which never requires grad: no_grad changes nothing"),

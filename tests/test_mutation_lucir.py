@@ -77,9 +77,10 @@ def test_lucir_memory_follows_the_budget_and_classifies_by_nme_when_asked():
         e0 = exp_of(x0, torch.zeros(5, dtype=torch.long))
         s.model.observe(e0.train_y)
         s.before_experience(e0)
+        q = torch.tensor([[0.3, -0.8], [1.0, 1.0]])
+        assert torch.equal(s.predict(q), s.model(q))  # no means before the first boundary: the cosine classifier
         s.after_experience(e0)
         assert len(s.memory) == 3  # one class seen: all K
-        q = torch.tensor([[0.3, -0.8], [1.0, 1.0]])
         if nme:
             from cl.models.herding import class_means, nme_logits
 
@@ -136,6 +137,13 @@ def test_lucir_margin_ranking_takes_the_k_hardest_new_classes_with_its_weight_an
     xo, yo = x[4:5], y[4:5]
     want1 = F.cross_entropy(s.model(xo), yo).item() + 2.0 * sum(terms[:2]) / 2
     assert s.loss(xo, yo).item() == pytest.approx(want1, rel=1e-5)
+    s1, x1, _, _ = make_lucir(margin=1.5, k_mr=1, lambda_base=0.0)  # one old sample, k = 1: divided by 1
+    xo = torch.tensor([[1.0, 0.3]])
+    cos1 = F.normalize(s1.model.features(xo), dim=1) @ F.normalize(s1.model.head.weight, dim=1).t()
+    term = max(0.0, 1.5 - cos1[0, 0].item() + cos1[0, 2:].max().item())
+    assert term > 0
+    want = F.cross_entropy(s1.model(xo), torch.tensor([0])).item() + term
+    assert s1.loss(xo, torch.tensor([0])).item() == pytest.approx(want, rel=1e-5)
 
 
 def test_lucir_loss_without_old_samples_is_finite_and_with_no_new_class_is_ce():
