@@ -193,7 +193,7 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("er_aml", "er_aml"), ("engine", "engine_phases"), ("sweep-runner", "sweep_runner"),
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
-                      ("lwf_mc", "lwf")):  # the tests written from their first
+                      ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -215,6 +215,8 @@ EXCLUDE_OPERATORS = [
 _NEVER_NEG = "a size is never negative, so the two conditions agree"
 _CUDA_ONLY = ("accepted: the CUDA RNG branch; on a machine without CUDA (where these runs are made) both sides are "
               "False whatever the operator, so no CPU test can tell (it needs a run on a GPU)")
+_TOGETHER = ("the teacher and old_classes are set together (after_experience, load_extra_state): both empty before "
+             "the first boundary, both set after it (as in lwf)")
 EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "metrics": [
         (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "c.size == 0", "", _NEVER_NEG),
@@ -544,10 +546,45 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "the filled entries are the teacher's -inf logits (classes it had not seen), and torch.where takes the "
          "teacher's targets only at old classes, whose logits are finite: the fill value is never selected"),
         (r"core/ReplaceAndWithOr$", "teacher = self.teacher(xa) if self.teacher and self.old_classes else None", "",
-         "the teacher and old_classes are set together (after_experience, load_extra_state): both empty before the "
-         "first boundary, both set after it (as in lwf)"),
+         _TOGETHER),
         (r"core/NumberReplacer$", "self.old_idx() if teacher is not None else seen[:0]", "",
          "this index is passed only with no teacher, and icarl_bce reads old_idx only when there is a teacher"),
+    ],
+    "icarl": [
+        (r"core/ReplaceAndWithOr$", "teacher = self.teacher(xa) if self.teacher and self.old_classes else None", "",
+         _TOGETHER),
+        (r"core/NumberReplacer$", "m = self.cfg.buffer_size // max(1, len(self.old_classes))", "max( 0,",
+         "read after DistillBase.after_experience has set old_classes to the head's seen classes, which include "
+         "the experience's own: len >= 1, so max(0, n) = max(1, n)"),
+        (r"core/NumberReplacer$", "self.old_idx() if teacher is not None else self.seen_idx()[:0]", "seen_idx()[:",
+         "this index is passed only with no teacher, and icarl_bce reads old_idx only when there is a teacher "
+         "(as in lwf_mc)"),
+    ],
+    "bic": [
+        (r"core/NumberReplacer$", "self.teacher_bias = (1.0, 0.0, [])", "",
+         "the initial value is never read: before_experience sets teacher_bias before any loss, and with an empty "
+         "class list teacher_logits corrects nothing whatever alpha and beta"),
+        (r"core/ReplaceAndWithOr$", "if not (self.teacher and self.old_classes):", "",
+         _TOGETHER),
+        (r"core/NumberReplacer$", "m = self.cfg.buffer_size // max(1, len(self.old_classes))", "max( 0,",
+         "read after DistillBase.after_experience has set old_classes to the head's seen classes, which include "
+         "the experience's own: len >= 1, so max(0, n) = max(1, n) (as in icarl)"),
+        (r"core/NumberReplacer$", "v = int(self._is_val().sum()) // max(1, len(self.memory.classes()))", "max( 0,",
+         "this branch runs only with a non-empty memory, which holds at least one class: max(0, n) = max(1, n)"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$",
+         "return (self.memory.rank % self.cfg.val_every) == self.cfg.val_every - 1", "",
+         "a remainder modulo val_every (>= 2, validated) is at most val_every - 1, so >= means =="),
+    ],
+    "lucir": [
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.cfg.buffer_size > 0 else self.cfg.exemplars_per_class", "",
+         "buffer_size is validated >= 0 (setup), so != 0 means > 0"),
+        (r"core/ReplaceAndWithOr$", "if not (self.teacher and self.old_classes) or not len(self._new_idx):", "",
+         _TOGETHER),
+        (r"core/NumberReplacer$", "w[c] = F.normalize(f[sel].mean(0), dim=0) * old_norm", "dim= -1",
+         "the mean over samples is 1-D: its dimension -1 is dimension 0"),
+        (r"core/ReplaceAndWithOr$", "if self.old_classes and self._frozen_rows is None:", "",
+         "with old classes, a re-capture at a later step reads the rows after_step has just restored (the same "
+         "values); without old classes the captured rows are empty and after_step writes nothing"),
     ],
     "heads": [
         (r"core/RemoveDecorator$", "@torch.no_grad()", "",
