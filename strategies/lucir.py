@@ -79,10 +79,11 @@ class LUCIR(DistillBase):
     def setup(self):
         super().setup()
         c = self.cfg
-        if c.buffer_size < 0 or c.exemplars_per_class < 1 or c.k_mr < 1:
-            raise ConfigError(f"lucir: buffer_size must be >= 0 (0: exemplars_per_class per class), exemplars_per_class "
-                              f">= 1 and k_mr >= 1, got buffer_size={c.buffer_size}, "
-                              f"exemplars_per_class={c.exemplars_per_class}, k_mr={c.k_mr}")
+        k_mr = getattr(c, "k_mr", 1)  # PODNet (a subclass) has the memory fields, not the margin ranking
+        if c.buffer_size < 0 or c.exemplars_per_class < 1 or k_mr < 1:
+            raise ConfigError(f"{type(self).__name__.lower()}: buffer_size must be >= 0 (0: exemplars_per_class per class), "
+                              f"exemplars_per_class >= 1 and k_mr >= 1, got buffer_size={c.buffer_size}, "
+                              f"exemplars_per_class={c.exemplars_per_class}, k_mr={k_mr}")
         self.preprocess = model_preprocess(self.model, self.device)
         self.memory = ExemplarMemory(self.device)
         self.means = None
