@@ -389,6 +389,40 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'return raw if self.cfg.ce_classes == "all"', "",
          "ce_classes is validated to be all or seen (setup), and 'seen' <= 'all' is False: same branch"),
     ],
+    "xder": [
+        (r"core/NumberReplacer$", "bad = p.masked_fill(~past, 0).max(1).values.detach()", "masked_fill(~past, -1)",
+         "the loss calls past_constraint only when a past class exists (past.any()): each row's maximum is over "
+         "softmax probabilities >= 0 > -1, so the fill value is never the maximum"),
+        (r"core/NumberReplacer$", "good = p.masked_fill(~present, 0).max(1).values", "masked_fill(~present, -1)",
+         "the present classes (the current experience's) are never empty: each row's maximum is a probability "
+         ">= 0 > -1, so the fill value is never the maximum"),
+        (r"core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "c.eta > 0", "",
+         "eta is validated >= 0 (setup), so != 0 means > 0; with eta == 0 the >= mutant adds 0 * (a finite mean)"),
+        (r"core/ReplaceComparisonOperator_Lt_LtE$", "* self.counter[idx] < 1", "",
+         "u * count with u = torch.rand in [0, 1): at count 1 both are True; at count k >= 2 they differ only if "
+         "u == 1/k exactly (probability 2^-24 a draw, accepted)"),
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if self.to_offer > 0:", "",
+         "with to_offer == 0 (never below) the mutant offers x[:0], an empty batch, which the buffer ignores"),
+        (r"core/NumberReplacer$", "if self.to_offer > 0:", "self.to_offer > -1",
+         "with to_offer == 0 (never below) the mutant offers x[:0], an empty batch, which the buffer ignores"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.cur > 0:", "",
+         "cur is an experience index, never negative"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "old = self.class_task[mem[\"y\"]] < self.cur", "",
+         "the memory holds samples of classes already seen, whose experience is <= cur: != cur means < cur"),
+        (r"core/NumberReplacer$", "quota = torch.full((len(new),), free // max(1, len(new))", "max( 0,",
+         "an experience has at least one class (before_experience indexes class_task by exp.classes; an empty "
+         "list is a float tensor there and fails), so max(0, n) = max(1, n)"),
+        (r"core/ReplaceBinaryOperator_FloorDiv_Div$", "quota = torch.full((len(new),), free // max(1, len(new))", "",
+         "torch.full with dtype=torch.long truncates the non-negative quotient free / n: the same as free // n"),
+        (r"core/NumberReplacer$", "per = K // max(1, int(seen.sum()))", "max( 0,",
+         "before_experience marks the experience's classes seen, and an experience has at least one class"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in XDER.revisit", "",
+         "revisit's only caller passes detached outputs, and the memory's logits hold no graph: nothing records a "
+         "gradient either way"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in XDER.after_experience", "",
+         "after_experience computes on the memory, the pending samples (no graph) and logits_of's outputs (under "
+         "its own torch.no_grad): nothing records a gradient either way"),
+    ],
     "ncm": [
         (r"core/NumberReplacer$", "return torch.optim.SGD([self._dummy], lr=0.0)", "",
          "the inert optimiser's only parameter never gets a gradient, so SGD skips it whatever the learning rate"),

@@ -208,6 +208,7 @@ def test_logits_of_is_in_eval_mode_in_chunks_and_restores_the_mode():
     s.model.train()
     got = s.logits_of(x)
     assert s.model.training and torch.allclose(got, s.model.head.fc(x))  # no dropout: eval mode
+    assert not got.requires_grad
     s.model.eval()
     s.logits_of(x[:2])
     assert not s.model.training
@@ -223,6 +224,7 @@ def test_memory_is_class_balanced_with_the_remainder_to_random_classes():
     s.after_experience(e)
     torch.manual_seed(4)
     extra = [0, 1, 2][int(torch.randperm(3)[0])]
+    assert extra != 0  # the class with a third sample gets no third slot
     have = {0: 3, 1: 2, 2: 2}
     want = {c: min(have[c], 2 + (c == extra)) for c in range(3)}
     got = {c: int((s.mem["y"] == c).sum()) for c in range(3)}
@@ -244,7 +246,7 @@ def test_nothing_offered_leaves_the_memory_empty():
 def test_second_task_cuts_old_classes_and_scales_new_samples_past_logits():
     s = build("xder", n_classes=4, n_exp=2, buffer_size=4, gamma=0.5)
     y0 = torch.tensor([0, 1, 1, 0])
-    e0 = _exp(0, [0, 1], y0)
+    e0 = _exp(0, [1, 0], y0)  # class 1 first in the memory
     s.before_experience(e0)
     x0 = torch.randn(4, 3)
     s.after_step(x0, y0)
