@@ -390,6 +390,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "ce_classes is validated to be all or seen (setup), and 'seen' <= 'all' is False: same branch"),
     ],
     "xder": [
+        (r"core/ReplaceBinaryOperator_BitOr_BitXor$", "p = F.softmax(logits.masked_fill(~(past | present)", "",
+         "past (earlier experiences' classes) and present (the current one's) are disjoint: | and ^ agree"),
         (r"core/NumberReplacer$", "bad = p.masked_fill(~past, 0).max(1).values.detach()", "masked_fill(~past, -1)",
          "the loss calls past_constraint only when a past class exists (past.any()): each row's maximum is over "
          "softmax probabilities >= 0 > -1, so the fill value is never the maximum"),
