@@ -390,6 +390,16 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "ce_classes is validated to be all or seen (setup), and 'seen' <= 'all' is False: same branch"),
     ],
     "xder": [
+        (r"core/NumberReplacer$", "c.eta > 0", "c.eta > -1",
+         "eta is validated >= 0 (setup); with eta == 0 the mutant adds 0 * (a finite mean)"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "pos = h > 0 in XDER.loss", "",
+         "h (past_constraint's output) is clamped at 0, so != 0 means > 0 (the future constraint's h is not: "
+         "its mutants are killed)"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "return (self.class_task >= 0) & (self.class_task < self.cur)", "",
+         "class_task holds the experience a seen class was (last) in, set by before_experience: it is never "
+         "above cur, so among seen classes != cur means < cur"),
+        (r"core/NumberReplacer$", "scatter_reduce(0, inv, ar, \"amin\")", "scatter_reduce( -1,",
+         "the tensor is 1-D: dimension -1 is dimension 0"),
         (r"core/ReplaceBinaryOperator_BitOr_BitXor$", "p = F.softmax(logits.masked_fill(~(past | present)", "",
          "past (earlier experiences' classes) and present (the current one's) are disjoint: | and ^ agree"),
         (r"core/NumberReplacer$", "bad = p.masked_fill(~past, 0).max(1).values.detach()", "masked_fill(~past, -1)",

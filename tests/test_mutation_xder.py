@@ -34,7 +34,7 @@ def test_validation_bounds():
     for bad in ({"buffer_size": -1}, {"replay_batch_size": 0}, {"buffer_size": -1, "replay_batch_size": 0}):
         with pytest.raises(ConfigError, match="buffer_size must be >= 0 and strategy.replay_batch_size >= 1"):
             build("xder", **bad)
-    for bad in ({"eta": -0.1}, {"gamma": 0.0}, {"gamma": 1.01}, {"eta": -1.0, "gamma": 2.0}):
+    for bad in ({"eta": -0.1}, {"gamma": 0.0}, {"gamma": -0.5}, {"gamma": 1.01}, {"eta": -1.0, "gamma": 2.0}):
         with pytest.raises(ConfigError, match=r"eta must be >= 0 and strategy.gamma in \(0, 1\]"):
             build("xder", **bad)
 
