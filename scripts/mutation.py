@@ -390,6 +390,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "ce_classes is validated to be all or seen (setup), and 'seen' <= 'all' is False: same branch"),
     ],
     "xder": [
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", "present, past = self.class_task == self.cur, self.past()", "",
+         "class_task is -1 (unseen) or the experience a class was (last) in, never above cur: >= cur means == cur"),
         (r"core/NumberReplacer$", "c.eta > 0", "c.eta > -1",
          "eta is validated >= 0 (setup); with eta == 0 the mutant adds 0 * (a finite mean)"),
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "pos = h > 0 in XDER.loss", "",

@@ -40,13 +40,14 @@ def test_validation_bounds():
 
 
 def test_update_logits_at_a_tie_copies_and_uses_each_rows_true_class():
-    old = torch.tensor([[2.0, 7.0, 0.0], [1.0, 4.0, 0.0]])
-    new = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 8.0]])
+    old = torch.tensor([[2.0, 7.0, 0.0], [1.0, 4.0, 0.0], [3.0, 0.0, 0.0]])
+    new = torch.tensor([[0.0, 0.0, 2.0], [0.0, 0.0, 8.0], [0.0, 0.0, 1.0]])
     cols = torch.tensor([False, False, True])
-    out = update_logits(old, new, torch.tensor([0, 1]), cols, gamma=0.5)
-    # row 0: max 2 == true-class logit 2: copied unscaled; row 1: true class 1 (4), max 8 > 4: 8 * 0.5 * 4 / 8
-    assert torch.equal(out, torch.tensor([[2.0, 7.0, 2.0], [1.0, 4.0, 2.0]]))
-    assert torch.equal(old[:, 2], torch.zeros(2))  # the input is not edited in place
+    out = update_logits(old, new, torch.tensor([0, 1, 0]), cols, gamma=0.5)
+    # row 0: max 2 == true-class logit 2: copied unscaled; row 1: true class 1 (4), max 8 > 4: 8 * 0.5 * 4 / 8;
+    # row 2: max 1 < 3: copied unscaled
+    assert torch.equal(out, torch.tensor([[2.0, 7.0, 2.0], [1.0, 4.0, 2.0], [3.0, 0.0, 1.0]]))
+    assert torch.equal(old[:, 2], torch.zeros(3))  # the input is not edited in place
 
 
 def test_setup_and_before_experience_state():
@@ -71,12 +72,12 @@ def test_first_task_loss_is_present_ce_plus_future_constraint_over_positive_samp
         s.model.head.fc.weight.copy_(torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [0, 0, -1.0]]))
         s.model.head.fc.bias.zero_()
     s.augment = lambda x: 2 * x
-    x = torch.tensor([[1.0, 0, 0], [0, 0.5, 0.3], [0, 0, 2.0]])
-    y = torch.tensor([0, 1, 0])
+    x = torch.tensor([[1.0, 0, 0], [0, 0.5, 0.3], [0, 0, 2.0], [0.5, 0, 0.25]])
+    y = torch.tensor([0, 1, 0, 0])
     raw = 2 * x @ s.model.head.fc.weight.T
     ce = F.cross_entropy(raw[:, :2], y)
-    h = raw[:, 2:].max(1).values + 0.5 - raw[:, :2].max(1).values  # [-1.5, 0.6, 4.5]: two positive
-    assert (h > 0).sum() == 2
+    h = raw[:, 2:].max(1).values + 0.5 - raw[:, :2].max(1).values  # [-1.5, 0.6, 4.5, 0]: two positive
+    assert (h > 0).sum() == 2 and h[3] == 0  # an exact 0 is not counted in the mean
     want = ce + 0.7 * h[h > 0].mean()
     assert torch.allclose(s.loss(x, y), want)
     s.cfg.eta = 0.0
