@@ -137,7 +137,9 @@ MODULES: dict[str, Module] = {
            ("derpp", "derpp", ["test_der_stores_unmasked_logits_of_the_step[derpp]",
                                "test_derpp_adds_beta_ce_on_an_independent_batch"]),
            ("xder", "xder", ["test_xder_update_logits_formula",
-                             "test_xder_future_past_update_changes_only_current_and_future_entries"]),
+                             "test_xder_future_past_update_changes_only_current_and_future_entries",
+                             "test_xder_past_constraint_hand_computed",
+                             "test_xder_past_constraint_is_in_the_loss_after_the_first_task"]),
            ("agem", "agem", ["test_agem_projection", "test_episodic_memory_is_per_experience_and_first_pass_only[agem]",
                              "test_agem_step_uses_the_projected_gradient"]),
            ("gem", "gem", ["test_gem_projection_is_the_closest_feasible_gradient",
@@ -193,7 +195,8 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("er_aml", "er_aml"), ("engine", "engine_phases"), ("sweep-runner", "sweep_runner"),
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
-                      ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir")):  # the tests written from their first
+                      ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
+                      ("xder", "xder")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -388,6 +391,54 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "der": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'return raw if self.cfg.ce_classes == "all"', "",
          "ce_classes is validated to be all or seen (setup), and 'seen' <= 'all' is False: same branch"),
+    ],
+    "xder": [
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", "present, past = self.class_task == self.cur, self.past()", "",
+         "class_task is -1 (unseen) or the experience a class was (last) in, never above cur: >= cur means == cur"),
+        (r"core/NumberReplacer$", "c.eta > 0", "c.eta > -1",
+         "eta is validated >= 0 (setup); with eta == 0 the mutant adds 0 * (a finite mean)"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "pos = h > 0 in XDER.loss", "",
+         "h (past_constraint's output) is clamped at 0, so != 0 means > 0 (the future constraint's h is not: "
+         "its mutants are killed)"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "return (self.class_task >= 0) & (self.class_task < self.cur)", "",
+         "class_task holds the experience a seen class was (last) in, set by before_experience: it is never "
+         "above cur, so among seen classes != cur means < cur"),
+        (r"core/NumberReplacer$", "scatter_reduce(0, inv, ar, \"amin\")", "scatter_reduce( -1,",
+         "the tensor is 1-D: dimension -1 is dimension 0"),
+        (r"core/ReplaceBinaryOperator_BitOr_BitXor$", "p = F.softmax(logits.masked_fill(~(past | present)", "",
+         "past (earlier experiences' classes) and present (the current one's) are disjoint: | and ^ agree"),
+        (r"core/NumberReplacer$", "bad = p.masked_fill(~past, 0).max(1).values.detach()", "masked_fill(~past, -1)",
+         "the loss calls past_constraint only when a past class exists (past.any()): each row's maximum is over "
+         "softmax probabilities >= 0 > -1, so the fill value is never the maximum"),
+        (r"core/NumberReplacer$", "good = p.masked_fill(~present, 0).max(1).values", "masked_fill(~present, -1)",
+         "the present classes (the current experience's) are never empty: each row's maximum is a probability "
+         ">= 0 > -1, so the fill value is never the maximum"),
+        (r"core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "c.eta > 0", "",
+         "eta is validated >= 0 (setup), so != 0 means > 0; with eta == 0 the >= mutant adds 0 * (a finite mean)"),
+        (r"core/ReplaceComparisonOperator_Lt_LtE$", "* self.counter[idx] < 1", "",
+         "u * count with u = torch.rand in [0, 1): at count 1 both are True; at count k >= 2 they differ only if "
+         "u == 1/k exactly (probability 2^-24 a draw, accepted)"),
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if self.to_offer > 0:", "",
+         "with to_offer == 0 (never below) the mutant offers x[:0], an empty batch, which the buffer ignores"),
+        (r"core/NumberReplacer$", "if self.to_offer > 0:", "self.to_offer > -1",
+         "with to_offer == 0 (never below) the mutant offers x[:0], an empty batch, which the buffer ignores"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.cur > 0:", "",
+         "cur is an experience index, never negative"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "old = self.class_task[mem[\"y\"]] < self.cur", "",
+         "the memory holds samples of classes already seen, whose experience is <= cur: != cur means < cur"),
+        (r"core/NumberReplacer$", "quota = torch.full((len(new),), free // max(1, len(new))", "max( 0,",
+         "an experience has at least one class (before_experience indexes class_task by exp.classes; an empty "
+         "list is a float tensor there and fails), so max(0, n) = max(1, n)"),
+        (r"core/ReplaceBinaryOperator_FloorDiv_Div$", "quota = torch.full((len(new),), free // max(1, len(new))", "",
+         "torch.full with dtype=torch.long truncates the non-negative quotient free / n: the same as free // n"),
+        (r"core/NumberReplacer$", "per = K // max(1, int(seen.sum()))", "max( 0,",
+         "before_experience marks the experience's classes seen, and an experience has at least one class"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in XDER.revisit", "",
+         "revisit's only caller passes detached outputs, and the memory's logits hold no graph: nothing records a "
+         "gradient either way"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in XDER.after_experience", "",
+         "after_experience computes on the memory, the pending samples (no graph) and logits_of's outputs (under "
+         "its own torch.no_grad): nothing records a gradient either way"),
     ],
     "ncm": [
         (r"core/NumberReplacer$", "return torch.optim.SGD([self._dummy], lr=0.0)", "",

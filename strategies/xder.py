@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from cl.core.registry import ConfigError
 from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.buffers import ClassBalancedBuffer
 from strategies._boundaries import require_boundaries
@@ -89,6 +90,13 @@ class XDER(Strategy):
 
     def setup(self):
         require_boundaries(self, "its memory and future-past updates are per task")
+        c = self.cfg
+        if c.buffer_size < 0 or c.replay_batch_size < 1:
+            raise ConfigError(f"strategy.buffer_size must be >= 0 and strategy.replay_batch_size >= 1, got "
+                              f"{c.buffer_size} and {c.replay_batch_size}")
+        if c.eta < 0 or not 0 < c.gamma <= 1:
+            raise ConfigError(f"strategy.eta must be >= 0 and strategy.gamma in (0, 1] (the transplanted logits stay "
+                              f"under the true class's), got {c.eta} and {c.gamma}")
         n = self.info.n_classes
         self.class_task = torch.full((n,), -1, dtype=torch.long, device=self.device)  # experience of each class
         self.cur = 0
