@@ -102,3 +102,40 @@ def test_run_status_of_each_kind_of_run_folder(tmp_path):
             body = {"run_id": rid, "status": "finished", "R": [[1.0]]} if n == "result.json" else {}
             (tmp_path / rid / n).write_text(json.dumps(body))
     assert [run_status(tmp_path, r) for r in "abcde"] == ["finished", "partial", "failed", "pending", "pending"]
+
+
+def test_closing_report_is_of_this_sweep_when_another_sweep_shares_the_folder(tmp_path, monkeypatch, capsys):
+    """Two sweeps writing to one results folder: the second one's manifest replaces the first's while both run;
+    the first sweep's closing report must still be about its own runs, not the other's."""
+    import cl.sweeps.cli as cli_mod
+    from cl.sweeps.status import write_manifest
+
+    out = tmp_path / "shared-out"
+
+    def sweep_file(name, strategy):
+        f = tmp_path / f"{name}.yaml"
+        f.write_text(textwrap.dedent(f"""
+        name: {name}
+        out: {out}
+        base:
+          backbone: {{name: mlp, hidden: 8}}
+          scenario: {{name: gaussian, train_per_class: 10, test_per_class: 5, n_tasks: 2, n_classes: 4}}
+          wandb: off
+        grid:
+          strategy: [{strategy}]
+        """))
+        return str(f)
+
+    mine, other = sweep_file("mine", "finetune"), sweep_file("other", "joint")
+    real = cli_mod.run_sweep
+
+    def run_then_the_other_sweep_starts(sweep, *a, **k):
+        res = real(sweep, *a, **k)
+        write_manifest(load_sweep(other))  # the other sweep's manifest lands in the shared folder meanwhile
+        return res
+
+    monkeypatch.setattr(cli_mod, "run_sweep", run_then_the_other_sweep_starts)
+    assert main(["sweep", mine, "--workers", "0"]) == 0
+    report = capsys.readouterr().out.split("# Report")[-1]
+    assert report.lstrip().startswith(": mine") and "1 finished, 0 failed, 0 interrupted, 0 not run" in report
+    assert "finetune" in report and "joint" not in report

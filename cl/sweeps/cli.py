@@ -57,7 +57,9 @@ def cmd_sweep(args) -> int:
     summary = run_sweep(sweep, executor, retry_failed=not args.skip_failed, log=lambda s: print(s, flush=True))
     if sweep.report and not args.no_report:
         from cl.sweeps.report import make_report
+        from cl.sweeps.status import write_manifest
 
+        write_manifest(sweep)  # another sweep into the same folder may have replaced it meanwhile: report this one
         rep = make_report(sweep.out, wandb=None if not args.no_wandb else False)
         print()
         print(rep["markdown_main"])
