@@ -78,17 +78,20 @@ class LUCIR(DistillBase):
 
     def setup(self):
         super().setup()
-        c = self.cfg
-        k_mr = getattr(c, "k_mr", 1)  # PODNet (a subclass) has the memory fields, not the margin ranking
-        if c.buffer_size < 0 or c.exemplars_per_class < 1 or k_mr < 1:
-            raise ConfigError(f"{type(self).__name__.lower()}: buffer_size must be >= 0 (0: exemplars_per_class per class), "
-                              f"exemplars_per_class >= 1 and k_mr >= 1, got buffer_size={c.buffer_size}, "
-                              f"exemplars_per_class={c.exemplars_per_class}, k_mr={k_mr}")
+        self.check_config()
         self.preprocess = model_preprocess(self.model, self.device)
         self.memory = ExemplarMemory(self.device)
         self.means = None
         self.lam = 0.0
         self._frozen_rows = None
+
+    def check_config(self) -> None:
+        """LUCIR's bounds; a subclass with other fields (PODNet) checks its own."""
+        c = self.cfg
+        if c.buffer_size < 0 or c.exemplars_per_class < 1 or c.k_mr < 1:
+            raise ConfigError(f"lucir: buffer_size must be >= 0 (0: exemplars_per_class per class), exemplars_per_class "
+                              f">= 1 and k_mr >= 1, got buffer_size={c.buffer_size}, "
+                              f"exemplars_per_class={c.exemplars_per_class}, k_mr={c.k_mr}")
 
     def per_class(self, n_seen):
         return self.cfg.buffer_size // max(1, n_seen) if self.cfg.buffer_size > 0 else self.cfg.exemplars_per_class

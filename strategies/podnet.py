@@ -226,9 +226,11 @@ class PODNet(LUCIR):
         remember_preprocess(model, scenario)
         return model
 
-    def setup(self):
+    def check_config(self) -> None:  # called by LUCIR.setup: PODNet's fields, not LUCIR's margin ranking
         check_config(self.cfg)
-        super().setup()  # teacher, memory; a ConfigError on a task-free stream
+
+    def setup(self):
+        super().setup()  # teacher, memory (a ConfigError on a task-free stream), then check_config
         self._stages = stage_names(self.model.backbone)
 
     def before_experience(self, exp):
