@@ -38,3 +38,18 @@ def test_a_misspelt_field_in_a_sweep_file_names_file_line_and_choices(tmp_path):
         load_sweep(str(bad))
     msg = str(e.value)
     assert "bad.yaml:" in msg and "freeze_epoch" in msg and "freeze_epochs" in msg
+
+
+@pytest.mark.parametrize("loader", ["run", "sweep"])
+def test_a_python_tag_in_a_run_or_sweep_file_is_refused_and_never_executed(tmp_path, loader):
+    """Run files load with a SafeLoader subclass (cl.core.config.UniqueKeyLoader), sweep files with a SafeLoader
+    (cl.sweeps.yaml_lines): a python/* tag is an error naming the file, and the code it names does not run."""
+    from cl.core.registry import ConfigError
+
+    marker = tmp_path / "ran"
+    f = tmp_path / "evil.yaml"
+    tag = f'!!python/object/apply:os.system ["touch {marker}"]'
+    f.write_text(f"strategy: {tag}\n" if loader == "run" else f"name: x\nbase:\n  strategy: {tag}\ngrid: {{seed: [0]}}\n")
+    with pytest.raises(ConfigError, match=r"evil\.yaml.*python/object/apply"):
+        load_yaml(str(f)) if loader == "run" else load_sweep(str(f))
+    assert not marker.exists()

@@ -32,7 +32,12 @@ class LList(list):
         return self.item_lines[i] if 0 <= i < len(self.item_lines) else self.line
 
 
+_PLAIN_TAGS = ("tag:yaml.org,2002:map", "tag:yaml.org,2002:seq")
+
+
 def _convert(node, loader):
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)) and node.tag not in _PLAIN_TAGS:
+        return loader.construct_object(node, deep=True)  # a tagged collection: SafeLoader's rules (python/* refused)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         d = LDict()
