@@ -9,7 +9,7 @@ prediction is the class with the smallest error.  No replay, no task boundaries.
 Students are evaluated together (one wide matmul / convolution, per-class weights
 gathered per sample for training), and every class has its own Adam state and its own
 linear learning-rate decay to 0 over that class's training samples (known at each
-visible experience boundary; constant lr when a class's sample count is unknown).
+visible experience boundary, times ``protocol.epochs`` offline; constant lr when a class's sample count is unknown).
 
 Architectures (``arch="auto"``: ``mlp`` for vectors and 1-channel images, ``cnn`` otherwise):
 
@@ -214,7 +214,8 @@ class PEC(Strategy):
     def before_experience(self, exp):
         if self.cfg.lr_decay:
             y = exp.train_y.to(self.device)
-            self.total += torch.bincount(y, minlength=self.info.n_classes).float()
+            # every pass of the offline protocol sees each sample once: decay over all of them
+            self.total += torch.bincount(y, minlength=self.info.n_classes).float() * self.info.epochs
 
     def loss(self, x, y, t=None):
         x = x.float()

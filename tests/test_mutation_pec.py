@@ -251,3 +251,33 @@ def test_pec_lr_decays_linearly_to_zero_over_each_classes_counted_samples():
     flat = _pec(optimizer="sgd", lr=0.05, width=3, d_out=4, teacher_mult=2, lr_decay=False)
     flat.before_experience(SimpleNamespace(train_y=torch.tensor([0, 0])))
     assert flat.total.tolist() == [0.0, 0.0, 0.0] and _sgd_moves(flat, 0, xs[:3]) == [1.0, 1.0, 1.0]
+
+
+def test_pec_lr_decay_spans_every_offline_epoch():
+    """Offline with ``protocol.epochs`` = E each sample is seen E times: the decay reaches 0 after the last pass,
+    not after the first (which would leave epochs 2..E without a single step)."""
+    torch.manual_seed(0)
+    cfg = PECConfig(optimizer="sgd", lr=0.05, width=3, d_out=4, teacher_mult=2, lr_decay=True)
+    model = PEC.build_model(cfg, None, SimpleNamespace(n_classes=3, input_shape=(5,)))
+    s = PEC(cfg, model, RunInfo(n_classes=3, input_shape=(5,), device=CPU, seed=0, epochs=2))
+    s.setup()
+    s.before_experience(SimpleNamespace(train_y=torch.tensor([0, 0])))
+    assert s.total.tolist() == [4.0, 0.0, 0.0]
+    xs = [torch.randn(1, 5) for _ in range(2)]
+    assert _sgd_moves(s, 0, xs + xs) == [1.0, 0.75, 0.5, 0.25]  # two passes over the two samples
+
+
+def test_engine_tells_the_strategy_the_offline_epochs_and_one_pass_online(tmp_path):
+    from cl.core.config import resolve
+    from cl.train.engine import Run
+
+    def info(protocol):
+        cfg = resolve({"strategy": {"name": "finetune"}, "backbone": {"name": "mlp"},
+                       "scenario": {"name": "gaussian", "n_tasks": 2, "train_per_class": 4, "test_per_class": 2},
+                       "protocol": protocol, "seed": 0})
+        run = Run(cfg, progress=False, out_dir=tmp_path / protocol["name"])
+        run.setup()
+        return run.strategy.info
+
+    assert info({"name": "offline", "epochs": 3}).epochs == 3
+    assert info({"name": "online", "epochs": 3}).epochs == 1

@@ -112,6 +112,7 @@ class RunInfo:
     boundaries: str = "visible"
     protocol: str = "offline"
     n_experiences: int = 1
+    epochs: int = 1  # passes over each experience's data (offline ``protocol.epochs``; 1 online)
 
 
 #: hooks whose override makes a subclass not graph-safe unless it declares ``graph_safe`` itself

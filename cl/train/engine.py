@@ -188,7 +188,8 @@ class Run:
             torch.cuda.reset_peak_memory_stats(device)
         info = RunInfo(n_classes=scenario.n_classes, input_shape=scenario.input_shape, device=device,
                        seed=cfg["seed"], setting=scenario.setting, boundaries=scenario.boundaries,
-                       protocol=pcfg.name, n_experiences=len(scenario))
+                       protocol=pcfg.name, n_experiences=len(scenario),
+                       epochs=pcfg.epochs if pcfg.name == "offline" else 1)
         model = build_model(strategy_cls, scfg, cfg, scenario, device)
         self.strategy = strategy = strategy_cls(scfg, model, info)
         strategy.setup()  # its own checks first: their messages say why it needs boundaries
