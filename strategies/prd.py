@@ -197,6 +197,7 @@ class PRD(Strategy):
     def load_extra_state(self, state):
         self.old_tasks = state.get("old_tasks", [])
         self.old_prototypes = state.get("old_prototypes")
+        self.old_backbone = None  # a state without one (before the first boundary) clears a stale copy
         if state.get("old_backbone") is not None:
             self.old_backbone = copy.deepcopy(self.model.backbone).eval()
             self.old_backbone.load_state_dict(state["old_backbone"])

@@ -228,3 +228,11 @@ def test_prd_lora_trains_one_shared_adapter_and_freezes_batchnorm():
         s.loss(x, y)
         assert s.model.backbone[1].training is bn_trains
         assert (not torch.equal(before, s.model.backbone[1].running_mean)) is bn_trains
+
+
+def test_prd_loading_a_state_before_the_first_boundary_clears_an_old_copy():
+    s = _prd()
+    s.after_experience(SimpleNamespace(classes=[0, 1]))
+    assert s.old_backbone is not None
+    s.load_extra_state(_prd().extra_state())  # a state saved before any boundary: no frozen copy
+    assert s.old_backbone is None and s.old_prototypes is None and s.old_tasks == []
