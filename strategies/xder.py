@@ -110,7 +110,7 @@ class XDER(Strategy):
 
     def before_experience(self, exp):
         self.cur = exp.index
-        self.class_task[torch.as_tensor(exp.classes, device=self.device)] = exp.index
+        self.class_task[torch.as_tensor(exp.classes, dtype=torch.long, device=self.device)] = exp.index  # [] too
         self.pending = ClassBalancedBuffer(self.cfg.buffer_size, self.device)
         self.to_offer = len(exp.train_y)
         if self.mem is not None:

@@ -65,6 +65,12 @@ def test_setup_and_before_experience_state():
     assert torch.equal(s.past(), torch.tensor([True, True, False, True, False]))  # earlier, seen, not current
 
 
+
+def test_an_experience_without_classes_marks_no_class():
+    s = build("xder", n_classes=4, n_exp=2, buffer_size=4)
+    s.before_experience(_exp(0, [], torch.zeros(0, dtype=torch.long)))  # an empty list indexed as floats crashed
+    assert s.cur == 0 and s.to_offer == 0 and torch.equal(s.class_task, torch.full((4,), -1))
+
 def test_first_task_loss_is_present_ce_plus_future_constraint_over_positive_samples():
     s = build("xder", n_classes=4, n_exp=2, eta=0.7, margin=0.5)
     s.before_experience(_exp(0, [0, 1], torch.zeros(1, dtype=torch.long)))
