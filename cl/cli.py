@@ -129,6 +129,9 @@ def main(argv=None) -> int:
             continue
         mod.add_cli(sub)
     args = parser.parse_args(argv)
+    from cl.core.signals import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # kill / a scheduler's preemption: interrupted and resumable, as Ctrl-C
     try:
         return args.func(args)
     except ConfigError as e:

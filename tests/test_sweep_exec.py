@@ -29,6 +29,12 @@ class SlowER(ER):
     def after_experience(self, exp):
         time.sleep(0.12)
 
+@register("test-sleepy-er", ERConfig)
+class SleepyER(ER):
+    """ER that sleeps 2 s at each experience boundary: a signal surely finds its runs in progress."""
+    def after_experience(self, exp):
+        time.sleep(2.0)
+
 @register("test-die-once", ERConfig)
 class DieOnce(ER):
     """Kills its own worker process at experience 2 the first time (a lost worker)."""
@@ -146,6 +152,40 @@ def test_sigkill_local_sweep_then_restart_loses_nothing_and_reruns_nothing(tmp_p
         assert after[rid]["metrics"]["avg_acc"] == ref[rid]["metrics"]["avg_acc"]
     assert not list(out.glob("*/checkpoint.pt")) and not list(out.glob("*/failed.json"))
 
+
+
+def test_sigterm_to_the_driver_interrupts_its_runs_and_leaves_no_process(tmp_path):
+    """``kill PID`` (or a scheduler's preemption) of the driver alone: like Ctrl-C, each running run is recorded
+    as interrupted, the workers stop, the command exits 130 without a traceback, and a rerun resumes."""
+    out = tmp_path / "out"
+    f, plugin = sweep_file(tmp_path, out, strategies="[test-sleepy-er]", seeds="[0, 1]")
+    cmd = [sys.executable, "-m", "cl", "sweep", f, "--workers", "2", "--plugin", plugin, "--no-report"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         start_new_session=True, text=True)
+    sent = False
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:
+            if len(list(out.glob("*/checkpoint.pt"))) == 2:  # both runs past their first boundary
+                os.kill(p.pid, signal.SIGTERM)  # the driver only, not its group
+                sent = True
+                break
+            time.sleep(0.02)
+        text, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+    assert sent, "the sweep finished before the signal"
+    assert p.returncode == 130, text
+    assert "Traceback" not in text and "interrupted" in text
+    time.sleep(0.5)
+    assert not live_members(p.pid)  # no worker (nor fork server) outlives the driver
+    assert len(list(out.glob("*/interrupted.json"))) == 2 and not list(out.glob("*/result.json"))
+    p2 = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert p2.returncode == 0, p2.stdout + p2.stderr
+    done = results(out)
+    assert len(done) == 2 and all(r["status"] == "finished" and r["resumed"] for r in done.values())
 
 def test_crashing_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     from cl.cli import main

@@ -96,22 +96,28 @@ def _die_with_parent() -> None:
 def _worker_main(conn, gpu, threads, plugins):
     """Body of a local worker process: pin the device, then run what the parent sends until None."""
     _die_with_parent()
+    from cl.core.signals import sigterm_as_interrupt
+
+    sigterm_as_interrupt()  # the driver stops a busy worker with SIGTERM: its run ends as interrupted
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
     _thread_env(threads)
     device = "cuda:0" if gpu is not None else "cpu"
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        rec = execute_run(msg, plugins, device, threads)
-        try:
-            conn.send(rec)
-        except (BrokenPipeError, OSError):  # the driver is gone
-            return
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                return
+            if msg is None:
+                return
+            rec = execute_run(msg, plugins, device, threads)
+            try:
+                conn.send(rec)
+            except (BrokenPipeError, OSError):  # the driver is gone
+                return
+    except KeyboardInterrupt:  # Ctrl-C or the driver's SIGTERM: a run in progress recorded itself as interrupted
+        return
 
 
 def visible_gpus() -> list[int]:
@@ -204,6 +210,7 @@ class LocalExecutor:
         queue = list(specs)
         tries = {s.id: 0 for s in specs}
         workers = [self._start(i) for i in range(min(self.workers, len(queue)))]
+        stopping = False
         try:
             while queue or any(w["spec"] is not None for w in workers):
                 for w in workers:
@@ -242,8 +249,13 @@ class LocalExecutor:
                             rec = _write_failed(Path(spec.config["out"]) / spec.id, spec.id, spec.config,
                                                 f"worker process died (exit code {code}) {tries[spec.id]} time(s)")
                             on_done(spec, _brief(rec))
+        except BaseException:  # Ctrl-C, SIGTERM (cl/core/signals.py), an error of the driver
+            stopping = True
+            raise
         finally:
             for w in workers:
+                if stopping and w["spec"] is not None and w["proc"].is_alive():
+                    w["proc"].terminate()  # SIGTERM: its run records itself as interrupted, then it exits
                 try:
                     w["conn"].send(None)
                 except (OSError, BrokenPipeError):
@@ -252,7 +264,8 @@ class LocalExecutor:
             for w in workers:
                 w["proc"].join(timeout=max(0.1, deadline - time.time()))
                 if w["proc"].is_alive():
-                    w["proc"].terminate()
+                    w["proc"].kill()  # still running after 10 s: no orphan outlives the sweep
+                    w["proc"].join(timeout=5)
 
 
 # ------------------------------------------------------------------------------------------------
