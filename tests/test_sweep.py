@@ -172,6 +172,38 @@ def test_dry_run_lists_runs_and_status(tmp_path, capsys):
     assert not (tmp_path / "o" / "sweep.json").exists()  # a dry run writes nothing
 
 
+
+def test_only_runs_a_selection_and_the_manifest_keeps_the_whole_sweep(tmp_path, capsys):
+    from cl.cli import main
+
+    f = write(tmp_path, f"""
+    out: {tmp_path}/o
+    {BASE.strip().replace(chr(10), chr(10) + '    ')}
+    grid: {{strategy: [finetune, er], scenario: [gaussian], seed: [0, 1]}}
+    strategies: {{er: {{buffer_size: 20}}}}
+    """)
+    sw = load_sweep(f)
+    ids = {(r.config["strategy"]["name"], r.config["seed"]): r.id for r in sw.runs}
+    assert main(["sweep", f, "-j", "0", "--only", "strategy=er", "--only", "seed=1", "--no-report"]) == 0
+    out = tmp_path / "o"
+    assert sorted(p.parent.name for p in out.glob("*/result.json")) == [ids["er", 1]]
+    assert "4 runs (1 selected by --only), 0 already finished, 1 to run" in capsys.readouterr().out
+    assert len(json.loads((out / "sweep.json").read_text())["runs"]) == 4  # the report shows 3 missing
+    # a field value (read as YAML: 20 is an int); finetune has no buffer_size, so it is not selected
+    assert main(["sweep", f, "-j", "0", "--only", "strategy.buffer_size=20,30", "--no-report"]) == 0
+    assert sorted(p.parent.name for p in out.glob("*/result.json")) == sorted([ids["er", 0], ids["er", 1]])
+    assert "(2 selected by --only), 1 already finished, 1 to run" in capsys.readouterr().out
+    for bad, words in ((["strategy=gdumb"], ["no run of sweep", "strategy: 'er', 'finetune'"]),
+                       (["seed=0", "strategy=gdumb"], ["seed: 0, 1"]),
+                       (["bogus=1"], ["unknown --only key 'bogus'", "SECTION.FIELD"]),
+                       (["strategy"], ["expected KEY=VALUE"])):
+        assert main(["sweep", f, "--dry-run", *[a for b in bad for a in ("--only", b)]]) == 2
+        err = capsys.readouterr().err
+        assert all(w in err for w in words) and "Traceback" not in err, err
+    assert main(["sweep", f, "--dry-run", "--only", "strategy=finetune"]) == 0
+    text = capsys.readouterr().out
+    assert "(2 selected by --only)" in text and ids["finetune", 0] in text and ids["er", 0] not in text
+
 def test_paper_key_and_comments_are_kept_not_validated(tmp_path):
     f = write(tmp_path, f"""
     # a comment

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from cl.sweeps.runner import run_sweep
-from cl.sweeps.spec import load_sweep
+from cl.sweeps.spec import load_sweep, select_runs
 from cl.sweeps.status import print_dry_run
 
 
@@ -29,6 +29,9 @@ def add_cli(sub) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
     p.add_argument("--no-wandb", action="store_true", help="disable W&B for every run")
     p.add_argument("--skip-failed", action="store_true", help="do not retry runs that failed before")
+    p.add_argument("--only", action="append", default=[], metavar="KEY=V[,V...]",
+                   help="run only the runs whose KEY (strategy, seed, strategy.buffer_size, ...) is one of the values; "
+                        "repeat to combine (all must match); the report still lists the whole sweep")
     p.add_argument("--no-report", action="store_true", help="do not write/print the report at the end")
     p.set_defaults(func=cmd_sweep)
 
@@ -40,8 +43,9 @@ def cmd_sweep(args) -> int:
     sweep = load_sweep(args.file, overrides, args.out, args.plugin)
     if args.threads is None and sweep.executor.get("threads") is not None:  # executor.threads: every run's
         sweep = load_sweep(args.file, overrides + [f"threads={sweep.executor['threads']}"], args.out, args.plugin)
+    only = select_runs(sweep, args.only) if args.only else None
     if args.dry_run:
-        print_dry_run(sweep)
+        print_dry_run(sweep, only=only)
         return 0
     from cl.sweeps.executors import make_executor
 
@@ -54,7 +58,8 @@ def cmd_sweep(args) -> int:
     kind = ex.pop("kind", "local")
     plugins = [str(Path(p).resolve()) if Path(p).is_file() else p for p in args.plugin] + list(sweep.plugins)
     executor = make_executor(kind, plugins=plugins, **ex)
-    summary = run_sweep(sweep, executor, retry_failed=not args.skip_failed, log=lambda s: print(s, flush=True))
+    summary = run_sweep(sweep, executor, retry_failed=not args.skip_failed, log=lambda s: print(s, flush=True),
+                        only=only)
     if sweep.report and not args.no_report:
         from cl.sweeps.report import make_report
         from cl.sweeps.status import write_manifest

@@ -7,15 +7,18 @@ from cl.sweeps.spec import RunSpec, Sweep
 from cl.sweeps.status import run_status, write_manifest
 
 
-def run_sweep(sweep: Sweep, executor=None, retry_failed: bool = True, log=print, wandb: bool | None = None) -> dict:
-    """Run every unfinished run of the sweep on the executor; returns counts and per-run statuses."""
+def run_sweep(sweep: Sweep, executor=None, retry_failed: bool = True, log=print, wandb: bool | None = None,
+              only: list[RunSpec] | None = None) -> dict:
+    """Run every unfinished run of the sweep (of ``only``, a selection of its runs) on the executor; returns
+    counts and per-run statuses.  The manifest always lists the whole sweep, so its report shows what is missing."""
     from cl.sweeps.executors import make_executor
 
     from cl.train.results import finished_result, saved_note
 
     executor = executor or make_executor("local")
     statuses, todo = {}, []
-    for r in sweep.runs:
+    chosen = sweep.runs if only is None else only
+    for r in chosen:
         st = run_status(sweep.out, r.id)
         if st == "finished":
             statuses[r.id] = "skipped"
@@ -28,7 +31,8 @@ def run_sweep(sweep: Sweep, executor=None, retry_failed: bool = True, log=print,
         Path(sweep.out).mkdir(parents=True, exist_ok=True)
     write_manifest(sweep)
     n_skip = sum(1 for s in statuses.values() if s == "skipped")
-    log(f"sweep {sweep.name!r}: {len(sweep.runs)} runs, {n_skip} already finished, {len(todo)} to run "
+    picked = "" if only is None else f" ({len(chosen)} selected by --only)"
+    log(f"sweep {sweep.name!r}: {len(sweep.runs)} runs{picked}, {n_skip} already finished, {len(todo)} to run "
         f"on {executor.describe()} -> {sweep.out}/")
     t0 = time.perf_counter()
     done = [0]
@@ -59,7 +63,7 @@ def run_sweep(sweep: Sweep, executor=None, retry_failed: bool = True, log=print,
     failed = [rid for rid, s in statuses.items() if s not in ("finished", "skipped", "busy")]
     busy = [rid for rid, s in statuses.items() if s == "busy"]
     n_now = sum(1 for r in todo if statuses.get(r.id) == "finished")
-    summary = {"total": len(sweep.runs), "skipped": n_skip, "ran": len(todo), "failed": failed, "busy": busy,
+    summary = {"total": len(chosen), "skipped": n_skip, "ran": len(todo), "failed": failed, "busy": busy,
                "statuses": statuses, "wall_time": time.perf_counter() - t0}
     log(f"sweep {sweep.name!r} done in {summary['wall_time']:.1f} s: {n_now} finished now, "
         f"{sum(1 for s in statuses.values() if s == 'skipped')} skipped, {len(failed)} failed"

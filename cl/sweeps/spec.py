@@ -425,6 +425,56 @@ class _Loader:
         return False
 
 
+def select_runs(sweep: Sweep, exprs) -> list[RunSpec]:
+    """The runs of ``sweep`` that match every ``KEY=V1,V2`` of ``exprs`` (one of the values, for each key).
+
+    KEY is ``strategy`` / ``scenario`` / ``backbone`` / ``protocol`` (a name), ``seed`` or another run key, or
+    ``SECTION.FIELD`` (``strategy.buffer_size``); a run without that field does not match.  Values are read as
+    YAML scalars (``500``, ``true``, ``er-ace``).  Raises ConfigError for a bad expression or an empty selection.
+    """
+    import yaml
+
+    conds = []
+    for e in exprs:
+        key, eq, vals = str(e).partition("=")
+        key = key.strip()
+        if not eq or not key or not vals.strip():
+            raise ConfigError(f"--only {e!r}: expected KEY=VALUE[,VALUE...], e.g. --only strategy=er,er-ace "
+                              f"or --only strategy.buffer_size=500")
+        sec, _, fld = key.partition(".")
+        if sec not in SECTIONS and (fld or sec not in RUN_KEYS):
+            raise unknown("--only key", key, [*SECTIONS, *RUN_KEYS, "SECTION.FIELD"])
+        want = []
+        for v in vals.split(","):
+            try:
+                want.append(yaml.safe_load(v.strip()))
+            except yaml.YAMLError:
+                want.append(v.strip())
+        conds.append((key, sec, fld or None, want))
+
+    def value(cfg, sec, fld):
+        if sec not in SECTIONS:
+            return cfg.get(sec), True
+        if fld is None:
+            return cfg[sec]["name"], True
+        return cfg[sec].get(fld), fld in cfg[sec]
+
+    def matches(cfg):
+        for _, sec, fld, want in conds:
+            have, present = value(cfg, sec, fld)
+            if not present or have not in want:
+                return False
+        return True
+
+    picked = [r for r in sweep.runs if matches(r.config)]
+    if not picked:
+        seen = {key: sorted({repr(value(r.config, sec, fld)[0]) for r in sweep.runs if value(r.config, sec, fld)[1]})
+                for key, sec, fld, _ in conds}
+        raise ConfigError("no run of sweep " + repr(sweep.name) + " matches --only " + " --only ".join(exprs) +
+                          "; values in this sweep: " + "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in seen.items()))
+    return picked
+
+
 def load_sweep(path: str | Path, overrides=(), out: str | None = None, plugins=()) -> Sweep:
     """Parse, validate and expand a sweep file. Raises SweepError (FILE:LINE: ...) on any bad input."""
     for p in plugins:

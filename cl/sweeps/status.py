@@ -33,14 +33,16 @@ def _write_manifest(sweep: Sweep, atomic_write_json) -> None:
                  for r in sweep.runs]})
 
 
-def print_dry_run(sweep: Sweep, file=None) -> None:
+def print_dry_run(sweep: Sweep, file=None, only=None) -> None:
     file = file or sys.stdout
-    print(f"sweep {sweep.name!r} from {sweep.path}: {len(sweep.runs)} runs -> {sweep.out}/ "
+    runs = sweep.runs if only is None else only
+    picked = "" if only is None else f" ({len(runs)} selected by --only)"
+    print(f"sweep {sweep.name!r} from {sweep.path}: {len(sweep.runs)} runs{picked} -> {sweep.out}/ "
           f"(W&B group {sweep.group!r}, tags {sweep.tags})", file=file)
     if sweep.excluded or sweep.merged:
         print(f"  ({sweep.excluded} combinations excluded, {sweep.merged} identical to another run and merged)",
               file=file)
-    w = max([len(r.id) for r in sweep.runs] + [6])
+    w = max([len(r.id) for r in runs] + [6])
     print(f"  {'#':>3}  {'run id':<{w}}  {'status':<8}  run", file=file)
-    for i, r in enumerate(sweep.runs):
+    for i, r in enumerate(runs):
         print(f"  {i + 1:>3}  {r.id:<{w}}  {run_status(sweep.out, r.id):<8}  {r.label}", file=file)
