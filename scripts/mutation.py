@@ -62,6 +62,8 @@ ONLINE_TESTS = ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.
                 "tests/test_engine.py"]
 
 _RP, _RG, _RI = "tests/test_baselines_replay.py", "tests/test_baselines_reg.py", "tests/test_baselines_isolation.py"
+_O2 = "tests/test_ocl2.py"  # scr, pcr, ocm, onpro, _contrastive: the config checks, then each module's own tests
+_O2_CFG = ("bad_choices_name_the_field_and_the_choices", "bad_numbers_name_the_field", "ocm_needs_boundaries_and_says_so")
 
 MODULES: dict[str, Module] = {
     # -- numbers: metrics and the shared pieces strategies hold
@@ -201,11 +203,25 @@ MODULES: dict[str, Module] = {
     "rar": Module("strategies/rar.py", ["tests/test_ocl1.py"]),
     "_rar": Module("strategies/_rar.py", ["tests/test_ocl1.py"]),
     "slda": Module("strategies/slda.py", ["tests/test_ocl3.py"]),
-    "scr": Module("strategies/scr.py", ["tests/test_ocl2.py"]),
-    "pcr": Module("strategies/pcr.py", ["tests/test_ocl2.py"]),
-    "ocm": Module("strategies/ocm.py", ["tests/test_ocl2.py"]),
-    "onpro": Module("strategies/onpro.py", ["tests/test_ocl2.py"]),
-    "_contrastive": Module("strategies/_contrastive.py", ["tests/test_ocl2.py"]),
+    "scr": Module("strategies/scr.py", [f"{_O2}::test_{t}" for t in _O2_CFG + (
+        "scr_loss_is_supcon_of_the_projections_of_both_views", "scr_predict_is_nearest_mean_of_buffer_encoder_features",
+        "boundary_hooks_are_ignored_when_boundaries_are_hidden", "runs_under_both_protocols[online-scr]",
+        "runs_under_both_protocols[offline-scr]")]),
+    "pcr": Module("strategies/pcr.py", [f"{_O2}::test_{t}" for t in _O2_CFG + (
+        "pcr_step_trains_the_proxies_of_the_batch_classes_only", "runs_under_both_protocols[online-pcr]",
+        "runs_under_both_protocols[offline-pcr]")]),
+    "ocm": Module("strategies/ocm.py", [f"{_O2}::test_{t}" for t in _O2_CFG + (
+        "runs_under_both_protocols[online-ocm]", "runs_under_both_protocols[offline-ocm]",
+        "ocm_onpro_losses_finite_and_decreasing_on_a_separable_stream[ocm]")]),
+    "onpro": Module("strategies/onpro.py", [f"{_O2}::test_{t}" for t in _O2_CFG + (
+        "onpro_apf_mixes_replay_within_batch_and_across_close_class_pairs", "boundary_hooks_are_ignored_when_boundaries_are_hidden",
+        "runs_under_both_protocols[online-onpro]", "runs_under_both_protocols[offline-onpro]",
+        "ocm_onpro_losses_finite_and_decreasing_on_a_separable_stream[onpro]")]),
+    "_contrastive": Module("strategies/_contrastive.py", [f"{_O2}::test_{t}" for t in _O2_CFG + (
+        "scr_loss_is_supcon_of_the_projections_of_both_views", "pcr_step_trains_the_proxies_of_the_batch_classes_only",
+        "onpro_apf_mixes_replay_within_batch_and_across_close_class_pairs",
+        "boundary_hooks_are_ignored_when_boundaries_are_hidden", "runs_under_both_protocols",
+        "ocm_onpro_losses_finite_and_decreasing_on_a_separable_stream")]),
     "dualprompt": Module("strategies/dualprompt.py", ["tests/test_ptm1.py"]),
     "coda_prompt": Module("strategies/coda_prompt.py", ["tests/test_ptm1.py"]),
     "hide_prompt": Module("strategies/hide_prompt.py", ["tests/test_ptm1.py"]),
@@ -239,7 +255,7 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder")):  # the tests written from their first
+                      ("xder", "xder"), ("scr", "scr"), ("pcr", "pcr")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
