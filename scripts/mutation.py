@@ -217,7 +217,8 @@ MODULES: dict[str, Module] = {
         "onpro_apf_mixes_replay_within_batch_and_across_close_class_pairs", "boundary_hooks_are_ignored_when_boundaries_are_hidden",
         "runs_under_both_protocols[online-onpro]", "runs_under_both_protocols[offline-onpro]",
         "ocm_onpro_losses_finite_and_decreasing_on_a_separable_stream[onpro]")]),
-    "_contrastive": Module("strategies/_contrastive.py", [f"{_O2}::test_{t}" for t in _O2_CFG + (
+    "_contrastive": Module("strategies/_contrastive.py", [f"tests/test_mutation_{m}.py" for m in (
+        "scr", "pcr", "ocm", "onpro")] + [f"{_O2}::test_{t}" for t in _O2_CFG + (
         "scr_loss_is_supcon_of_the_projections_of_both_views", "pcr_step_trains_the_proxies_of_the_batch_classes_only",
         "onpro_apf_mixes_replay_within_batch_and_across_close_class_pairs",
         "boundary_hooks_are_ignored_when_boundaries_are_hidden", "runs_under_both_protocols",
@@ -255,7 +256,8 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder"), ("scr", "scr"), ("pcr", "pcr")):  # the tests written from their first
+                      ("xder", "xder"), ("scr", "scr"), ("pcr", "pcr"), ("ocm", "ocm"),
+                      ("onpro", "onpro"), ("_contrastive", "contrastive_replay")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -279,6 +281,8 @@ _CUDA_ONLY = ("accepted: the CUDA RNG branch; on a machine without CUDA (where t
               "False whatever the operator, so no CPU test can tell (it needs a run on a GPU)")
 _TOGETHER = ("the teacher and old_classes are set together (after_experience, load_extra_state): both empty before "
              "the first boundary, both set after it (as in lwf)")
+_ALL_GRADS = ("every trained parameter gets a gradient in each backward (the encoder and the projection / the proxies, "
+              "all of whose rows the loss indexes), so zeroed and absent gradients step alike")
 EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "metrics": [
         (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "c.size == 0", "", _NEVER_NEG),
@@ -400,6 +404,15 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", "c.free_at = g + max(st.realtime_cost, 1.0)", "max(st.realtime_cost, 0.0)",
          "a cost below 1 leaves the learner free by the next batch (g + 1) either way (as in metrics): the same "
          "schedule; only the cursor's free_at reads g + C instead of g + 1, both already passed at batch g + 1"),
+    ],
+    "scr": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(self.buffer) == 0: in SCR.predict", "", "a length is never negative"),
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'self.info.boundaries != "visible"', "",
+         "boundaries is visible, hidden, blurry or gradual, and every other value sorts before 'visible'"),
+        (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True)", "", _ALL_GRADS),
+    ],
+    "pcr": [
+        (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True)", "", _ALL_GRADS),
     ],
     "uer": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.infer == "cosine":', "",

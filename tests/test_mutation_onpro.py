@@ -261,7 +261,7 @@ def test_apf_without_mixing_returns_batch_rows_and_class_rows():
         assert int(my[(mx == r).all(1)][0]) == int(ya)
 
 
-@pytest.mark.parametrize("n", [8, 16, 9, 12])
+@pytest.mark.parametrize("n", [8, 16, 9, 12, 4])
 def test_apf_pair_counts_add_up_to_the_batch(n):
     """Three equidistant prototypes: every pair has probability 1/3, so round(p * n_prob) over- or
     undershoots n_prob (2 -> 3 x 1, 4 -> 3 x 1) and the correction makes the batch exactly n."""
@@ -294,3 +294,15 @@ def test_apf_pairs_of_classes_absent_from_the_buffer_use_stored_classes():
         assert set(lab[6:, :2].flatten().tolist()) <= {0.0, 1.0}
         assert (lab[6:, 2] > 0).all() and (lab[6:, 2] < 1).all()  # Beta(0.4, 0.4) lambdas with mixup_p = 1
         assert _mixes(x.flatten(1), lab, mx.flatten(1), my)
+
+
+def test_apf_with_two_prototypes_draws_the_one_pair():
+    torch.manual_seed(0)
+    s = onpro(shape=(2,), mixup_p=1.0)
+    mx, my = torch.randn(8, 2), torch.tensor([0, 1] * 4)
+    s.buffer.add(x=mx, y=my)
+    s.classes_mean = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # classes 0 and 1 only
+    x, lab = s.apf(mx, my, 8)
+    assert x.shape == (8, 2)
+    assert lab[6:, :2].tolist() == [[0.0, 1.0], [0.0, 1.0]]  # int(8 * 0.75) in-batch, then 2 of the pair (0, 1)
+    assert _mixes(x, lab, mx, my)

@@ -214,3 +214,18 @@ def test_predict_recomputes_the_means_at_most_every_ncm_every_steps():
     s1.steps = 1
     s1.predict(q)
     assert s1.means_at == 1
+
+
+def test_means_are_computed_without_autograd():
+    s = scr(buffer_size=20, replay_batch_size=4)
+    s.buffer.add(x=torch.randn(4, 3), y=torch.arange(4) % 3)
+    modes = []
+    real = s.model.features
+
+    def spy(x):
+        modes.append(torch.is_grad_enabled())
+        return real(x)
+
+    s.model.features = spy
+    s.refresh_means()
+    assert modes == [False]  # no graph is built over the buffer's forward pass
