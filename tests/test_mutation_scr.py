@@ -206,6 +206,9 @@ def test_predict_recomputes_the_means_at_most_every_ncm_every_steps():
         s.steps = steps
         s.predict(q)
         assert s.means_at == at, steps
+    s.steps = 11  # several steps without a prediction (the offline protocol predicts at the end only)
+    s.predict(q)
+    assert s.means_at == 11
     s1 = scr(buffer_size=20, replay_batch_size=4)  # ncm_every=1: after every step
     s1.buffer.add(x=torch.randn(6, 3), y=torch.arange(6) % 3)
     s1.predict(q)
