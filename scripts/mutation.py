@@ -414,10 +414,6 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "pcr": [
         (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True)", "", _ALL_GRADS),
     ],
-    "_contrastive": [
-        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.optimizer == "adam" and beta2 is not None:', "",
-         "optimizer is validated to be sgd, adam or adamw, and of these only 'adam' is <= 'adam'"),
-    ],
     "uer": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.infer == "cosine":', "",
          "infer is validated to be dot or cosine (build_model), and 'dot' <= 'cosine' is False: same branch"),

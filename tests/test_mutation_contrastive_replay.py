@@ -115,6 +115,9 @@ def test_adam_with_the_authors_beta2_over_trainable_parameters_only():
     adam = make(SCR, SCRConfig(optimizer="adam", lr=0.01), Ident(4), 3, (4,)).optimizer  # no adam_beta2 field
     assert isinstance(adam, torch.optim.Adam) and adam.param_groups[0]["betas"] == (0.9, 0.999)
     onpro = make(OnPro, OnProConfig(), Ident(4), 3, (4,)).optimizer
+    for bad in ("adagrad", "rmsprop"):  # an unknown name is an error, also one that sorts before "adam"
+        with pytest.raises(ConfigError, match=r"optimizer.*adam"):
+            make(OCM, OCMConfig(optimizer=bad), Ident(4), 3, (4,))
     assert onpro.param_groups[0]["betas"] == (0.9, 0.99) and onpro.param_groups[0]["lr"] == 5e-4
 
 
