@@ -414,6 +414,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "pcr": [
         (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True)", "", _ALL_GRADS),
     ],
+    "_contrastive": [
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", "return self.cfg.rotations if x.dim() == 4 else 1", "",
+         "accepted: the batches are 2-D (features, token ids) or 4-D (images); only a 5-D batch, which no scenario "
+         "gives and ocm_rotations does not rotate, would tell >= 4 from == 4"),
+    ],
     "uer": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.infer == "cosine":', "",
          "infer is validated to be dot or cosine (build_model), and 'dot' <= 'cosine' is False: same branch"),
