@@ -414,6 +414,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "pcr": [
         (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True)", "", _ALL_GRADS),
     ],
+    "onpro": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if k == 0:", "",
+         "a pair's count is never negative: round(p * n) >= 0, and the correction takes 1 from nonzero counts only"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "present = self.classes_mean.abs().sum(1) > 0", "",
+         "a sum of absolute values is never negative, so != 0 means > 0"),
+    ],
     "_contrastive": [
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "return self.cfg.rotations if x.dim() == 4 else 1", "",
          "accepted: the batches are 2-D (features, token ids) or 4-D (images); only a 5-D batch, which no scenario "

@@ -179,7 +179,7 @@ def _later_by_hand(s, x, y, ox, oy, mx, mix):
 def test_later_loss_with_and_without_apf(first_batch):
     torch.manual_seed(0)
     s = onpro(ins_temperature=0.2, proto_temperature=0.4, sim_scale=0.3, replay_batch_size=50)
-    ox, oy = torch.randn(4, 1, 2, 2), torch.tensor([1, 0, 0, 1])
+    ox, oy = torch.randn(4, 1, 2, 2), torch.tensor([1, 0, 2, 0])  # partners oy.flip(0) differ from oy
     s.buffer.add(x=ox, y=oy)
     s.after_experience(None)
     x, y = torch.randn(3, 1, 2, 2), torch.tensor([2, 1, 2])
@@ -198,7 +198,7 @@ def test_later_loss_with_and_without_apf(first_batch):
 
 
 def test_later_replay_batch_is_min_of_its_size_and_the_per_class_cap(monkeypatch):
-    s = onpro(replay_batch_size=5, per_class_cap=2)
+    s = onpro(replay_batch_size=10, per_class_cap=3)
     s.buffer.add(x=torch.randn(6, 1, 2, 2), y=torch.tensor([0, 1, 0, 1, 0, 1]))
     s.after_experience(None)
     s.model.observe(torch.tensor([0, 1]))
@@ -213,7 +213,7 @@ def test_later_replay_batch_is_min_of_its_size_and_the_per_class_cap(monkeypatch
     s.loss(torch.randn(2, 1, 2, 2), torch.tensor([1, 1]))
     s.cfg.replay_batch_size = 3
     s.loss(torch.randn(2, 1, 2, 2), torch.tensor([1, 1]))
-    assert asked == [(4, False), (3, False)]
+    assert asked == [(6, False), (3, False)]  # min(10, 3 * 2 classes), then min(3, 6)
 
 
 # -- APF ----------------------------------------------------------------------------------------------------
