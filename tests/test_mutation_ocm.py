@@ -125,17 +125,23 @@ def test_later_loss_has_every_term_scaled_and_distils_old_classes_only():
     assert float(s.loss(x, y).detach()) == pytest.approx(float(want), rel=1e-5)
 
 
-def test_replay_batch_is_min_of_its_size_and_the_per_class_cap(monkeypatch):
-    s, _, _, _ = _after_one_experience(replay_batch_size=4, per_class_cap=1)
-    s.model.observe(torch.tensor([2]))  # 3 classes seen
+def record_samples(monkeypatch, buffer):
+    """The (n, replace) of every buffer.sample call, in a list that fills as the strategy samples."""
     asked = []
-    real = s.buffer.sample
+    real = buffer.sample
 
     def spy(n, replace=True, **kw):
         asked.append((n, replace))
         return real(n, replace=replace, **kw)
 
-    monkeypatch.setattr(s.buffer, "sample", spy)
+    monkeypatch.setattr(buffer, "sample", spy)
+    return asked
+
+
+def test_replay_batch_is_min_of_its_size_and_the_per_class_cap(monkeypatch):
+    s, _, _, _ = _after_one_experience(replay_batch_size=4, per_class_cap=1)
+    s.model.observe(torch.tensor([2]))  # 3 classes seen
+    asked = record_samples(monkeypatch, s.buffer)
     x, y = torch.randn(2, 1, 2, 2), torch.tensor([2, 2])
     s.loss(x, y)
     s.cfg.replay_batch_size = 2

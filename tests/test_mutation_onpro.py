@@ -12,6 +12,7 @@ from cl.core.registry import ConfigError
 from cl.models import contrastive as C
 from strategies.onpro import OnPro, OnProConfig
 
+from test_mutation_ocm import record_samples
 from test_ocl2 import Ident, make
 
 N_CLASSES = 3
@@ -202,14 +203,7 @@ def test_later_replay_batch_is_min_of_its_size_and_the_per_class_cap(monkeypatch
     s.buffer.add(x=torch.randn(6, 1, 2, 2), y=torch.tensor([0, 1, 0, 1, 0, 1]))
     s.after_experience(None)
     s.model.observe(torch.tensor([0, 1]))
-    asked = []
-    real = s.buffer.sample
-
-    def spy(n, replace=True, **kw):
-        asked.append((n, replace))
-        return real(n, replace=replace, **kw)
-
-    monkeypatch.setattr(s.buffer, "sample", spy)
+    asked = record_samples(monkeypatch, s.buffer)
     s.loss(torch.randn(2, 1, 2, 2), torch.tensor([1, 1]))
     s.cfg.replay_batch_size = 3
     s.loss(torch.randn(2, 1, 2, 2), torch.tensor([1, 1]))
