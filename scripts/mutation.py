@@ -419,6 +419,21 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "a pair's count is never negative: round(p * n) >= 0, and the correction takes 1 from nonzero counts only"),
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "present = self.classes_mean.abs().sum(1) > 0", "",
          "a sum of absolute values is never negative, so != 0 means > 0"),
+        (r"core/ReplaceComparisonOperator_Eq_Lt$", "if k == 0:", "",
+         "accepted: a pair with count 0 then appends empty tensors (0 rows): the same batch; only extra draws from "
+         "the generator (the same distribution)"),
+        (r"core/ReplaceComparisonOperator_Gt_GtE$|core/NumberReplacer$", "if diff > 0:", "",
+         "at diff == 0 the branch adds 1 to counts[randperm(n)[:0]], no element: nothing changes"),
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if n_prob > 0:", "",
+         "n_prob = n - len(xb) >= 0 (len(xb) <= n_base <= n); at 0 the block gives zero counts, draws nothing and "
+         "adds no row"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "return self.boundaries_seen == 0", "", "a count is never negative"),
+        (r"core/ReplaceComparisonOperator_Lt_LtE$", "lam = lam * (torch.rand(len(xb), device=dev) < cfg.mixup_p)", "",
+         "accepted: torch.rand is uniform on [0, 1): < p and <= p differ only when a draw equals p exactly "
+         "(probability 2**-24 a draw in float32)"),
+        (r"core/ReplaceComparisonOperator_LtE_Lt$", "if torch.rand(()) <= cfg.mixup_p:", "",
+         "accepted: torch.rand is uniform on [0, 1): <= p and < p differ only when the draw equals p exactly "
+         "(probability 2**-24 in float32)"),
     ],
     "_contrastive": [
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "return self.cfg.rotations if x.dim() == 4 else 1", "",

@@ -186,9 +186,11 @@ def test_later_loss_with_and_without_apf(first_batch):
     x, y = torch.randn(3, 1, 2, 2), torch.tensor([2, 1, 2])
     s.model.observe(torch.arange(3))
     s.first_batch = first_batch
-    # a fixed APF output: the buffer in its stored order, mixed with fixed partners and lambdas
+    # a fixed APF output: the buffer mixed with fixed partners and lambdas. Mixed labels only matter through
+    # which rows share one: rows 0 and 1 share (1 - lam) y_a + lam y_b = 1 (and a wrong formula, e.g. (1 + lam) y_a
+    # + lam y_b, would pair rows 0 and 2 instead); the second labels differ from the first (the two CE terms)
     mx = 0.7 * ox + 0.3 * ox.flip(0)
-    mix = torch.stack([oy.float(), oy.flip(0).float(), torch.tensor([0.3, 0.0, 0.6, 0.3])], 1)
+    mix = torch.tensor([[1.0, 1.0, 0.5], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0], [0.0, 2.0, 0.25]])
     s.buffer.sample = lambda n, replace=True: {"x": ox, "y": oy}
     s.apf = lambda a, b, n: (mx, mix)
     with torch.no_grad():
