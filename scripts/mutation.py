@@ -283,6 +283,10 @@ _TOGETHER = ("the teacher and old_classes are set together (after_experience, lo
              "the first boundary, both set after it (as in lwf)")
 _ALL_GRADS = ("every trained parameter gets a gradient in each backward (the encoder and the projection / the proxies, "
               "all of whose rows the loss indexes), so zeroed and absent gradients step alike")
+_EMPTY_PAIR = ("accepted: a pair with count 0 then appends empty tensors (0 rows): the same batch; the generator only "
+               "advances by a few more draws (the same distribution)")
+_NO_CORRECTION = ("accepted: reached with diff == 0, the branch changes counts[...[:0]], no element: the same counts; "
+                  "the generator only advances by one randperm (the same distribution)")
 EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "metrics": [
         (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "c.size == 0", "", _NEVER_NEG),
@@ -419,11 +423,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "a pair's count is never negative: round(p * n) >= 0, and the correction takes 1 from nonzero counts only"),
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "present = self.classes_mean.abs().sum(1) > 0", "",
          "a sum of absolute values is never negative, so != 0 means > 0"),
-        (r"core/ReplaceComparisonOperator_Eq_Lt$", "if k == 0:", "",
-         "accepted: a pair with count 0 then appends empty tensors (0 rows): the same batch; only extra draws from "
-         "the generator (the same distribution)"),
-        (r"core/ReplaceComparisonOperator_Gt_GtE$|core/NumberReplacer$", "if diff > 0:", "",
-         "at diff == 0 the branch adds 1 to counts[randperm(n)[:0]], no element: nothing changes"),
+        (r"core/ReplaceComparisonOperator_Eq_Lt$", "if k == 0:", "", _EMPTY_PAIR),
+        (r"core/NumberReplacer$", "if k == 0:", "k == -1", _EMPTY_PAIR),
+        (r"core/ReplaceComparisonOperator_Gt_GtE$|core/NumberReplacer$", "if diff > 0:", "", _NO_CORRECTION),
+        (r"core/ReplaceComparisonOperator_Lt_(NotEq|LtE)$", "elif diff < 0:", "", _NO_CORRECTION),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.info.boundaries == "visible":', "",
+         "boundaries is visible, hidden, blurry or gradual, and every other value sorts before 'visible'"),
         (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if n_prob > 0:", "",
          "n_prob = n - len(xb) >= 0 (len(xb) <= n_base <= n); at 0 the block gives zero counts, draws nothing and "
          "adds no row"),

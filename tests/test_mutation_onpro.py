@@ -302,3 +302,17 @@ def test_apf_with_two_prototypes_draws_the_one_pair():
     assert x.shape == (8, 2)
     assert lab[6:, :2].tolist() == [[0.0, 1.0], [0.0, 1.0]]  # int(8 * 0.75) in-batch, then 2 of the pair (0, 1)
     assert _mixes(x, lab, mx, my)
+
+
+def test_apf_pair_counts_are_the_rounded_softmax_of_inverse_distances():
+    """Prototypes at distances 0.5 (0-1), 0.6 (0-2) and 1.0 (1-2): softmax(2, 1.667, 1) = (0.480, 0.344, 0.177),
+    so 10 pair samples split 5 / 3 / 2 (sum 10: no correction)."""
+    torch.manual_seed(0)
+    s = onpro(shape=(2,), mixup_p=1.0)
+    mx, my = torch.randn(40, 2), torch.arange(40) % 3
+    s.buffer.add(x=mx, y=my)
+    s.classes_mean = torch.tensor([[1.0, 1.0], [1.5, 1.0], [0.61, 1.0 + 0.2079 ** 0.5]])
+    assert torch.allclose(torch.pdist(s.classes_mean), torch.tensor([0.5, 0.6, 1.0]), atol=1e-4)
+    x, lab = s.apf(mx, my, 40)  # int(40 * 0.75) = 30 in-batch rows, then 10 from pairs
+    pairs = lab[30:, :2].long().tolist()
+    assert [pairs.count(p) for p in ([0, 1], [0, 2], [1, 2])] == [5, 3, 2]
