@@ -426,10 +426,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_Lt$", "if k == 0:", "", _EMPTY_PAIR),
         (r"core/NumberReplacer$", "if k == 0:", "k == -1", _EMPTY_PAIR),
         (r"core/ReplaceComparisonOperator_Gt_GtE$|core/NumberReplacer$", "if diff > 0:", "", _NO_CORRECTION),
-        (r"core/ReplaceComparisonOperator_Lt_(NotEq|LtE)$", "elif diff < 0:", "", _NO_CORRECTION),
+        (r"core/ReplaceComparisonOperator_Lt_(NotEq|LtE)$|core/NumberReplacer$", "elif diff < 0:", "", _NO_CORRECTION),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.info.boundaries == "visible":', "",
          "boundaries is visible, hidden, blurry or gradual, and every other value sorts before 'visible'"),
-        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if n_prob > 0:", "",
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$|core/NumberReplacer$", "if n_prob > 0:", "",
          "n_prob = n - len(xb) >= 0 (len(xb) <= n_base <= n); at 0 the block gives zero counts, draws nothing and "
          "adds no row"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "return self.boundaries_seen == 0", "", "a count is never negative"),
