@@ -435,6 +435,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "n_prob = n - len(xb) >= 0 (len(xb) <= n_base <= n); at 0 the block gives zero counts, draws nothing and "
          "adds no row"),
         (r"core/NumberReplacer$", "if n_prob > 0:", "n_prob > -1", "n_prob is never negative: > -1 means >= 0 (see above)"),
+        (r"core/NumberReplacer$", "p = F.softmax(1 / torch.pdist(means), 0)", "pdist(means), -1)",
+         "torch.pdist returns a 1-D vector: its dimension -1 is dimension 0"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "return self.boundaries_seen == 0", "", "a count is never negative"),
         (r"core/ReplaceComparisonOperator_Lt_LtE$", "lam = lam * (torch.rand(len(xb), device=dev) < cfg.mixup_p)", "",
          "accepted: torch.rand is uniform on [0, 1): < p and <= p differ only when a draw equals p exactly "
