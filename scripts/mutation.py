@@ -62,6 +62,8 @@ ONLINE_TESTS = ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.
                 "tests/test_engine.py"]
 
 _RP, _RG, _RI = "tests/test_baselines_replay.py", "tests/test_baselines_reg.py", "tests/test_baselines_isolation.py"
+_O2 = "tests/test_ocl2.py"  # scr, pcr, ocm, onpro, _contrastive: the config checks, then each module's own tests
+_O2_CFG = ("bad_choices_name_the_field_and_the_choices", "bad_numbers_name_the_field", "ocm_needs_boundaries_and_says_so")
 
 MODULES: dict[str, Module] = {
     # -- numbers: metrics and the shared pieces strategies hold
@@ -201,11 +203,26 @@ MODULES: dict[str, Module] = {
     "rar": Module("strategies/rar.py", ["tests/test_ocl1.py"]),
     "_rar": Module("strategies/_rar.py", ["tests/test_ocl1.py"]),
     "slda": Module("strategies/slda.py", ["tests/test_ocl3.py"]),
-    "scr": Module("strategies/scr.py", ["tests/test_ocl2.py"]),
-    "pcr": Module("strategies/pcr.py", ["tests/test_ocl2.py"]),
-    "ocm": Module("strategies/ocm.py", ["tests/test_ocl2.py"]),
-    "onpro": Module("strategies/onpro.py", ["tests/test_ocl2.py"]),
-    "_contrastive": Module("strategies/_contrastive.py", ["tests/test_ocl2.py"]),
+    "scr": Module("strategies/scr.py", [f"{_O2}::test_{t}" for t in _O2_CFG + (
+        "scr_loss_is_supcon_of_the_projections_of_both_views", "scr_predict_is_nearest_mean_of_buffer_encoder_features",
+        "boundary_hooks_are_ignored_when_boundaries_are_hidden", "runs_under_both_protocols[online-scr]",
+        "runs_under_both_protocols[offline-scr]")]),
+    "pcr": Module("strategies/pcr.py", [f"{_O2}::test_{t}" for t in _O2_CFG + (
+        "pcr_step_trains_the_proxies_of_the_batch_classes_only", "runs_under_both_protocols[online-pcr]",
+        "runs_under_both_protocols[offline-pcr]")]),
+    "ocm": Module("strategies/ocm.py", [f"{_O2}::test_{t}" for t in _O2_CFG + (
+        "runs_under_both_protocols[online-ocm]", "runs_under_both_protocols[offline-ocm]",
+        "ocm_onpro_losses_finite_and_decreasing_on_a_separable_stream[ocm]")]),
+    "onpro": Module("strategies/onpro.py", [f"{_O2}::test_{t}" for t in _O2_CFG + (
+        "onpro_apf_mixes_replay_within_batch_and_across_close_class_pairs", "boundary_hooks_are_ignored_when_boundaries_are_hidden",
+        "runs_under_both_protocols[online-onpro]", "runs_under_both_protocols[offline-onpro]",
+        "ocm_onpro_losses_finite_and_decreasing_on_a_separable_stream[onpro]")]),
+    "_contrastive": Module("strategies/_contrastive.py", [f"tests/test_mutation_{m}.py" for m in (
+        "scr", "pcr", "ocm", "onpro")] + [f"{_O2}::test_{t}" for t in _O2_CFG + (
+        "scr_loss_is_supcon_of_the_projections_of_both_views", "pcr_step_trains_the_proxies_of_the_batch_classes_only",
+        "onpro_apf_mixes_replay_within_batch_and_across_close_class_pairs",
+        "boundary_hooks_are_ignored_when_boundaries_are_hidden", "runs_under_both_protocols",
+        "ocm_onpro_losses_finite_and_decreasing_on_a_separable_stream")]),
     "dualprompt": Module("strategies/dualprompt.py", ["tests/test_ptm1.py"]),
     "coda_prompt": Module("strategies/coda_prompt.py", ["tests/test_ptm1.py"]),
     "hide_prompt": Module("strategies/hide_prompt.py", ["tests/test_ptm1.py"]),
@@ -239,7 +256,8 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder")):  # the tests written from their first
+                      ("xder", "xder"), ("scr", "scr"), ("pcr", "pcr"), ("ocm", "ocm"),
+                      ("onpro", "onpro"), ("_contrastive", "contrastive_replay")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -263,6 +281,12 @@ _CUDA_ONLY = ("accepted: the CUDA RNG branch; on a machine without CUDA (where t
               "False whatever the operator, so no CPU test can tell (it needs a run on a GPU)")
 _TOGETHER = ("the teacher and old_classes are set together (after_experience, load_extra_state): both empty before "
              "the first boundary, both set after it (as in lwf)")
+_ALL_GRADS = ("every trained parameter gets a gradient in each backward (the encoder and the projection / the proxies, "
+              "all of whose rows the loss indexes), so zeroed and absent gradients step alike")
+_EMPTY_PAIR = ("accepted: a pair with count 0 then appends empty tensors (0 rows): the same batch; the generator only "
+               "advances by a few more draws (the same distribution)")
+_NO_CORRECTION = ("accepted: reached with diff == 0, the branch changes counts[...[:0]], no element: the same counts; "
+                  "the generator only advances by one randperm (the same distribution)")
 EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "metrics": [
         (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "c.size == 0", "", _NEVER_NEG),
@@ -384,6 +408,47 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", "c.free_at = g + max(st.realtime_cost, 1.0)", "max(st.realtime_cost, 0.0)",
          "a cost below 1 leaves the learner free by the next batch (g + 1) either way (as in metrics): the same "
          "schedule; only the cursor's free_at reads g + C instead of g + 1, both already passed at batch g + 1"),
+    ],
+    "scr": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(self.buffer) == 0: in SCR.predict", "", "a length is never negative"),
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'self.info.boundaries != "visible"', "",
+         "boundaries is visible, hidden, blurry or gradual, and every other value sorts before 'visible'"),
+        (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True)", "", _ALL_GRADS),
+    ],
+    "pcr": [
+        (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True)", "", _ALL_GRADS),
+    ],
+    "onpro": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if k == 0:", "",
+         "a pair's count is never negative: round(p * n) >= 0, and the correction takes 1 from nonzero counts only"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "present = self.classes_mean.abs().sum(1) > 0", "",
+         "a sum of absolute values is never negative, so != 0 means > 0"),
+        (r"core/ReplaceComparisonOperator_Eq_Lt$", "if k == 0:", "", _EMPTY_PAIR),
+        (r"core/NumberReplacer$", "if k == 0:", "k == -1", _EMPTY_PAIR),
+        (r"core/ReplaceComparisonOperator_Gt_GtE$", "if diff > 0:", "", _NO_CORRECTION),
+        (r"core/NumberReplacer$", "if diff > 0:", "diff > -1", _NO_CORRECTION),
+        (r"core/ReplaceComparisonOperator_Lt_(NotEq|LtE)$", "elif diff < 0:", "", _NO_CORRECTION),
+        (r"core/NumberReplacer$", "elif diff < 0:", "diff < 1", _NO_CORRECTION),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.info.boundaries == "visible":', "",
+         "boundaries is visible, hidden, blurry or gradual, and every other value sorts before 'visible'"),
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if n_prob > 0:", "",
+         "n_prob = n - len(xb) >= 0 (len(xb) <= n_base <= n); at 0 the block gives zero counts, draws nothing and "
+         "adds no row"),
+        (r"core/NumberReplacer$", "if n_prob > 0:", "n_prob > -1", "n_prob is never negative: > -1 means >= 0 (see above)"),
+        (r"core/NumberReplacer$", "p = F.softmax(1 / torch.pdist(means), 0)", "pdist(means), -1)",
+         "torch.pdist returns a 1-D vector: its dimension -1 is dimension 0"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "return self.boundaries_seen == 0", "", "a count is never negative"),
+        (r"core/ReplaceComparisonOperator_Lt_LtE$", "lam = lam * (torch.rand(len(xb), device=dev) < cfg.mixup_p)", "",
+         "accepted: torch.rand is uniform on [0, 1): < p and <= p differ only when a draw equals p exactly "
+         "(probability 2**-24 a draw in float32)"),
+        (r"core/ReplaceComparisonOperator_LtE_Lt$", "if torch.rand(()) <= cfg.mixup_p:", "",
+         "accepted: torch.rand is uniform on [0, 1): <= p and < p differ only when the draw equals p exactly "
+         "(probability 2**-24 in float32)"),
+    ],
+    "_contrastive": [
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", "return self.cfg.rotations if x.dim() == 4 else 1", "",
+         "accepted: the batches are 2-D (features, token ids) or 4-D (images); only a 5-D batch, which no scenario "
+         "gives and ocm_rotations does not rotate, would tell >= 4 from == 4"),
     ],
     "uer": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.infer == "cosine":', "",
