@@ -192,7 +192,8 @@ MODULES: dict[str, Module] = {
        ]},
     # -- the rest (issue 19's third round; first lists: every test file that exercises the module, to be narrowed
     #    to its fast mechanism tests by whoever runs it).  One entry per line, grouped by who runs them.
-    "_task_il": Module("strategies/_task_il.py", [_RI]),
+    "_task_il": Module("strategies/_task_il.py", [f"{_RI}::test_pnn_freezes_earlier_columns_and_outputs",
+                                                  f"{_RI}::test_resume_from_a_boundary_is_exact[pnn]"]),
     "podnet": Module("strategies/podnet.py", ["tests/test_podnet.py"]),
     "_exemplars": Module("strategies/_exemplars.py", [_RP, "tests/test_podnet.py"]),
     "mir": Module("strategies/mir.py", ["tests/test_ocl1.py"]),
@@ -239,7 +240,7 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder")):  # the tests written from their first
+                      ("xder", "xder"), ("_task_il", "task_il"), ("pnn", "pnn")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -708,6 +709,13 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "only the first line is kept (extra[0] just below): [0:2] has the same first item"),
         (r"core/NumberReplacer$", 'extra = extra[0] if extra else ""', "extra[-1]",
          "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
+    ],
+    # -- the isolation baselines (mut-iso)
+    "pnn": [
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if i > 0: in PNNModel.column", "",
+         "i comes from enumerate (never negative), so i != 0 means i > 0"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if k < t:", "",
+         "k runs over range(t + 1), so k != t means k < t"),
     ],
 }
 
