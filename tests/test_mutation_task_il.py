@@ -98,17 +98,17 @@ def test_predict_runs_the_task_conditioned_logits_with_the_task_id_unmasked():
 class _Scenario:
     """What the isolation strategies' build_model reads of a scenario."""
 
-    def __init__(self, n_tasks, n_classes):
+    def __init__(self, n_tasks, n_classes, experiences=()):
         from cl.core.streams import default_preprocess
 
-        self.n_tasks, self.n_classes = n_tasks, n_classes
+        self.n_tasks, self.n_classes, self.experiences = n_tasks, n_classes, list(experiences)
         self.preprocess_fn = lambda device: default_preprocess
 
     def __len__(self):
         return self.n_tasks
 
 
-def build_iso(name, backbone=None, n_tasks=2, n_classes=4, input_shape=(3,), **cfg):
+def build_iso(name, backbone=None, n_tasks=2, n_classes=4, input_shape=(3,), experiences=(), **cfg):
     """A task-incremental strategy ``name`` on ``backbone`` (default: an MLP 3 -> 4 -> 4), built as the engine
     builds it, without a scenario's data."""
     import importlib
@@ -121,7 +121,7 @@ def build_iso(name, backbone=None, n_tasks=2, n_classes=4, input_shape=(3,), **c
     torch.manual_seed(0)
     bb = backbone if backbone is not None else MLP(MLPConfig(hidden=4, layers=2), input_shape)
     c = entry.config(**cfg)
-    model = entry.obj.build_model(c, bb, _Scenario(n_tasks, n_classes))
+    model = entry.obj.build_model(c, bb, _Scenario(n_tasks, n_classes, experiences))
     info = RunInfo(n_classes=n_classes, input_shape=input_shape, device=torch.device("cpu"), seed=0, setting="task",
                    n_experiences=n_tasks)
     s = entry.obj(c, model, info)
