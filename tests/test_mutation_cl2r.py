@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cl.core.compatibility import compatibility_row
+from cl.core.registry import ConfigError
 from strategies.cl2r import CL2RConfig, SimplexModel, dsimplex
 
 from test_mutation_task_il import build_iso, exp_of
@@ -40,6 +41,24 @@ def _cl2r(**cfg):
 def test_defaults_are_the_authors():
     c = CL2RConfig()
     assert (c.mem_per_class, c.fd_weight, c.compat_samples) == (20, 5.0, 0)
+
+
+def test_validation_bounds():
+    _cl2r(mem_per_class=1, fd_weight=0.0, compat_samples=0)  # the smallest valid values
+    for bad in ({"mem_per_class": 0}, {"mem_per_class": -1}, {"fd_weight": -0.1}, {"compat_samples": -1},
+                {"mem_per_class": 0, "compat_samples": -2}):
+        with pytest.raises(ConfigError, match="cl2r: mem_per_class must be >= 1, fd_weight >= 0 and compat_samples >= 0"):
+            _cl2r(**bad)
+    with pytest.raises(ConfigError, match="got mem_per_class=0, fd_weight=-1.0, compat_samples=-3"):
+        _cl2r(mem_per_class=0, fd_weight=-1.0, compat_samples=-3)
+
+
+def test_an_empty_memory_would_give_a_nan_loss():
+    """Why mem_per_class = 0 is refused: the distillation term is a mean over no memory sample."""
+    s = _cl2r(mem_per_class=1)
+    s.cfg.mem_per_class = 0
+    s.after_experience(_exp([0, 1], 2, 0))
+    assert len(s.mem_y) == 0 and math.isnan(s.loss(torch.randn(2, 3), torch.tensor([2, 3])).item())
 
 
 def test_dsimplex_written_out_for_two_and_three_classes():
