@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cl.core.registry import ConfigError
 from cl.models.backbones.small import CNNConfig, SmallCNN
 from cl.models.multihead import restrict
 from strategies.hat import HATConfig, _units
@@ -34,6 +35,16 @@ def test_defaults_are_the_authors():
     c = HATConfig()
     assert (c.lr, c.smax, c.c, c.clipgrad, c.thres_cosh, c.thres_emb, c.binary_test_mask) == (
         0.05, 400.0, 0.75, 10000.0, 50.0, 6.0, True)
+
+
+def test_validation_bounds():
+    build_iso("hat", smax=1e-3, c=0.0, clipgrad=1e-6, thres_cosh=1e-3, thres_emb=1e-3)  # small valid values
+    for bad in ({"smax": 0.0}, {"smax": -400.0}, {"c": -0.1}, {"clipgrad": 0.0}, {"thres_cosh": 0.0},
+                {"thres_emb": 0.0}, {"thres_emb": -6.0}):
+        with pytest.raises(ConfigError, match="hat: smax, clipgrad, thres_cosh and thres_emb must be > 0 and c >= 0"):
+            build_iso("hat", **bad)
+    with pytest.raises(ConfigError, match="got smax=0.0, c=-1.0, clipgrad=2.0, thres_cosh=3.0, thres_emb=4.0"):
+        build_iso("hat", smax=0.0, c=-1.0, clipgrad=2.0, thres_cosh=3.0, thres_emb=4.0)
 
 
 def test_units_embeddings_and_initial_state():
