@@ -32,6 +32,15 @@ def test_prune_ratio_bounds():
             build_iso("packnet", prune_ratio=bad)
 
 
+def test_retraining_bounds():
+    build_iso("packnet", retrain_epochs=0, retrain_lr_factor=1e-6)  # the smallest valid values
+    for bad in ({"retrain_epochs": -1}, {"retrain_lr_factor": 0.0}, {"retrain_lr_factor": -0.1}):
+        with pytest.raises(ConfigError, match="packnet: retrain_epochs must be >= 0 and retrain_lr_factor > 0"):
+            build_iso("packnet", **bad)
+    with pytest.raises(ConfigError, match="got retrain_epochs=-2, retrain_lr_factor=0.0"):
+        build_iso("packnet", retrain_epochs=-2, retrain_lr_factor=0.0)
+
+
 def test_layers_and_initial_state():
     s = build_iso("packnet")
     assert s.layers == [L1, L2] == prunable_layers(s.model)
