@@ -9,7 +9,10 @@ import copy
 import math
 
 import torch
+import pytest
 import torch.nn.functional as F
+
+from cl.core.registry import ConfigError
 
 from cl.models.backbones.small import CNNConfig, SmallCNN
 from strategies.rmn import RMNConfig
@@ -22,6 +25,13 @@ X = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.8, -1.0], [2.0, 0.1, 0.4], [-0.5, 1.
 def test_defaults_are_piggybacks_scale():
     c = RMNConfig()
     assert (c.map_init, c.threshold, c.sparsity) == (0.01, 0.005, 1e-4)
+
+
+def test_sparsity_bound():
+    build_iso("rmn", sparsity=0.0)
+    for bad in (-1e-4, -1.0):
+        with pytest.raises(ConfigError, match=f"rmn: sparsity must be >= 0 \\(an L1 weight\\), got sparsity={bad}"):
+            build_iso("rmn", sparsity=bad)
 
 
 def test_scores_start_at_map_init_and_maps_use_a_strict_threshold():
