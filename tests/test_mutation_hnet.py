@@ -7,6 +7,7 @@ differences."""
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -45,6 +46,20 @@ def test_hidden_widths_and_chunk_size_bounds():
         for bad in (0, -3):
             with pytest.raises(ConfigError, match=f"strategy.chunk_size={bad}: must be a positive integer"):
                 build_iso(name, chunk_size=bad)
+
+
+@pytest.mark.parametrize("name", ["hnet", "hnet-rnn"])
+def test_validation_bounds(name):
+    small = {"chunk_size": 20, "task_emb_dim": 1, "chunk_emb_dim": 1, "beta": 0.0, "hnet_hidden": "1"}
+    build_iso(name, **small, **_rnn(name, 1))  # the smallest valid values
+    for bad in ({"beta": -0.01}, {"task_emb_dim": 0}, {"chunk_emb_dim": 0}, {"hnet_hidden": "3,0"},
+                {"hnet_hidden": "-2"}) + (({"rnn_hidden": 0},) if name == "hnet-rnn" else ()):
+        with pytest.raises(ConfigError, match=f"{name}: beta must be >= 0 and task_emb_dim, chunk_emb_dim, the "
+                                              "hnet_hidden widths and rnn_hidden >= 1"):
+            build_iso(name, **{**small, **_rnn(name, 1), **bad})
+    want = "got beta=-1.0, task_emb_dim=0, chunk_emb_dim=2, hnet_hidden='3,0'" + (", rnn_hidden=1" if name == "hnet-rnn" else "")
+    with pytest.raises(ConfigError, match=re.escape(want) + "$"):
+        build_iso(name, beta=-1.0, task_emb_dim=0, chunk_emb_dim=2, hnet_hidden="3,0", **_rnn(name, 1))
 
 
 def test_chunked_hypernetwork_is_an_mlp_over_task_and_chunk_embeddings():
