@@ -84,17 +84,22 @@ def test_forward_gates_each_stages_output_mlp():
         assert torch.allclose(s.predict(X, 0), m(X, m.gates(0, 400.0, binary=True)))
 
 
-def test_forward_gates_the_channels_of_a_cnn():
+def _cnn_hat(**cfg):
     torch.manual_seed(0)
-    s = build_iso("hat", backbone=SmallCNN(CNNConfig(channels=2, blocks=1), (1, 4, 4)), input_shape=(1, 4, 4))
+    return build_iso("hat", backbone=SmallCNN(CNNConfig(channels=2, blocks=2), (1, 5, 6)), input_shape=(1, 5, 6), **cfg)
+
+
+def test_forward_gates_the_channels_of_a_cnn():
+    s = _cnn_hat()
     m = s.model
     m.eval()
     m.observe(torch.arange(4))
-    x = torch.randn(3, 1, 4, 4)
-    g = torch.tensor([0.0, 1.0])
-    h = m.posts[0][:-2](m.mains[0](x)) * g.view(1, 2, 1, 1)  # conv, BN, ReLU, max-pool; then gate the channels
-    want = m.head(m.posts[0][-2:](h))  # global average pool and flatten commute with a per-channel gate
-    assert torch.allclose(m(x, [g]), want, atol=1e-6)
+    x = torch.randn(3, 1, 5, 6)
+    g1, g2 = torch.tensor([0.0, 1.0]), torch.tensor([0.5, 1.0, 0.0, 2.0])
+    h = m.posts[0](m.mains[0](x)) * g1.view(1, 2, 1, 1)  # conv, BN, ReLU, max-pool; then gate the channels
+    assert h.shape == (3, 2, 3, 3)
+    h = m.posts[1](m.mains[1](h)) * g2.view(1, 4)  # ... pool to 1 x 1, flatten: gate the features
+    assert torch.allclose(m(x, [g1, g2]), m.head(h), atol=1e-6)
 
 
 def test_regulariser_is_the_gated_share_of_the_free_units():
@@ -130,6 +135,12 @@ def test_s_is_annealed_from_1_over_smax_to_smax_over_the_epochs_batches():
     ramp = [0.1 + (10.0 - 0.1) * b / 3 for b in range(4)]
     assert seen == pytest.approx(ramp + ramp[:2])
     assert s.batches == 4 and s.step_in_epoch == 2
+    # two batches an epoch: s = 1 / smax, then smax
+    s.before_experience(exp_of(x[:4], y[:4], [0, 1], 0))
+    seen.clear()
+    for _ in range(3):
+        s.train_step(x[:2], y[:2], 0)
+    assert seen == pytest.approx([0.1, 10.0, 0.1]) and s.batches == 2
     # one batch an epoch: s = 1 / smax at every step
     s.before_experience(exp_of(x[:2], y[:2], [0, 1], 0))
     seen.clear()
@@ -197,6 +208,32 @@ def test_a_later_tasks_gradients_follow_the_masks_and_the_compensation(thres_cos
     assert got["e0"][1].abs().sum() > 0 and torch.all(got["w1"][1] == 0)  # unit 1 of layer 1 is used: blocked
 
 
+def test_a_later_tasks_conv_gradients_follow_the_masks_of_both_layers_units():
+    s = _cnn_hat(lr=0.0, smax=2.0)
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(4, 1, 5, 6, generator=g), torch.tensor([2, 3, 2, 3])
+    s.model.observe(torch.arange(4))
+    s.cum = [torch.tensor([1.0, 0.7]), torch.tensor([1.0, 0.2, 0.5, 0.0])]
+    s.before_experience(exp_of(x, y, [2, 3], 1))
+    m = copy.deepcopy(s.model)
+    m.train()
+    for bn in (m.posts[0][0], m.posts[1][0]):
+        bn.eval()
+    gates = m.gates(1, 0.5)
+    ce = F.cross_entropy(restrict(m(x, gates), s.task_mask), y)
+    num = sum((gt * (1 - c)).sum() for gt, c in zip(gates, s.cum))
+    (ce + 0.75 * num / sum((1 - c).sum() for c in s.cum)).backward()
+    s.train_step(x, y, 1)
+    c1, c2 = s.cum
+    w1, w2 = s.model.mains[0].weight.grad, s.model.mains[1].weight.grad
+    assert torch.allclose(w1, m.mains[0].weight.grad * (1 - c1).view(-1, 1, 1, 1), atol=1e-7)
+    assert torch.allclose(w2, m.mains[1].weight.grad * (1 - torch.minimum(c2.view(-1, 1, 1, 1), c1.view(1, -1, 1, 1))),
+                          atol=1e-7)
+    assert torch.allclose(s.model.mains[1].bias.grad, m.mains[1].bias.grad * (1 - c2), atol=1e-7)
+    assert w2[1, 0].abs().sum() > 0 and torch.all(w2[0, 0] == 0) and w2[0, 1].abs().sum() > 0  # both units used: blocked
+    assert torch.all(w1[0] == 0) and w1[1].abs().sum() > 0
+
+
 def test_the_first_tasks_gradients_are_not_masked():
     s = build_iso("hat", lr=0.0, smax=2.0)
     _randomise(s, 4)
@@ -214,10 +251,10 @@ def test_the_first_tasks_gradients_are_not_masked():
 
 
 def test_batchnorm_is_trained_on_the_first_task_only():
-    s = build_iso("hat", backbone=SmallCNN(CNNConfig(channels=2, blocks=1), (1, 4, 4)), input_shape=(1, 4, 4))
+    s = _cnn_hat()
     bn = s.model.posts[0][0]
     assert isinstance(bn, nn.BatchNorm2d)
-    x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(4, 1, 5, 6, generator=torch.Generator().manual_seed(0))
     y = torch.tensor([0, 1, 0, 1])
     stats = bn.running_mean.clone()
     s.before_experience(exp_of(x, y, [0, 1], 0))
@@ -257,6 +294,7 @@ def test_after_a_task_the_cumulative_mask_is_the_max_with_its_test_gates():
     sg = torch.sigmoid
     assert torch.allclose(s.cum[0], torch.tensor([0.7, sg(torch.tensor(2.0)).item(), sg(torch.tensor(-2.0)).item(), 0.5]))
     assert torch.allclose(s.cum[1], sg(torch.tensor([-9.0, 9.0, 0.0, 1.0])))
+    assert not any(c.requires_grad for c in s.cum)
     b = build_iso("hat")
     with torch.no_grad():
         b.model.embs[0].weight[0] = torch.tensor([0.0, 2.0, -2.0, -1e-3])

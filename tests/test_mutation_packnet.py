@@ -81,6 +81,14 @@ def test_prune_releases_the_smallest_free_weights_and_gives_the_rest_to_the_task
     assert int((o2 == 1).sum()) == 8 and int((o2 == 0).sum()) == 8
 
 
+def test_a_single_released_weight():
+    s = build_iso("packnet", n_tasks=3, prune_ratio=0.1)
+    _set(s, L1, [float(i + 1) * (-1) ** i for i in range(12)])
+    s.prune()  # round(0.1 * 12) = 1: the smallest magnitude only
+    assert s.owner[L1].view(-1).tolist() == [0] + [1] * 11
+    assert dict(s.model.named_parameters())[L1].view(-1)[0].item() == 0.0
+
+
 def test_round_of_the_released_count():
     s = build_iso("packnet", n_tasks=3, prune_ratio=0.3)
     _set(s, L1, [float(i + 1) for i in range(12)])
