@@ -718,6 +718,17 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if k < t:", "",
          "k runs over range(t + 1), so k != t means k < t"),
     ],
+    "rmn": [
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.task > 0: in RMN.train_step", "",
+         "self.task is a task index, never negative: != 0 means > 0"),
+        *[(r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_GtE$", "if self.task > 0: in RMN.train_step", b,
+           "only the restore of the frozen weights after the step survives this (the other two `if self.task > 0` "
+           "are killed: BatchNorm and biases train on task 0): at task 0 no map is fixed yet (used is all False), "
+           "so torch.where(used, snapshot, w) is w") for b in ("if self.task > -1:", "if self.task >= 0:")],
+        (r"core/ReplaceFalseWithTrue$", "self.model.maps(self.task, self.cfg.threshold, ste=False)) in RMN.after_experience",
+         "", "the straight-through map m + s - s.detach() has exactly the value m (s - s is 0), and after_experience "
+         "runs under no_grad: the same boolean map"),
+    ],
 }
 
 

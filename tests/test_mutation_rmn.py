@@ -82,9 +82,9 @@ def test_forward_runs_the_net_with_each_weight_times_its_map():
     assert all(p.grad is None for p in m.scores[1])
 
 
-def _train_task(s, task, classes, y, steps=1):
-    s.before_experience(exp_of(X, y, classes, task))
-    losses = [s.train_step(X, y, task) for _ in range(steps)]
+def _train_task(s, task, classes, y, steps=1, x=X):
+    s.before_experience(exp_of(x, y, classes, task))
+    losses = [s.train_step(x, y, task) for _ in range(steps)]
     return losses
 
 
@@ -109,21 +109,29 @@ def test_the_loss_is_ce_over_the_tasks_classes_plus_sparsity_times_the_l1_of_its
 
 def test_a_later_task_changes_only_free_weights_and_never_biases():
     s = build_iso("rmn", lr=0.5, momentum=0.9, weight_decay=0.1)
-    params = dict(s.model.net.named_parameters())
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in s.model.net.parameters():
+            p.copy_(torch.rand(p.shape, generator=g) * 0.5 + 0.1)  # positive weights and inputs: no dead unit,
+    params = dict(s.model.net.named_parameters())  # so every weight gets a gradient
     bias0 = {n: p.detach().clone() for n, p in params.items() if n.endswith("bias")}
-    _train_task(s, 0, [0, 1], torch.tensor([0, 1, 0, 1]), steps=2)
+    _train_task(s, 0, [0, 1], torch.tensor([0, 1, 0, 1]), steps=2, x=X.abs())
     assert all(not torch.equal(params[n], b) for n, b in bias0.items() if n.startswith("backbone"))  # task 0 trains them
-    with torch.no_grad():  # make half of each layer relevant to task 0
+    with torch.no_grad():  # make half of each layer relevant to task 0; task 1's maps all 1 (no zero gradient)
         for p in s.model.scores[0]:
+            p.fill_(1.0)
             p.view(-1)[::2] = -1.0
+        for p in s.model.scores[1]:
+            p.fill_(10.0)
     s.after_experience(None)
     m0 = [mp.bool() for mp in s.model.maps(0, s.cfg.threshold, ste=False)]
     assert all(torch.equal(u, mp) for u, mp in zip(s.used.values(), m0))
     before = {n: p.detach().clone() for n, p in params.items()}
-    _train_task(s, 1, [2, 3], torch.tensor([2, 3, 2, 3]), steps=3)
+    _train_task(s, 1, [2, 3], torch.tensor([2, 3, 2, 3]), steps=3, x=X.abs())
     for n, mp in zip(s.model.layers, m0):
         assert torch.equal(params[n][mp], before[n][mp])  # relevant to task 0: bitwise
-        assert torch.all(params[n].grad[mp] == 0)  # ... with zero gradient
+        assert torch.all(params[n].grad[mp] == 0) and params[n].grad[~mp].abs().min() > 0  # ... with zero gradient
+        assert mp.sum() == mp.numel() // 2
         assert not torch.equal(params[n][~mp], before[n][~mp])  # free weights train
     for n in params:
         if n.startswith("backbone") and n.endswith("bias"):
