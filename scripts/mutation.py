@@ -728,6 +728,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceFalseWithTrue$", "self.model.maps(self.task, self.cfg.threshold, ste=False)) in RMN.after_experience",
          "", "the straight-through map m + s - s.detach() has exactly the value m (s - s is 0), and after_experience "
          "runs under no_grad: the same boolean map"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in RMN.after_experience", "",
+         "after_experience only ORs boolean maps (maps(ste=False) is a thresholded comparison, no autograd graph) "
+         "into boolean tensors: nothing there records a graph"),
     ],
 }
 
