@@ -725,7 +725,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
            "only the restore of the frozen weights after the step survives this (the other two `if self.task > 0` "
            "are killed: BatchNorm and biases train on task 0): at task 0 no map is fixed yet (used is all False), "
            "so torch.where(used, snapshot, w) is w") for b in ("if self.task > -1:", "if self.task >= 0:")],
-        (r"core/ReplaceFalseWithTrue$", "self.model.maps(self.task, self.cfg.threshold, ste=False)) in RMN.after_experience",
+        (r"core/ReplaceFalseWithTrue$", "self.model.maps(self.task, self.cfg.threshold, ste=False)): in RMN.after_experience",
          "", "the straight-through map m + s - s.detach() has exactly the value m (s - s is 0), and after_experience "
          "runs under no_grad: the same boolean map"),
         (r"core/RemoveDecorator$", "@torch.no_grad() in RMN.after_experience", "",

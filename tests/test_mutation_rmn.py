@@ -127,6 +127,7 @@ def test_a_later_task_changes_only_free_weights_and_never_biases():
     m0 = [mp.bool() for mp in s.model.maps(0, s.cfg.threshold, ste=False)]
     assert all(torch.equal(u, mp) for u, mp in zip(s.used.values(), m0))
     before = {n: p.detach().clone() for n, p in params.items()}
+    s0 = [p.detach().clone() for p in s.model.scores[0]]
     _train_task(s, 1, [2, 3], torch.tensor([2, 3, 2, 3]), steps=3, x=X.abs())
     for n, mp in zip(s.model.layers, m0):
         assert torch.equal(params[n][mp], before[n][mp])  # relevant to task 0: bitwise
@@ -136,6 +137,8 @@ def test_a_later_task_changes_only_free_weights_and_never_biases():
     for n in params:
         if n.startswith("backbone") and n.endswith("bias"):
             assert torch.equal(params[n], before[n]), n  # biases: first task only
+    # task 0's scores get no gradient (None, not zeros): weight decay and momentum leave its map alone
+    assert all(p.grad is None for p in s.model.scores[0]) and all(torch.equal(a, b) for a, b in zip(s.model.scores[0], s0))
 
 
 def test_batchnorm_is_trained_on_the_first_task_only():
