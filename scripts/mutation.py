@@ -732,6 +732,20 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "after_experience only ORs boolean maps (maps(ste=False) is a thresholded comparison, no autograd graph) "
          "into boolean tensors: nothing there records a graph"),
     ],
+    "cl2r": [
+        (r"core/ZeroIterationForLoop$|core/ReplaceFalseWithTrue$", "p.requires_grad_(False) in CL2R._old_features", "",
+         "the frozen copy runs only under the torch.no_grad just below and its parameters are in no optimiser: "
+         "whether they require grad changes nothing"),
+        (r"core/ZeroIterationForLoop$", "for p in m.parameters(): in CL2R._old_features", "",
+         "the frozen copy runs only under the torch.no_grad just below and its parameters are in no optimiser: "
+         "whether they require grad changes nothing"),
+        (r"core/NumberReplacer$", "def features_of(self, x_raw, bs: int = 512)", "",
+         "the batch size of an eval-mode, no-grad pass: each sample's features do not depend on the others in its "
+         "batch (BatchNorm uses running statistics), so 511 / 513 give the same features"),
+        (r"core/NumberReplacer$", "lam = self.cfg.fd_weight * math.sqrt(self.n_new / max(1, self.n_old))", "max( 0,",
+         "the memory (and so this branch) exists only after a boundary, which adds the experience's classes (at "
+         "least one) to n_old: n_old >= 1"),
+    ],
 }
 
 
