@@ -85,8 +85,9 @@ def test_simplex_model_is_a_bias_free_projection_onto_fixed_vertices():
 def test_evaluation_set_is_every_test_sample_or_a_fixed_subset():
     s = _cl2r()
     assert torch.equal(s.eval_x, torch.cat(TEST_X)) and torch.equal(s.eval_y, torch.cat(TEST_Y))
-    s = _cl2r(compat_samples=9)  # as many as there are: all, in order
-    assert torch.equal(s.eval_x, torch.cat(TEST_X))
+    for n in (9, 20):  # as many as there are, or more: all, in order
+        s = _cl2r(compat_samples=n)
+        assert torch.equal(s.eval_x, torch.cat(TEST_X)) and torch.equal(s.eval_y, torch.cat(TEST_Y))
     s = _cl2r(compat_samples=4)
     idx = torch.randperm(9, generator=torch.Generator().manual_seed(0))[:4]
     assert torch.equal(s.eval_x, torch.cat(TEST_X)[idx]) and torch.equal(s.eval_y, torch.cat(TEST_Y)[idx])
