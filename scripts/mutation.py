@@ -737,6 +737,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
            b, "a one-element tensor's std is NaN (torch warns: degrees of freedom <= 0) and NaN > 0 is False, so it "
            "gets 1.0 either way; a tensor with no element adds no entry to the scale")
           for b in ("if p.numel() > 0 and", "if p.numel() != 1 and", "if p.numel() >= 1 and")],
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if p.numel() > 1 and p.std() > 0 else 1.0", "p.std() != 0",
+         "a standard deviation is never negative (and is only computed here for tensors of two or more elements, "
+         "where it is not NaN), so != 0 means > 0"),
         (r"core/NumberReplacer$", 'self.register_buffer("scale", scale / max(raw_std, 1e-8))', "max(raw_std, -0.",
          "accepted: a guard against a constant generated vector; the std of a randomly initialised hypernetwork's "
          "outputs is positive, so a negative floor never binds (1 + 1e-8 would: that mutant is killed)"),
