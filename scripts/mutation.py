@@ -732,6 +732,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "after_experience only ORs boolean maps (maps(ste=False) is a thresholded comparison, no autograd graph) "
          "into boolean tensors: nothing there records a graph"),
     ],
+    "packnet": [
+        *[(r"core/ReplaceComparisonOperator_Eq_LtE$|core/ReplaceComparisonOperator_Gt_NotEq$", a, "",
+           "owner holds 0 (free) or the number of the task that owns the weight (task + 1 >= 1), never a negative "
+           "value: <= 0 means == 0 and != 0 means > 0") for a in ("self.owner[n] == 0", "(o > 0).float().mean()")],
+    ],
     "hnet": [
         *[(r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if p.numel() > 1 and p.std() > 0 else 1.0",
            b, "a one-element tensor's std is NaN (torch warns: degrees of freedom <= 0) and NaN > 0 is False, so it "
