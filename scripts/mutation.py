@@ -735,7 +735,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "packnet": [
         *[(r"core/ReplaceComparisonOperator_Eq_LtE$|core/ReplaceComparisonOperator_Gt_NotEq$", a, "",
            "owner holds 0 (free) or the number of the task that owns the weight (task + 1 >= 1), never a negative "
-           "value: <= 0 means == 0 and != 0 means > 0") for a in ("self.owner[n] == 0", "(o > 0).float().mean()")],
+           "value: <= 0 means == 0 and != 0 means > 0") for a in ("self.owner[n] == 0", "(o > 0).float().mean()",
+                                                                  "{n: o == 0 for n, o in self.owner.items()}")],
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.cfg.retrain_epochs > 0:", "",
+         "retrain_epochs is validated >= 0 in setup, so != 0 means > 0"),
     ],
     "hnet": [
         *[(r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if p.numel() > 1 and p.std() > 0 else 1.0",
