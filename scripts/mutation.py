@@ -737,6 +737,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
            "owner holds 0 (free) or the number of the task that owns the weight (task + 1 >= 1), never a negative "
            "value: <= 0 means == 0 and != 0 means > 0") for a in ("self.owner[n] == 0", "(o > 0).float().mean()",
                                                                   "{n: o == 0 for n, o in self.owner.items()}")],
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.task > 0:", "",
+         "self.task is a task index, never negative: != 0 means > 0"),
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.cfg.retrain_epochs > 0:", "",
          "retrain_epochs is validated >= 0 in setup, so != 0 means > 0"),
     ],
