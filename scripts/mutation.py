@@ -739,6 +739,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
                                                                   "{n: o == 0 for n, o in self.owner.items()}")],
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.task > 0:", "",
          "self.task is a task index, never negative: != 0 means > 0"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", "self._begin_phase({n: o == self.task + 1 for n, o in self.owner.items()})",
+         "", "at task t's retraining no weight has an owner above t + 1 (owners are given at each task's pruning, and "
+         "later tasks have not run), so >= t + 1 means == t + 1"),
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.cfg.retrain_epochs > 0:", "",
          "retrain_epochs is validated >= 0 in setup, so != 0 means > 0"),
     ],
