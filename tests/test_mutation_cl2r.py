@@ -12,12 +12,11 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_mutation_task_il import build_iso, exp_of
 
 from cl.core.compatibility import compatibility_row
 from cl.core.registry import ConfigError
 from strategies.cl2r import CL2RConfig, SimplexModel, dsimplex
-
-from test_mutation_task_il import build_iso, exp_of
 
 G = torch.Generator().manual_seed(0)
 TEST_X = [torch.randn(5, 3, generator=G), torch.randn(4, 3, generator=G)]

@@ -12,14 +12,17 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from test_mutation_task_il import (
+    assert_batchnorm_trained_on_the_first_task_only,
+    build_iso,
+    exp_of,
+)
 from torch import nn
 
 from cl.core.registry import ConfigError
 from cl.models.backbones.small import CNNConfig, SmallCNN
 from cl.models.multihead import restrict
 from strategies.hat import HATConfig, _units
-
-from test_mutation_task_il import build_iso, exp_of
 
 X = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.8, -1.0], [2.0, 0.1, 0.4], [-0.5, 1.5, 1.0]])
 
@@ -254,17 +257,7 @@ def test_batchnorm_is_trained_on_the_first_task_only():
     s = _cnn_hat()
     bn = s.model.posts[0][0]
     assert isinstance(bn, nn.BatchNorm2d)
-    x = torch.randn(4, 1, 5, 6, generator=torch.Generator().manual_seed(0))
-    y = torch.tensor([0, 1, 0, 1])
-    stats = bn.running_mean.clone()
-    s.before_experience(exp_of(x, y, [0, 1], 0))
-    s.train_step(x, y, 0)
-    assert not torch.equal(bn.running_mean, stats) and bn.weight.grad is not None
-    s.after_experience(None)
-    stats, w = bn.running_mean.clone(), bn.weight.detach().clone()
-    s.before_experience(exp_of(x, y + 2, [2, 3], 1))
-    s.train_step(x, y + 2, 1)
-    assert torch.equal(bn.running_mean, stats) and torch.equal(bn.weight, w) and bn.weight.grad is None
+    assert_batchnorm_trained_on_the_first_task_only(s, bn, torch.randn(4, 1, 5, 6))
 
 
 def test_gradients_are_clipped_to_clipgrad_and_embeddings_clamped_to_thres_emb():

@@ -12,14 +12,19 @@ import re
 import pytest
 import torch
 import torch.nn.functional as F
+from test_mutation_task_il import build_iso, exp_of
 from torch import nn
 from torch.func import functional_call
 
 from cl.core.registry import ConfigError
 from cl.models.backbones.small import CNNConfig, SmallCNN
-from strategies.hnet import HNETConfig, HNETRNNConfig, ChunkedHNet, RecurrentHNet, _widths
-
-from test_mutation_task_il import build_iso, exp_of
+from strategies.hnet import (
+    ChunkedHNet,
+    HNETConfig,
+    HNETRNNConfig,
+    RecurrentHNet,
+    _widths,
+)
 
 X = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.8, -1.0], [2.0, 0.1, 0.4], [-0.5, 1.5, 1.0]])
 N_OUT = 12 + 4 + 16 + 4 + 16 + 4  # MLP 3 -> 4 -> 4 and a head of 4 classes

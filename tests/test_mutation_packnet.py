@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from test_mutation_task_il import (
+    assert_batchnorm_trained_on_the_first_task_only,
+    build_iso,
+    exp_of,
+)
 
 from cl.core.registry import ConfigError
 from cl.models.backbones.small import CNNConfig, SmallCNN
 from strategies.packnet import PackNetConfig, prunable_layers
-
-from test_mutation_task_il import build_iso, exp_of
 
 X = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.8, -1.0], [2.0, 0.1, 0.4], [-0.5, 1.5, 1.0]])
 L1, L2 = "backbone.net.1.weight", "backbone.net.3.weight"
@@ -200,18 +203,7 @@ def test_a_later_task_trains_only_free_weights_and_no_bias():
 def test_batchnorm_is_trained_on_the_first_task_only():
     s = build_iso("packnet", backbone=SmallCNN(CNNConfig(channels=2, blocks=1), (1, 4, 4)), input_shape=(1, 4, 4),
                   retrain_epochs=0)
-    bn = s.model.backbone.net[1]
-    x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    y = torch.tensor([0, 1, 0, 1])
-    stats = bn.running_mean.clone()
-    s.before_experience(exp_of(x, y, [0, 1], 0))
-    s.train_step(x, y, 0)
-    assert not torch.equal(bn.running_mean, stats)
-    s.after_experience(exp_of(x, y, [0, 1], 0))
-    stats, w = bn.running_mean.clone(), bn.weight.detach().clone()
-    s.before_experience(exp_of(x, y + 2, [2, 3], 1))
-    s.train_step(x, y + 2, 1)
-    assert torch.equal(bn.running_mean, stats) and torch.equal(bn.weight, w)
+    assert_batchnorm_trained_on_the_first_task_only(s, s.model.backbone.net[1], torch.randn(4, 1, 4, 4))
 
 
 def test_inference_uses_the_weights_of_tasks_up_to_t_and_the_current_task_whole_before_packing():

@@ -8,16 +8,18 @@ from __future__ import annotations
 import copy
 import math
 
-import torch
 import pytest
+import torch
 import torch.nn.functional as F
+from test_mutation_task_il import (
+    assert_batchnorm_trained_on_the_first_task_only,
+    build_iso,
+    exp_of,
+)
 
 from cl.core.registry import ConfigError
-
 from cl.models.backbones.small import CNNConfig, SmallCNN
 from strategies.rmn import RMNConfig
-
-from test_mutation_task_il import build_iso, exp_of
 
 X = torch.tensor([[1.0, -2.0, 0.5], [0.3, 0.8, -1.0], [2.0, 0.1, 0.4], [-0.5, 1.5, 1.0]])
 
@@ -134,28 +136,16 @@ def test_a_later_task_changes_only_free_weights_and_never_biases():
         assert torch.all(params[n].grad[mp] == 0) and params[n].grad[~mp].abs().min() > 0  # ... with zero gradient
         assert mp.sum() == mp.numel() // 2
         assert not torch.equal(params[n][~mp], before[n][~mp])  # free weights train
-    for n in params:
+    for n, p in params.items():
         if n.startswith("backbone") and n.endswith("bias"):
-            assert torch.equal(params[n], before[n]), n  # biases: first task only
+            assert torch.equal(p, before[n]), n  # biases: first task only
     # task 0's scores get no gradient (None, not zeros): weight decay and momentum leave its map alone
     assert all(p.grad is None for p in s.model.scores[0]) and all(torch.equal(a, b) for a, b in zip(s.model.scores[0], s0))
 
 
 def test_batchnorm_is_trained_on_the_first_task_only():
     s = build_iso("rmn", backbone=SmallCNN(CNNConfig(channels=2, blocks=1), (1, 4, 4)), input_shape=(1, 4, 4))
-    bn = s.model.net.backbone.net[1]
-    x = torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    y = torch.tensor([0, 1, 0, 1])
-    stats = bn.running_mean.clone()
-    s.before_experience(exp_of(x, y, [0, 1], 0))
-    s.train_step(x, y, 0)
-    assert not torch.equal(bn.running_mean, stats)
-    s.after_experience(None)
-    stats, w = bn.running_mean.clone(), bn.weight.detach().clone()
-    s.before_experience(exp_of(x, y + 2, [2, 3], 1))
-    s.train_step(x, y + 2, 1)
-    assert torch.equal(bn.running_mean, stats) and torch.equal(bn.weight, w)
-    assert s.model.training and not bn.training
+    assert_batchnorm_trained_on_the_first_task_only(s, s.model.net.backbone.net[1], torch.randn(4, 1, 4, 4))
 
 
 def test_used_is_the_union_of_the_tasks_maps_and_its_fractions_are_reported():

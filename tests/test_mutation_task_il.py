@@ -131,3 +131,20 @@ def build_iso(name, backbone=None, n_tasks=2, n_classes=4, input_shape=(3,), exp
 
 def exp_of(x, y, classes, task):
     return Experience(x, y, x, y, list(classes), task, task)
+
+
+def assert_batchnorm_trained_on_the_first_task_only(s, bn, x):
+    """One step of task 0 moves ``bn``'s statistics and gives its affine parameters a gradient; one step of task 1
+    changes neither (eval-mode statistics, no gradient), while the model itself stays in training mode."""
+    y = torch.tensor([0, 1, 0, 1])
+    e0 = exp_of(x, y, [0, 1], 0)
+    stats = bn.running_mean.clone()
+    s.before_experience(e0)
+    s.train_step(x, y, 0)
+    assert not torch.equal(bn.running_mean, stats) and bn.weight.grad is not None
+    s.after_experience(e0)
+    stats, w = bn.running_mean.clone(), bn.weight.detach().clone()
+    s.before_experience(exp_of(x, y + 2, [2, 3], 1))
+    s.train_step(x, y + 2, 1)
+    assert torch.equal(bn.running_mean, stats) and torch.equal(bn.weight, w) and bn.weight.grad is None
+    assert s.model.training and not bn.training
