@@ -745,6 +745,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.cfg.retrain_epochs > 0:", "",
          "retrain_epochs is validated >= 0 in setup, so != 0 means > 0"),
     ],
+    "hat": [
+        (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True) in HAT.train_step", "",
+         "every parameter of HATModel takes part in the forward (one embedding table for all tasks, every stage, the "
+         "head), so backward writes every gradient over the zeros; the BatchNorm ones that a later task drops are "
+         "set to None after backward, and zero_grad(set_to_none=False) leaves a None alone: the same step"),
+    ],
     "hnet": [
         *[(r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if p.numel() > 1 and p.std() > 0 else 1.0",
            b, "a one-element tensor's std is NaN (torch warns: degrees of freedom <= 0) and NaN > 0 is False, so it "
