@@ -746,6 +746,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "retrain_epochs is validated >= 0 in setup, so != 0 means > 0"),
     ],
     "hat": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if self.batches == 0:", "",
+         "batches is 0 (set at a boundary) or the positive count computed from the first batch, never negative: "
+         "<= 0 means == 0"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if t > 0: in HAT.train_step", "",
+         "t is self.task, a task index, never negative: != 0 means > 0"),
         (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True) in HAT.train_step", "",
          "every parameter of HATModel takes part in the forward (one embedding table for all tasks, every stage, the "
          "head), so backward writes every gradient over the zeros; the BatchNorm ones that a later task drops are "
