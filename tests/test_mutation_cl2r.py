@@ -87,9 +87,10 @@ def test_evaluation_set_is_every_test_sample_or_a_fixed_subset():
     for n in (9, 20):  # as many as there are, or more: all, in order
         s = _cl2r(compat_samples=n)
         assert torch.equal(s.eval_x, torch.cat(TEST_X)) and torch.equal(s.eval_y, torch.cat(TEST_Y))
-    s = _cl2r(compat_samples=4)
-    idx = torch.randperm(9, generator=torch.Generator().manual_seed(0))[:4]
-    assert torch.equal(s.eval_x, torch.cat(TEST_X)[idx]) and torch.equal(s.eval_y, torch.cat(TEST_Y)[idx])
+    for n in (4, 1):
+        s = _cl2r(compat_samples=n)
+        idx = torch.randperm(9, generator=torch.Generator().manual_seed(0))[:n]
+        assert torch.equal(s.eval_x, torch.cat(TEST_X)[idx]) and torch.equal(s.eval_y, torch.cat(TEST_Y)[idx])
     assert (s.mem_x, s.mem_y, s.old, s.old_state, s.n_old, s.n_new, s.gallery, s.C) == (
         None, None, None, None, 0, 0, [], [])
 
