@@ -194,7 +194,8 @@ MODULES: dict[str, Module] = {
        ]},
     # -- the rest (issue 19's third round; first lists: every test file that exercises the module, to be narrowed
     #    to its fast mechanism tests by whoever runs it).  One entry per line, grouped by who runs them.
-    "_task_il": Module("strategies/_task_il.py", [_RI]),
+    "_task_il": Module("strategies/_task_il.py", [f"{_RI}::test_pnn_freezes_earlier_columns_and_outputs",
+                                                  f"{_RI}::test_resume_from_a_boundary_is_exact[pnn]"]),
     "podnet": Module("strategies/podnet.py", ["tests/test_podnet.py"]),
     "_exemplars": Module("strategies/_exemplars.py", [_RP, "tests/test_podnet.py"]),
     "mir": Module("strategies/mir.py", ["tests/test_ocl1.py"]),
@@ -257,7 +258,9 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
                       ("xder", "xder"), ("scr", "scr"), ("pcr", "pcr"), ("ocm", "ocm"),
-                      ("onpro", "onpro"), ("_contrastive", "contrastive_replay")):  # the tests written from their first
+                      ("onpro", "onpro"), ("_contrastive", "contrastive_replay"),
+                      ("_task_il", "task_il"), ("pnn", "pnn"), ("rmn", "rmn"), ("packnet", "packnet"),
+                      ("hat", "hat"), ("hnet", "hnet"), ("cl2r", "cl2r")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -773,6 +776,77 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "only the first line is kept (extra[0] just below): [0:2] has the same first item"),
         (r"core/NumberReplacer$", 'extra = extra[0] if extra else ""', "extra[-1]",
          "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
+    ],
+    # -- the isolation baselines (mut-iso)
+    "pnn": [
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if i > 0: in PNNModel.column", "",
+         "i comes from enumerate (never negative), so i != 0 means i > 0"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if k < t:", "",
+         "k runs over range(t + 1), so k != t means k < t"),
+    ],
+    "rmn": [
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.task > 0: in RMN.train_step", "",
+         "self.task is a task index, never negative: != 0 means > 0"),
+        *[(r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_GtE$", "if self.task > 0: in RMN.train_step", b,
+           "only the restore of the frozen weights after the step survives this (the other two `if self.task > 0` "
+           "are killed: BatchNorm and biases train on task 0): at task 0 no map is fixed yet (used is all False), "
+           "so torch.where(used, snapshot, w) is w") for b in ("if self.task > -1:", "if self.task >= 0:")],
+        (r"core/ReplaceFalseWithTrue$", "self.model.maps(self.task, self.cfg.threshold, ste=False)): in RMN.after_experience",
+         "", "the straight-through map m + s - s.detach() has exactly the value m (s - s is 0), and after_experience "
+         "runs under no_grad: the same boolean map"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in RMN.after_experience", "",
+         "after_experience only ORs boolean maps (maps(ste=False) is a thresholded comparison, no autograd graph) "
+         "into boolean tensors: nothing there records a graph"),
+    ],
+    "packnet": [
+        *[(r"core/ReplaceComparisonOperator_Eq_LtE$|core/ReplaceComparisonOperator_Gt_NotEq$", a, "",
+           "owner holds 0 (free) or the number of the task that owns the weight (task + 1 >= 1), never a negative "
+           "value: <= 0 means == 0 and != 0 means > 0") for a in ("self.owner[n] == 0", "(o > 0).float().mean()",
+                                                                  "{n: o == 0 for n, o in self.owner.items()}")],
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.task > 0:", "",
+         "self.task is a task index, never negative: != 0 means > 0"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", "self._begin_phase({n: o == self.task + 1 for n, o in self.owner.items()})",
+         "", "at task t's retraining no weight has an owner above t + 1 (owners are given at each task's pruning, and "
+         "later tasks have not run), so >= t + 1 means == t + 1"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.cfg.retrain_epochs > 0:", "",
+         "retrain_epochs is validated >= 0 in setup, so != 0 means > 0"),
+    ],
+    "hat": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if self.batches == 0:", "",
+         "batches is 0 (set at a boundary) or the positive count computed from the first batch, never negative: "
+         "<= 0 means == 0"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if t > 0: in HAT.train_step", "",
+         "t is self.task, a task index, never negative: != 0 means > 0"),
+        (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True) in HAT.train_step", "",
+         "every parameter of HATModel takes part in the forward (one embedding table for all tasks, every stage, the "
+         "head), so backward writes every gradient over the zeros; the BatchNorm ones that a later task drops are "
+         "set to None after backward, and zero_grad(set_to_none=False) leaves a None alone: the same step"),
+    ],
+    "hnet": [
+        *[(r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if p.numel() > 1 and p.std() > 0 else 1.0",
+           b, "a one-element tensor's std is NaN (torch warns: degrees of freedom <= 0) and NaN > 0 is False, so it "
+           "gets 1.0 either way; a tensor with no element adds no entry to the scale")
+          for b in ("if p.numel() > 0 and", "if p.numel() != 1 and", "if p.numel() >= 1 and")],
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if p.numel() > 1 and p.std() > 0 else 1.0", "p.std() != 0",
+         "a standard deviation is never negative (and is only computed here for tensors of two or more elements, "
+         "where it is not NaN), so != 0 means > 0"),
+        (r"core/NumberReplacer$", 'self.register_buffer("scale", scale / max(raw_std, 1e-8))', "max(raw_std, -0.",
+         "accepted: a guard against a constant generated vector; the std of a randomly initialised hypernetwork's "
+         "outputs is positive, so a negative floor never binds (1 + 1e-8 would: that mutant is killed)"),
+    ],
+    "cl2r": [
+        (r"core/ZeroIterationForLoop$|core/ReplaceFalseWithTrue$", "p.requires_grad_(False) in CL2R._old_features", "",
+         "the frozen copy runs only under the torch.no_grad just below and its parameters are in no optimiser: "
+         "whether they require grad changes nothing"),
+        (r"core/ZeroIterationForLoop$", "for p in m.parameters(): in CL2R._old_features", "",
+         "the frozen copy runs only under the torch.no_grad just below and its parameters are in no optimiser: "
+         "whether they require grad changes nothing"),
+        (r"core/NumberReplacer$", "def features_of(self, x_raw, bs: int = 512)", "",
+         "the batch size of an eval-mode, no-grad pass: each sample's features do not depend on the others in its "
+         "batch (BatchNorm uses running statistics), so 511 / 513 give the same features"),
+        (r"core/NumberReplacer$", "lam = self.cfg.fd_weight * math.sqrt(self.n_new / max(1, self.n_old))", "max( 0,",
+         "the memory (and so this branch) exists only after a boundary, which adds the experience's classes (at "
+         "least one) to n_old: n_old >= 1"),
     ],
 }
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cl.core.compatibility import compatibility_metrics, compatibility_row
+from cl.core.registry import ConfigError
 from cl.core.strategy import Strategy, StrategyConfig, register
 
 
@@ -93,6 +94,11 @@ class CL2R(Strategy):
         return model
 
     def setup(self):
+        c = self.cfg
+        if c.mem_per_class < 1 or c.fd_weight < 0 or c.compat_samples < 0:
+            raise ConfigError(f"cl2r: mem_per_class must be >= 1, fd_weight >= 0 and compat_samples >= 0 (0: every test "
+                              f"sample), got mem_per_class={c.mem_per_class}, fd_weight={c.fd_weight}, "
+                              f"compat_samples={c.compat_samples}")
         self.preprocess = self.model.preprocess_fn(self.device)
         x = torch.cat([x for x, _ in self.model.eval_set])
         y = torch.cat([y for _, y in self.model.eval_set]).to(self.device)

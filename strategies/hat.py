@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cl.core.registry import ConfigError
 from cl.core.strategy import StrategyConfig, register
 from cl.models.heads import IncrementalLinear
 from cl.models.multihead import (
@@ -97,6 +98,10 @@ class HAT(TaskILStrategy):
 
     def setup(self):
         super().setup()
+        c = self.cfg
+        if not (c.smax > 0 and c.c >= 0 and c.clipgrad > 0 and c.thres_cosh > 0 and c.thres_emb > 0):
+            raise ConfigError(f"hat: smax, clipgrad, thres_cosh and thres_emb must be > 0 and c >= 0, got smax={c.smax}, "
+                              f"c={c.c}, clipgrad={c.clipgrad}, thres_cosh={c.thres_cosh}, thres_emb={c.thres_emb}")
         self.cum = [torch.zeros(e.weight.shape[1], device=self.device) for e in self.model.embs]  # a^{<t}
         self.step_in_epoch, self.batches = 0, 1
 

@@ -179,6 +179,13 @@ class HNET(TaskILStrategy):
     def build_model(cls, cfg, backbone, scenario):
         if cfg.chunk_size < 1:
             raise ConfigError(f"strategy.chunk_size={cfg.chunk_size}: must be a positive integer")
+        widths = _widths(cfg.hnet_hidden)
+        if cfg.beta < 0 or cfg.task_emb_dim < 1 or cfg.chunk_emb_dim < 1 or any(w < 1 for w in widths) or (
+                cls.recurrent and cfg.rnn_hidden < 1):
+            raise ConfigError(f"{cls.name}: beta must be >= 0 and task_emb_dim, chunk_emb_dim, the hnet_hidden widths "
+                              f"and rnn_hidden >= 1, got beta={cfg.beta}, task_emb_dim={cfg.task_emb_dim}, "
+                              f"chunk_emb_dim={cfg.chunk_emb_dim}, hnet_hidden={cfg.hnet_hidden!r}"
+                              + (f", rnn_hidden={cfg.rnn_hidden}" if cls.recurrent else ""))
         return HNETModel(backbone, len(scenario), scenario.n_classes, cfg, cls.recurrent)
 
     def make_optimizer(self):

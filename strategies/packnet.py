@@ -66,6 +66,9 @@ class PackNet(TaskILStrategy):
         super().setup()
         if not 0.0 <= self.cfg.prune_ratio < 1.0:
             raise ConfigError(f"strategy.prune_ratio={self.cfg.prune_ratio}: must be in [0, 1)")
+        if self.cfg.retrain_epochs < 0 or self.cfg.retrain_lr_factor <= 0:
+            raise ConfigError(f"packnet: retrain_epochs must be >= 0 and retrain_lr_factor > 0, got retrain_epochs="
+                              f"{self.cfg.retrain_epochs}, retrain_lr_factor={self.cfg.retrain_lr_factor}")
         params = dict(self.model.named_parameters())
         self.layers = prunable_layers(self.model)
         self.owner = {n: torch.zeros_like(params[n], dtype=torch.int16) for n in self.layers}  # 0 = free

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from cl.core.registry import ConfigError
 from cl.core.strategy import StrategyConfig, register
 from cl.models.model import Model, build_head
 from cl.models.multihead import drop_shared_grads, freeze_batchnorm, restrict
@@ -85,6 +86,8 @@ class RMN(TaskILStrategy):
 
     def setup(self):
         super().setup()
+        if self.cfg.sparsity < 0:
+            raise ConfigError(f"rmn: sparsity must be >= 0 (an L1 weight), got sparsity={self.cfg.sparsity}")
         params = dict(self.model.net.named_parameters())
         self.used = {n: torch.zeros_like(params[n], dtype=torch.bool) for n in self.model.layers}  # union of maps
 
