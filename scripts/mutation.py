@@ -62,6 +62,7 @@ ONLINE_TESTS = ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.
                 "tests/test_engine.py"]
 
 _RP, _RG, _RI = "tests/test_baselines_replay.py", "tests/test_baselines_reg.py", "tests/test_baselines_isolation.py"
+_O1 = "tests/test_ocl1.py"
 
 MODULES: dict[str, Module] = {
     # -- numbers: metrics and the shared pieces strategies hold
@@ -195,12 +196,32 @@ MODULES: dict[str, Module] = {
     "_task_il": Module("strategies/_task_il.py", [_RI]),
     "podnet": Module("strategies/podnet.py", ["tests/test_podnet.py"]),
     "_exemplars": Module("strategies/_exemplars.py", [_RP, "tests/test_podnet.py"]),
-    "mir": Module("strategies/mir.py", ["tests/test_ocl1.py"]),
-    "gss": Module("strategies/gss.py", ["tests/test_ocl1.py"]),
-    "aser": Module("strategies/aser.py", ["tests/test_ocl1.py"]),
-    "rar": Module("strategies/rar.py", ["tests/test_ocl1.py"]),
-    "_rar": Module("strategies/_rar.py", ["tests/test_ocl1.py"]),
-    "slda": Module("strategies/slda.py", ["tests/test_ocl3.py"]),
+    # mir / gss / aser / rar / _rar / slda: the mechanism tests of test_ocl1.py / test_ocl3.py that exercise
+    # the module (test_ocl1.py's others run the other strategies), then its online + offline run
+    "mir": Module("strategies/mir.py", [f"{_O1}::test_mir_{t}" for t in (
+        "retrieves_the_samples_whose_loss_rises_most_under_the_virtual_step",
+        "step_replays_the_retrieved_samples_and_keeps_batchnorm_stats",
+        "exclude_current_needs_boundaries_and_excludes_the_current_experience")] + [
+        f"{_O1}::test_bad_values_are_config_errors_naming_the_field[mir-subsample-{v}]" for v in ("0-words0", "5-words1")] + [
+        f"{_O1}::test_runs_online_task_free_and_offline[mir]"]),
+    "gss": Module("strategies/gss.py", [f"{_O1}::test_gss_{t}" for t in (
+        "fills_with_scores_then_rejects_an_aligned_batch", "keeps_the_gradient_diverse_sample_when_the_buffer_is_full")] + [
+        f"{_O1}::test_bad_values_are_config_errors_naming_the_field[gss-{v}]" for v in (
+            "mem_strength-0-words2", "sim_threshold-1.5-words3")] + [f"{_O1}::test_runs_online_task_free_and_offline[gss]"]),
+    "aser": Module("strategies/aser.py", [f"{_O1}::test_aser_{t}" for t in (
+        "retrieval_scores_are_knn_shapley_combinations",
+        "update_replaces_the_lowest_value_buffer_sample_by_a_valuable_incoming_one")] + [
+        f"{_O1}::test_bad_values_are_config_errors_naming_the_field[aser-{v}]" for v in ("aser_type-asvx-words4", "k-0-words5")] + [
+        f"{_O1}::test_runs_online_task_free_and_offline[aser]"]),
+    "rar": Module("strategies/rar.py", [f"{_O1}::test_rar_{t}" for t in (
+        "repeats_augmented_steps_with_fresh_replay_and_one_buffer_update", "augmentation_needs_images")] + [
+        f"{_O1}::test_bad_values_are_config_errors_naming_the_field[rar-{v}]" for v in (
+            "augment-randaugment-words6", "iterations-0-words7", "randaug_m-31-words8")] + [
+        f"{_O1}::test_runs_online_task_free_and_offline[rar]"]),
+    "_rar": Module("strategies/_rar.py", [f"{_O1}::test_randaugment_ops_match_their_pil_definitions",
+                                          f"{_O1}::test_rar_repeats_augmented_steps_with_fresh_replay_and_one_buffer_update"]),
+    "slda": Module("strategies/slda.py", ["tests/test_ocl3.py::test_slda_online_run_task_free",
+                                          "tests/test_ocl3.py::test_non_default_modes_resume_bitwise[strategy1]"]),
     "scr": Module("strategies/scr.py", ["tests/test_ocl2.py"]),
     "pcr": Module("strategies/pcr.py", ["tests/test_ocl2.py"]),
     "ocm": Module("strategies/ocm.py", ["tests/test_ocl2.py"]),
@@ -239,7 +260,9 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder")):  # the tests written from their first
+                      ("xder", "xder"),
+                      ("mir", "mir"), ("gss", "gss"), ("aser", "aser"), ("rar", "rar"),
+                      ("_rar", "rar_augment")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an

@@ -1,0 +1,160 @@
+"""Tests written from the mutation run of strategies/aser.py (issue 19): ASER's defaults (Mai et al.'s
+CIFAR-10 configs), the validation bounds, the features (eval mode, flattened), when retrieval turns from
+random to Shapley-valued, the scores without a cooperative set, the memory fill and the stream count, and
+the update's evaluation set (minority classes strictly below the drawn threshold) and candidate count, on
+constructed cases."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import strategies.aser as aser
+from cl.core.config import resolve
+from cl.core.registry import ConfigError
+from strategies.aser import ASER_TYPES, ASERConfig
+
+from conftest import tiny
+from test_ocl1 import brute_shapley, build
+
+
+def test_defaults_are_mai_et_als():
+    c = ASERConfig()
+    assert (c.buffer_size, c.replay_batch_size, c.aser_type, c.k, c.n_smp_cls) == (500, 10, "asvm", 3, 9)
+    assert ASER_TYPES == ("asvm", "asv", "neg_sv")
+
+
+@pytest.mark.parametrize("key", ["replay_batch_size", "k", "n_smp_cls"])
+def test_validation_bounds(key):
+    assert resolve(tiny({"name": "aser", key: 1}))["strategy"][key] == 1
+    with pytest.raises(ConfigError, match=f"{key}=0"):
+        resolve(tiny({"name": "aser", key: 0}))
+    for kind in ASER_TYPES:
+        assert resolve(tiny({"name": "aser", "aser_type": kind}))["strategy"]["aser_type"] == kind
+
+
+def test_features_are_flattened_in_eval_mode_and_the_mode_is_restored():
+    s = build("aser")
+    modes = []
+
+    def feats(x):
+        modes.append(s.model.training)
+        return x.double().view(len(x), 1, 2)
+
+    s.model.features = feats
+    x = torch.randn(3, 2)
+    for training in (True, False):
+        s.model.train(training)
+        f = s.features(x)
+        assert f.shape == (3, 2) and f.dtype == torch.float32 and torch.allclose(f, x)
+        assert s.model.training is training and not f.requires_grad
+    assert modes == [False, False]
+
+
+def _spy_cbi(monkeypatch):
+    drawn = []
+    orig = aser.class_balanced_index
+    monkeypatch.setattr(aser, "class_balanced_index", lambda *a, **kw: drawn.append(orig(*a, **kw)) or drawn[-1])
+    return drawn
+
+
+def test_retrieval_is_random_and_distinct_until_more_than_the_memory_was_offered(monkeypatch):
+    s = build("aser", n_classes=3, buffer_size=12, replay_batch_size=10, n_smp_cls=2)
+    s.model.observe(torch.tensor([0, 1, 2]))
+    x, y = torch.randn(2, 2), torch.tensor([0, 1])
+    assert s.retrieve(x, y) == {}  # empty buffer
+    s.buffer.add(x=torch.arange(12.0)[:, None].repeat(1, 2), y=torch.arange(3).repeat(4))
+    drawn = _spy_cbi(monkeypatch)
+    for _ in range(10):
+        mem = s.retrieve(x, y)  # n_seen == capacity: still random
+        vals = mem["x"][:, 0].tolist()
+        assert len(vals) == 10 and len(set(vals)) == 10
+    assert drawn == []
+    s.buffer.advance_host(1)
+    mem = s.retrieve(x, y)  # Shapley-valued from now on: the 6 candidates (2 per class), fewer than 10
+    assert drawn and sorted(mem["index"].tolist()) == sorted(drawn[0].tolist())
+
+
+@pytest.mark.parametrize("kind", ["asvm", "asv"])
+def test_without_a_cooperative_set_its_value_is_zero(kind, monkeypatch):
+    """Every slot is a candidate (2 per class, 2 classes, buffer of 4): no cooperative evaluation set."""
+    s = build("aser", n_classes=2, buffer_size=4, n_smp_cls=2, k=1, aser_type=kind)
+    torch.manual_seed(0)
+    bx, by = torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
+    s.buffer.add(x=bx, y=by)
+    x, y = torch.randn(3, 2), torch.tensor([0, 1, 1])
+    cand = torch.tensor([3, 0, 1, 2])
+    got = s.retrieval_scores(x, y, cand, s.buffer.items())
+    adv = brute_shapley(x, y, bx[cand], by[cand], 1)
+    want = -adv.mean(0) if kind == "asvm" else -adv.min(0).values
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_retrieval_replays_the_top_scored_candidates_then_trains_on_both(monkeypatch):
+    s = build("aser", n_classes=2, buffer_size=4, n_smp_cls=2, replay_batch_size=2)
+    s.buffer.add(x=torch.arange(4.0)[:, None].repeat(1, 2), y=torch.tensor([0, 1, 0, 1]))
+    s.buffer.advance_host(1)
+    monkeypatch.setattr(aser, "class_balanced_index", lambda y, n, exclude=None: torch.tensor([0, 1, 2, 3]))
+    s.retrieval_scores = lambda x, y, cand, items: torch.tensor([0.1, 0.4, -0.2, 0.3])
+    mem = s.retrieve(torch.randn(1, 2), torch.tensor([0]))
+    assert mem["index"].tolist() == [1, 3] and mem["x"][:, 0].tolist() == [1.0, 3.0]
+    # the step: one mean cross-entropy over [retrieved; incoming] (zero head: log 2 each)
+    s.model.observe(torch.tensor([0, 1]))
+    with torch.no_grad():
+        s.model.head.fc.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 0.0]]))
+    x, y = torch.tensor([[2.0, 0.0]]), torch.tensor([1])
+    logits = torch.tensor([[1.0, 0.0], [3.0, 0.0], [2.0, 0.0]])
+    want = F.cross_entropy(logits, torch.tensor([1, 1, 1]))
+    assert s.loss(x, y).item() == pytest.approx(float(want), abs=1e-6)
+
+
+def test_memory_fills_first_and_counts_every_offered_sample(monkeypatch):
+    s = build("aser", n_classes=2, buffer_size=5, n_smp_cls=1)
+    s.model.observe(torch.tensor([0, 1]))
+    updates = []
+    s.update_by_sv = lambda x, y: updates.append(x[:, 0].tolist())
+    s.after_step(torch.arange(3.0)[:, None].repeat(1, 2), torch.tensor([0, 1, 0]))
+    assert len(s.buffer) == 3 and updates == [] and s.buffer.n_seen == 3
+    s.after_step(torch.arange(3.0, 5.0)[:, None].repeat(1, 2), torch.tensor([1, 0]))  # exactly fills it
+    assert s.buffer.items()["x"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and updates == []
+    s.after_step(torch.arange(5.0, 8.0)[:, None].repeat(1, 2), torch.tensor([1, 0, 1]))
+    assert updates == [[5.0, 6.0, 7.0]] and s.buffer.n_seen == 8
+    t = build("aser", n_classes=2, buffer_size=4, n_smp_cls=1)
+    t.update_by_sv = lambda x, y: updates.append(x[:, 0].tolist())
+    t.after_step(torch.arange(6.0)[:, None].repeat(1, 2), torch.tensor([0, 1, 0, 1, 0, 1]))  # 4 fill, 2 update
+    assert t.buffer.items()["x"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0] and updates[-1] == [4.0, 5.0]
+    assert t.buffer.n_seen == 6
+    empty = build("aser", buffer_size=0)
+    empty.after_step(torch.randn(2, 2), torch.tensor([0, 1]))
+    assert len(empty.buffer) == 0 and empty.buffer.n_seen == 0
+
+
+def test_update_evaluates_on_minority_incoming_classes_and_n_smp_cls_per_class_candidates(monkeypatch):
+    """Buffer of 8: class 0 x4, class 1 x2, class 2 x2 (shares 0.5, 0.25, 0.25, 0); 4 classes; the drawn
+    threshold is U / 4 with U fixed to 1: 0.25. Incoming classes [0, 1, 3]: only class 3 is a minority (class
+    1's share equals the threshold). Evaluation set: 1 per class of the buffer (3) + the class-3 sample;
+    candidates: n_smp_cls * n_classes = 4 buffer slots outside it + the 3 incoming."""
+    s = build("aser", n_classes=4, buffer_size=8, n_smp_cls=1, k=1)
+    s.buffer.add(x=torch.randn(8, 2), y=torch.tensor([0, 0, 0, 0, 1, 1, 2, 2]))
+    monkeypatch.setattr(torch, "rand", lambda *a, **kw: torch.ones(()))
+    seen = []
+    s.sv = lambda ex, ey, cx, cy: seen.append((ey.clone(), cy.clone())) or torch.zeros(len(ey), len(cy))
+    s.update_by_sv(torch.randn(3, 2), torch.tensor([0, 1, 3]))
+    ey, cy = seen[0]
+    assert sorted(ey.tolist()) == [0, 1, 2, 3] and ey[-1].item() == 3
+    assert len(cy) == 7 and cy[-3:].tolist() == [0, 1, 3]
+    monkeypatch.setattr(torch, "rand", lambda *a, **kw: torch.full((), 0.999))  # threshold just below 0.25
+    s.update_by_sv(torch.randn(3, 2), torch.tensor([0, 1, 3]))
+    assert sorted(seen[1][0].tolist()) == [0, 1, 2, 3]
+
+
+def test_update_candidates_come_from_outside_the_evaluation_set(monkeypatch):
+    s = build("aser", n_classes=2, buffer_size=6, n_smp_cls=1, k=1)
+    s.buffer.add(x=torch.arange(6.0)[:, None].repeat(1, 2), y=torch.tensor([0, 0, 0, 1, 1, 1]))
+    seen = []
+    s.sv = lambda ex, ey, cx, cy: seen.append((ex.clone(), cx.clone())) or torch.zeros(len(ey), len(cy))
+    for _ in range(10):
+        s.update_by_sv(torch.full((1, 2), 9.0), torch.tensor([0]))
+    for ex, cx in seen:
+        ev, cand = set(ex[:, 0].tolist()) - {9.0}, set(cx[:-1, 0].tolist())
+        assert len(ev) == 2 and len(cand) == 2 and not ev & cand and cx[-1, 0] == 9.0
