@@ -88,11 +88,32 @@ def test_exact_operations_equal_pil(op):
                 assert np.array_equal(_ours(arr, op, m, r), _pil(arr, op, m, sign)), (op, m, sign, seed)
 
 
-def test_equalize_equals_pil_on_few_grey_levels():
+def test_equalize_equals_pil_on_images_of_enough_pixels():
+    """PIL's equalize changes nothing below 256 pixels (its step is 0): images of 24 x 40 here."""
     rs = np.random.RandomState(3)
-    for levels in ([0, 255], [3, 7, 7, 200], [10], [0, 1, 2, 3, 250]):
-        arr = rs.choice(levels, size=(H, W, 3)).astype(np.uint8)
+    for levels in (np.arange(256), np.arange(256) // 3, [0, 255], [3, 7, 7, 200], [10], [0, 1, 2, 3, 250]):
+        arr = rs.choice(levels, size=(24, 40, 3)).astype(np.uint8)
+        arr[..., 1] = np.sort(arr[..., 1], axis=None).reshape(24, 40)  # channels differ
+        arr[..., 2] = rs.randint(0, 256, (24, 40)) // 8 * 8
         assert np.array_equal(_ours(arr, "equalize", 14), _pil(arr, "equalize", 14, 1)), levels
+    assert not np.array_equal(_ours(arr, "equalize", 14), arr)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+def test_every_operation_treats_each_image_of_a_batch_alone(c, monkeypatch):
+    """Two different images (one bright, one dark), each under every operation, in one batch: each comes out
+    as it does in a batch of copies of itself (the random draws fixed)."""
+    monkeypatch.setattr(torch, "rand", lambda *a, **kw: torch.full(a[0] if isinstance(a[0], tuple) else (a[0],), 0.3))
+    rs = np.random.RandomState(5)
+    a = _tensor(rs.randint(0, 256, (H, W, c)).astype(np.uint8))
+    b = _tensor((rs.randint(0, 256, (H, W, c)) // 4).astype(np.uint8))
+    ops = torch.arange(len(OPS))
+    ra = RandAugment(1, 14)
+    mixed = ra.apply_ops(torch.cat([a, b]).repeat(len(OPS), 1, 1, 1), ops.repeat_interleave(2))
+    for i, img in enumerate((a, b)):
+        alone = ra.apply_ops(img.expand(len(OPS), -1, -1, -1).contiguous(), ops)
+        for k, op in enumerate(OPS):
+            assert torch.equal(mixed[2 * k + i], alone[k]), (op, i)
 
 
 @pytest.mark.parametrize("op", ["autocontrast", "color", "contrast", "brightness", "sharpness"])
@@ -112,8 +133,9 @@ def test_cutout_is_pils_rectangle_of_the_codes_corner():
             x0, y0 = int(max(0, r * W - v / 2)), int(max(0, r * H - v / 2))
             ImageDraw.Draw(img).rectangle((x0, y0, min(W, x0 + v), min(H, y0 + v)), (125, 123, 114))
             assert np.array_equal(_ours(arr, "cutout", m, r), np.array(img).astype(int)), (m, r)
-    grey = _ours(np.zeros((H, W, 1), np.uint8), "cutout", 30, 0.5)  # one channel: grey 125
-    assert set(np.unique(grey).tolist()) == {125}
+    for c in (1, 2, 4):  # other than 3 channels: grey 125 in each
+        grey = _ours(np.zeros((H, W, c), np.uint8), "cutout", 30, 0.5)
+        assert grey.shape == (H, W, c) and set(np.unique(grey).tolist()) == {125}
 
 
 def _const(rgb):
@@ -141,8 +163,10 @@ def test_enhance_operations_on_hand_made_pixels():
     arr = np.zeros((H, W, 3), np.uint8)
     arr[3, 4] = 255
     arr[0, 0] = 255
+    arr[H - 1, W - 1] = 255
     got = _ours(arr, "sharpness", 14)[..., 0]
     centre, side = round(255 * 5 / 13), round(255 / 13)  # 98, 20 in the degenerate image
+    assert got[H - 1, W - 1] == 255 and got[H - 1, W - 2] == 0 and got[H - 2, W - 2] == round(side - f * side)
     assert got[3, 4] == round(centre + f * (255 - centre)) and got[2, 4] == round(side - f * side)
     assert got[0, 0] == 255 and got[0, 1] == 0  # border pixels are kept
     assert got[1, 1] == round(side - f * side)  # an inner pixel is smoothed with its border neighbours
@@ -156,7 +180,10 @@ def test_enhance_operations_on_hand_made_pixels():
     assert got[0, 0].tolist() == [0, 0, 128]
     assert _ours(_const((119, 120, 255)), "solarize", 14)[0, 0].tolist() == [119, 135, 0]
     assert _ours(_const((0, 76, 77)), "solarize_add", 14)[0, 0].tolist() == [51, 127, 127]
-    assert _ours(_const((0, 0, 0)), "posterize", 0)[0, 0].tolist() == [0, 0, 0]  # at least one bit kept
+    assert _ours(_const((200, 100, 255)), "posterize", 0)[0, 0].tolist() == [128, 0, 128]  # at least one bit
+    assert _ours(_const((127, 128, 129)), "solarize", 15)[0, 0].tolist() == [127, 127, 126]  # from 128 up
+    assert _ours(_const((0, 0, 0)), "solarize", 0)[0, 0].tolist() == [255, 255, 255]  # everything >= 0
+    assert _ours(_const((0, 127, 128)), "solarize_add", 0)[0, 0].tolist() == [0, 127, 127]
 
 
 def test_geometric_sign_is_drawn_per_image_with_both_signs_equally_likely():
