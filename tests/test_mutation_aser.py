@@ -12,10 +12,15 @@ import torch.nn.functional as F
 import strategies.aser as aser
 from cl.core.config import resolve
 from cl.core.registry import ConfigError
-from strategies.aser import ASER_TYPES, ASERConfig
+from strategies.aser import ASER, ASER_TYPES, ASERConfig
 
 from conftest import tiny
-from test_ocl1 import brute_shapley, build
+from test_mutation_mir import make
+from test_ocl1 import brute_shapley
+
+
+def make_aser(**kw):
+    return make(ASER, ASERConfig, **kw)
 
 
 def test_defaults_are_mai_et_als():
@@ -24,17 +29,8 @@ def test_defaults_are_mai_et_als():
     assert ASER_TYPES == ("asvm", "asv", "neg_sv")
 
 
-@pytest.mark.parametrize("key", ["replay_batch_size", "k", "n_smp_cls"])
-def test_validation_bounds(key):
-    assert resolve(tiny({"name": "aser", key: 1}))["strategy"][key] == 1
-    with pytest.raises(ConfigError, match=f"{key}=0"):
-        resolve(tiny({"name": "aser", key: 0}))
-    for kind in ASER_TYPES:
-        assert resolve(tiny({"name": "aser", "aser_type": kind}))["strategy"]["aser_type"] == kind
-
-
 def test_features_are_flattened_in_eval_mode_and_the_mode_is_restored():
-    s = build("aser")
+    s = make_aser()
     modes = []
 
     def feats(x):
@@ -59,7 +55,7 @@ def _spy_cbi(monkeypatch):
 
 
 def test_retrieval_is_random_and_distinct_until_more_than_the_memory_was_offered(monkeypatch):
-    s = build("aser", n_classes=3, buffer_size=12, replay_batch_size=10, n_smp_cls=2)
+    s = make_aser(n_classes=3, buffer_size=12, replay_batch_size=10, n_smp_cls=2)
     s.model.observe(torch.tensor([0, 1, 2]))
     x, y = torch.randn(2, 2), torch.tensor([0, 1])
     assert s.retrieve(x, y) == {}  # empty buffer
@@ -78,7 +74,7 @@ def test_retrieval_is_random_and_distinct_until_more_than_the_memory_was_offered
 @pytest.mark.parametrize("kind", ["asvm", "asv"])
 def test_without_a_cooperative_set_its_value_is_zero(kind, monkeypatch):
     """Every slot is a candidate (2 per class, 2 classes, buffer of 4): no cooperative evaluation set."""
-    s = build("aser", n_classes=2, buffer_size=4, n_smp_cls=2, k=1, aser_type=kind)
+    s = make_aser(n_classes=2, buffer_size=4, n_smp_cls=2, k=1, aser_type=kind)
     torch.manual_seed(0)
     bx, by = torch.randn(4, 2), torch.tensor([0, 1, 0, 1])
     s.buffer.add(x=bx, y=by)
@@ -91,7 +87,7 @@ def test_without_a_cooperative_set_its_value_is_zero(kind, monkeypatch):
 
 
 def test_retrieval_replays_the_top_scored_candidates_then_trains_on_both(monkeypatch):
-    s = build("aser", n_classes=2, buffer_size=4, n_smp_cls=2, replay_batch_size=2)
+    s = make_aser(n_classes=2, buffer_size=4, n_smp_cls=2, replay_batch_size=2)
     s.buffer.add(x=torch.arange(4.0)[:, None].repeat(1, 2), y=torch.tensor([0, 1, 0, 1]))
     s.buffer.advance_host(1)
     monkeypatch.setattr(aser, "class_balanced_index", lambda y, n, exclude=None: torch.tensor([0, 1, 2, 3]))
@@ -109,7 +105,7 @@ def test_retrieval_replays_the_top_scored_candidates_then_trains_on_both(monkeyp
 
 
 def test_memory_fills_first_and_counts_every_offered_sample(monkeypatch):
-    s = build("aser", n_classes=2, buffer_size=5, n_smp_cls=1)
+    s = make_aser(n_classes=2, buffer_size=5, n_smp_cls=1)
     s.model.observe(torch.tensor([0, 1]))
     updates = []
     s.update_by_sv = lambda x, y: updates.append(x[:, 0].tolist())
@@ -119,12 +115,12 @@ def test_memory_fills_first_and_counts_every_offered_sample(monkeypatch):
     assert s.buffer.items()["x"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0] and updates == []
     s.after_step(torch.arange(5.0, 8.0)[:, None].repeat(1, 2), torch.tensor([1, 0, 1]))
     assert updates == [[5.0, 6.0, 7.0]] and s.buffer.n_seen == 8
-    t = build("aser", n_classes=2, buffer_size=4, n_smp_cls=1)
+    t = make_aser(n_classes=2, buffer_size=4, n_smp_cls=1)
     t.update_by_sv = lambda x, y: updates.append(x[:, 0].tolist())
     t.after_step(torch.arange(6.0)[:, None].repeat(1, 2), torch.tensor([0, 1, 0, 1, 0, 1]))  # 4 fill, 2 update
     assert t.buffer.items()["x"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0] and updates[-1] == [4.0, 5.0]
     assert t.buffer.n_seen == 6
-    empty = build("aser", buffer_size=0)
+    empty = make_aser(buffer_size=0)
     empty.after_step(torch.randn(2, 2), torch.tensor([0, 1]))
     assert len(empty.buffer) == 0 and empty.buffer.n_seen == 0
 
@@ -134,7 +130,7 @@ def test_update_evaluates_on_minority_incoming_classes_and_n_smp_cls_per_class_c
     threshold is U / 4 with U fixed to 1: 0.25. Incoming classes [0, 1, 3]: only class 3 is a minority (class
     1's share equals the threshold). Evaluation set: 1 per class of the buffer (3) + the class-3 sample;
     candidates: n_smp_cls * n_classes = 4 buffer slots outside it + the 3 incoming."""
-    s = build("aser", n_classes=4, buffer_size=8, n_smp_cls=1, k=1)
+    s = make_aser(n_classes=4, buffer_size=8, n_smp_cls=1, k=1)
     s.buffer.add(x=torch.randn(8, 2), y=torch.tensor([0, 0, 0, 0, 1, 1, 2, 2]))
     monkeypatch.setattr(torch, "rand", lambda *a, **kw: torch.ones(()))
     seen = []
@@ -149,7 +145,7 @@ def test_update_evaluates_on_minority_incoming_classes_and_n_smp_cls_per_class_c
 
 
 def test_update_candidates_come_from_outside_the_evaluation_set(monkeypatch):
-    s = build("aser", n_classes=2, buffer_size=6, n_smp_cls=1, k=1)
+    s = make_aser(n_classes=2, buffer_size=6, n_smp_cls=1, k=1)
     s.buffer.add(x=torch.arange(6.0)[:, None].repeat(1, 2), y=torch.tensor([0, 0, 0, 1, 1, 1]))
     seen = []
     s.sv = lambda ex, ey, cx, cy: seen.append((ex.clone(), cx.clone())) or torch.zeros(len(ey), len(cy))
@@ -158,3 +154,13 @@ def test_update_candidates_come_from_outside_the_evaluation_set(monkeypatch):
     for ex, cx in seen:
         ev, cand = set(ex[:, 0].tolist()) - {9.0}, set(cx[:-1, 0].tolist())
         assert len(ev) == 2 and len(cand) == 2 and not ev & cand and cx[-1, 0] == 9.0
+
+
+
+@pytest.mark.parametrize("key", ["replay_batch_size", "k", "n_smp_cls"])
+def test_validation_bounds(key):
+    assert resolve(tiny({"name": "aser", key: 1}))["strategy"][key] == 1
+    with pytest.raises(ConfigError, match=f"{key}=0"):
+        resolve(tiny({"name": "aser", key: 0}))
+    for kind in ASER_TYPES:
+        assert resolve(tiny({"name": "aser", "aser_type": kind}))["strategy"]["aser_type"] == kind

@@ -11,26 +11,21 @@ import torch
 import strategies.gss as gss
 from cl.core.config import resolve
 from cl.core.registry import ConfigError
-from strategies.gss import GSSConfig, max_cosine
+from strategies.gss import GSS, GSSConfig, max_cosine
 
 from conftest import tiny
-from test_ocl1 import E1, E2, build
+from test_mutation_mir import make
+from test_ocl1 import E1, E2
+
+
+def make_gss(**kw):
+    return make(GSS, GSSConfig, **kw)
 
 
 def test_defaults_are_mai_et_als():
     c = GSSConfig()
     assert (c.buffer_size, c.mem_strength, c.gss_batch_size, c.sim_threshold) == (500, 10, 10, 0.0)
     assert c.replay_batch_size == 10 and gss._FLOOR == 1e-12
-
-
-@pytest.mark.parametrize("key,ok,bad", [("mem_strength", [1], [0]), ("gss_batch_size", [1], [0]),
-                                        ("sim_threshold", [-1.0, 1.0], [-1.01, 1.01])])
-def test_validation_bounds(key, ok, bad):
-    for v in ok:
-        assert resolve(tiny({"name": "gss", key: v}))["strategy"][key] == v
-    for v in bad:
-        with pytest.raises(ConfigError, match=f"{key}={v}"):
-            resolve(tiny({"name": "gss", key: v}))
 
 
 def test_max_cosine_hand_values():
@@ -43,7 +38,7 @@ def test_max_cosine_hand_values():
 
 
 def test_vectorised_gradients_only_on_a_gpu():
-    s = build("gss")
+    s = make_gss()
     assert s.vectorize is False
     s.device = torch.device("cuda")
     assert s.vectorize is True
@@ -64,7 +59,7 @@ def _spy_groups(monkeypatch):
 @pytest.mark.parametrize("n,strength,bs,want", [(5, 10, 2, (2, 2)), (7, 2, 3, (2, 3)), (3, 4, 5, (1, 3)),
                                                  (1, 10, 10, (1, 1))])
 def test_memory_subsets_are_disjoint_random_groups(monkeypatch, n, strength, bs, want):
-    s = build("gss", buffer_size=10, mem_strength=strength, gss_batch_size=bs)
+    s = make_gss(buffer_size=10, mem_strength=strength, gss_batch_size=bs)
     s.model.observe(torch.tensor([0, 1]))
     s.buffer.add(x=torch.arange(n, dtype=torch.float)[:, None].repeat(1, 2), y=torch.zeros(n, dtype=torch.long))
     seen = _spy_groups(monkeypatch)
@@ -77,7 +72,7 @@ def test_memory_subsets_are_disjoint_random_groups(monkeypatch, n, strength, bs,
 
 def test_admission_runs_in_eval_mode_and_restores_the_mode(monkeypatch):
     for training in (True, False):
-        s = build("gss", buffer_size=4, mem_strength=2, gss_batch_size=1)
+        s = make_gss(buffer_size=4, mem_strength=2, gss_batch_size=1)
         s.model.observe(torch.tensor([0, 1]))
         s.model.train(training)
         s.buffer.add(x=torch.stack([E1, E1]), y=torch.zeros(2, dtype=torch.long), score=torch.tensor([0.1, 0.1]))
@@ -87,13 +82,13 @@ def test_admission_runs_in_eval_mode_and_restores_the_mode(monkeypatch):
 
 
 def test_an_empty_capacity_buffer_admits_nothing():
-    s = build("gss", buffer_size=0)
+    s = make_gss(buffer_size=0)
     s.after_step(torch.stack([E1]), torch.tensor([0]))
     assert len(s.buffer) == 0
 
 
 def _full(scores, x=E1):
-    s = build("gss", buffer_size=len(scores), mem_strength=2, gss_batch_size=2)
+    s = make_gss(buffer_size=len(scores), mem_strength=2, gss_batch_size=2)
     s.model.observe(torch.tensor([0, 1]))
     s.buffer.add(x=torch.stack([x] * len(scores)), y=torch.zeros(len(scores), dtype=torch.long),
                  score=torch.tensor(scores))
@@ -176,10 +171,21 @@ def test_a_larger_batch_than_the_buffer_offers_only_its_first_capacity_samples()
 
 
 def test_filling_scores_are_cosines_against_the_buffer_and_the_rest_is_dropped():
-    s = build("gss", buffer_size=3, mem_strength=1, gss_batch_size=1)
+    s = make_gss(buffer_size=3, mem_strength=1, gss_batch_size=1)
     s.model.observe(torch.tensor([0, 1]))
     s.after_step(torch.stack([E1]), torch.tensor([0]))
     assert s.buffer.items()["score"].tolist() == pytest.approx([0.1])
     s.after_step(torch.stack([-E1, E2, E1]), torch.tensor([0, 0, 0]))
     assert s.buffer.items()["score"].tolist() == pytest.approx([0.1, -1.0, 0.0], abs=1e-6)
     assert s.buffer.items()["x"].tolist() == [[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]]
+
+
+
+@pytest.mark.parametrize("key,ok,bad", [("mem_strength", [1], [0]), ("gss_batch_size", [1], [0]),
+                                        ("sim_threshold", [-1.0, 1.0], [-1.01, 1.01])])
+def test_validation_bounds(key, ok, bad):
+    for v in ok:
+        assert resolve(tiny({"name": "gss", key: v}))["strategy"][key] == v
+    for v in bad:
+        with pytest.raises(ConfigError, match=f"{key}={v}"):
+            resolve(tiny({"name": "gss", key: v}))
