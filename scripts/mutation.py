@@ -731,7 +731,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "only the first line is kept (extra[0] just below): [0:2] has the same first item"),
         (r"core/NumberReplacer$", 'extra = extra[0] if extra else ""', "extra[-1]",
          "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
-    ],    "rar": [
+    ],    "mir": [
+        (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True) in MIR.train_step", "",
+         "every trainable parameter of the model is in the incoming batch's loss, so its backward writes every "
+         ".grad before the virtual step reads it: zeroed or None before, the gradients, scores and step are the same"),
+    ],
+    "rar": [
         (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True) in RAR.train_step", "",
          "every trainable parameter of the model is in each iteration's loss (backbone + head over the batch), "
          "so backward writes every .grad: zeroed or None before it, the gradients and the step are the same"),

@@ -66,6 +66,7 @@ def test_candidates_are_distinct_and_at_most_subsample():
 
 def test_excluding_the_current_experience_draws_at_most_subsample_distinct_past_samples():
     s = mir(exclude_current=True, buffer_size=20, subsample=3, replay_batch_size=2)
+    assert s.candidates() == {} and s.retrieve() == {}  # empty buffer (no stored fields yet)
     s.before_experience(type("E", (), {"index": 0})())
     s.after_step(torch.arange(5.0)[:, None].repeat(1, 2), torch.zeros(5, dtype=torch.long))
     assert s.buffer.items()["e"].tolist() == [0] * 5
