@@ -732,6 +732,16 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", 'extra = extra[0] if extra else ""', "extra[-1]",
          "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
     ],    "mir": [
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'self.info.boundaries != "visible": in MIR.setup', "",
+         "the boundary kinds are visible, hidden, blurry and gradual (cl/data/settings.py BOUNDARIES): every other "
+         "kind sorts before 'visible', so < 'visible' means != 'visible'"),
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'keep = (items["e"] != self.exp_index)', "",
+         "a stored sample's experience index is the one it was added in, never after the current one "
+         "(experiences come in order): != means <"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(self.buffer) == 0: in MIR.candidates", "",
+         "a length is never negative"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(keep) == 0: in MIR.candidates", "",
+         "a length is never negative"),
         (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True) in MIR.train_step", "",
          "every trainable parameter of the model is in the incoming batch's loss, so its backward writes every "
          ".grad before the virtual step reads it: zeroed or None before, the gradients, scores and step are the same"),
