@@ -747,6 +747,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          ".grad before the virtual step reads it: zeroed or None before, the gradients, scores and step are the same"),
     ],
     "rar": [
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if kind == "randaug": in RAR.setup', "",
+         "augment is validated in AUGMENTS (randaug, none, crop_flip, crop_flip_jitter, pcr): every other kind "
+         "sorts before 'randaug', so >= 'randaug' means == 'randaug'"),
         (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True) in RAR.train_step", "",
          "every trainable parameter of the model is in each iteration's loss (backbone + head over the batch), "
          "so backward writes every .grad: zeroed or None before it, the gradients and the step are the same"),

@@ -79,13 +79,13 @@ def test_train_step_returns_the_mean_of_the_iterations_losses():
 
 
 
-@pytest.mark.parametrize("key,ok,bad", [("iterations", [1, 2], [0]), ("randaug_n", [1, 3], [0]),
-                                        ("randaug_m", [0, 30], [-1, 31])])
-def test_validation_bounds(key, ok, bad):
+@pytest.mark.parametrize("key,ok,bad,valid", [("iterations", [1, 2], [0], ">= 1"), ("randaug_n", [1, 3], [0], ">= 1"),
+                                              ("randaug_m", [0, 30], [-1, 31], ">= 0, <= 30")])
+def test_validation_bounds(key, ok, bad, valid):
     for v in ok:
         assert resolve(tiny({"name": "rar", key: v}))["strategy"][key] == v
-    for v in bad:
-        with pytest.raises(ConfigError, match=f"{key}={v}"):
+    for v in bad:  # the message states the bounds (randaug_n's default, 1, is its bound: only the message shows it)
+        with pytest.raises(ConfigError, match=f"{key}={v} is out of range: valid values are {valid}$"):
             resolve(tiny({"name": "rar", key: v}))
     for kind in AUGMENTS:  # every listed kind is accepted
         assert resolve(tiny({"name": "rar", "augment": kind}))["strategy"]["augment"] == kind
