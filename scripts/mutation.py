@@ -746,6 +746,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "every trainable parameter of the model is in the incoming batch's loss, so its backward writes every "
          ".grad before the virtual step reads it: zeroed or None before, the gradients, scores and step are the same"),
     ],
+    "gss": [
+        (r"core/NumberReplacer$", "y[None], self.vectorize)[0] in GSS.batch_grad", "[-1]",
+         "group_grads of one group (x[None]) returns one row: [-1] is [0]"),
+    ],
     "rar": [
         (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if kind == "randaug": in RAR.setup', "",
          "augment is validated in AUGMENTS (randaug, none, crop_flip, crop_flip_jitter, pcr): every other kind "

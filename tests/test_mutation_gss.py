@@ -42,6 +42,8 @@ def test_vectorised_gradients_only_on_a_gpu():
     assert s.vectorize is False
     s.device = torch.device("cuda")
     assert s.vectorize is True
+    s.device = torch.device("mps")  # sorts after "cuda"
+    assert s.vectorize is False
 
 
 def _spy_groups(monkeypatch):
