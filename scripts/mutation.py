@@ -749,6 +749,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "gss": [
         (r"core/NumberReplacer$", "y[None], self.vectorize)[0] in GSS.batch_grad", "[-1]",
          "group_grads of one group (x[None]) returns one row: [-1] is [0]"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if n == 0 in GSS.admit", "",
+         "n is the buffer's length, never negative"),
     ],
     "rar": [
         (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if kind == "randaug": in RAR.setup', "",
