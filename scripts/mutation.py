@@ -751,6 +751,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "group_grads of one group (x[None]) returns one row: [-1] is [0]"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if n == 0 in GSS.admit", "",
          "n is the buffer's length, never negative"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if cap == 0: in GSS.admit", "",
+         "the capacity is never negative (buffer_size is validated >= 0; ReservoirBuffer refuses a negative one)"),
     ],
     "rar": [
         (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if kind == "randaug": in RAR.setup', "",
