@@ -751,6 +751,19 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "group_grads of one group (x[None]) returns one row: [-1] is [0]"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if n == 0 in GSS.admit", "",
          "n is the buffer's length, never negative"),
+        (r"core/NumberReplacer$", "self.batch_grad(x, y)[None])[0] < self.cfg.sim_threshold", "[ -1]",
+         "max_cosine of the one batch gradient (batch_grad(...)[None]) has one entry: [-1] is [0]"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if n < cap: in GSS.admit", "",
+         "the buffer's length never exceeds its capacity: != cap means < cap"),
+        (r"core/NumberReplacer$", "w = (scores - scores.min()) / (scores.max() - scores.min() + 0.01)", "+ 1.01",
+         "the weights only feed torch.multinomial, which normalises them: a denominator of max - min + 1.01 "
+         "instead of + 0.01 scales every weight alike (both positive; the 1e-12 floor aside)"),
+        (r"core/ReplaceBinaryOperator_Div_Mul$", "w = (scores - scores.min()) / (scores.max() - scores.min() + 0.01)",
+         "", "the weights only feed torch.multinomial, which normalises them: multiplying by the positive "
+             "max - min + 0.01 instead of dividing scales every weight alike (the 1e-12 floor aside)"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in GSS.admit", "",
+         "nothing in admit carries a graph: the gradients come from torch.autograd.grad / vmap(grad) without "
+         "create_graph, the scores are cosines of those, and the inputs are the raw batch"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if cap == 0: in GSS.admit", "",
          "the capacity is never negative (buffer_size is validated >= 0; ReservoirBuffer refuses a negative one)"),
     ],

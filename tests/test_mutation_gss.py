@@ -102,7 +102,8 @@ def test_a_batch_is_considered_only_strictly_below_the_threshold():
     (similarity exactly 0), so the default threshold 0 rejects the batch and 0.01 lets it in."""
     s = _full([0.2, 0.4, 0.6, 0.8])
     before = s.buffer.items()["x"].clone()
-    s.after_step(torch.stack([E2]), torch.tensor([0]))
+    for _ in range(12):  # considered, each would replace its slot with probability > 1/2
+        s.after_step(torch.stack([E2]), torch.tensor([0]))
     assert torch.equal(s.buffer.items()["x"], before)
     s.cfg.sim_threshold = 0.01
     for _ in range(20):
@@ -138,6 +139,17 @@ def test_update_draws_slots_by_normalised_score_and_replaces_with_the_cosine_odd
     assert c[slot] == pytest.approx(-1.0, abs=1e-5)
     old = [-0.8, -0.6, -0.4, -0.2][slot]
     assert pair[0].tolist() == pytest.approx([0.0, (old + 1) / 2], abs=1e-6)
+
+
+@pytest.mark.parametrize("scores,want", [([0.5] * 4, [0.25] * 4),  # all equal: every weight 0, the floor draws uniformly
+                                         ([0.5, 0.502, 0.504, 0.506], [0.0, 1 / 6, 2 / 6, 3 / 6])])  # spread < 0.01
+def test_update_slot_weights_with_equal_or_close_scores(monkeypatch, scores, want):
+    s = _full(scores)
+    calls = _spy_multinomial(monkeypatch)
+    s.after_step(torch.stack([-E1]), torch.tensor([0]))  # opposing: always replaces its slot
+    w = calls[0][0]
+    assert (w / w.sum()).tolist() == pytest.approx(want, abs=1e-4)  # float32 differences of 0.002
+    assert (s.buffer.items()["x"][:, 0] == -1).sum() == 1
 
 
 def test_update_pair_odds_of_an_aligned_sample(monkeypatch):
