@@ -746,6 +746,15 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "every trainable parameter of the model is in the incoming batch's loss, so its backward writes every "
          ".grad before the virtual step reads it: zeroed or None before, the gradients, scores and step are the same"),
     ],
+    "aser": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.aser_type == "asv": in ASER.retrieval_scores', "",
+         "aser_type is validated in (asvm, asv, neg_sv): 'asvm' and 'neg_sv' sort after 'asv', so <= 'asv' means "
+         "== 'asv'"),
+        (r"core/NumberReplacer$", "coop = torch.zeros(1, len(cand), device=adv.device)", "",
+         "a zero cooperative value of any number of rows: its mean and max over rows are 0 either way"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", "if len(y) and len(buf) == buf.capacity: in ASER.after_step", "",
+         "the buffer's length never exceeds its capacity: >= means =="),
+    ],
     "gss": [
         (r"core/NumberReplacer$", "y[None], self.vectorize)[0] in GSS.batch_grad", "[-1]",
          "group_grads of one group (x[None]) returns one row: [-1] is [0]"),

@@ -59,8 +59,12 @@ def test_retrieval_is_random_and_distinct_until_more_than_the_memory_was_offered
     s.model.observe(torch.tensor([0, 1, 2]))
     x, y = torch.randn(2, 2), torch.tensor([0, 1])
     assert s.retrieve(x, y) == {}  # empty buffer
-    s.buffer.add(x=torch.arange(12.0)[:, None].repeat(1, 2), y=torch.arange(3).repeat(4))
     drawn = _spy_cbi(monkeypatch)
+    s.buffer.add(x=torch.arange(11.0)[:, None].repeat(1, 2), y=torch.arange(3).repeat(4)[:11])
+    assert len(s.retrieve(x, y)["x"]) == 10 and drawn == []  # n_seen below the capacity: random
+    s = make_aser(n_classes=3, buffer_size=12, replay_batch_size=10, n_smp_cls=2)
+    s.model.observe(torch.tensor([0, 1, 2]))
+    s.buffer.add(x=torch.arange(12.0)[:, None].repeat(1, 2), y=torch.arange(3).repeat(4))
     for _ in range(10):
         mem = s.retrieve(x, y)  # n_seen == capacity: still random
         vals = mem["x"][:, 0].tolist()
@@ -69,6 +73,17 @@ def test_retrieval_is_random_and_distinct_until_more_than_the_memory_was_offered
     s.buffer.advance_host(1)
     mem = s.retrieve(x, y)  # Shapley-valued from now on: the 6 candidates (2 per class), fewer than 10
     assert drawn and sorted(mem["index"].tolist()) == sorted(drawn[0].tolist())
+
+
+def test_neg_sv_scores_are_minus_the_summed_adversarial_values():
+    s = make_aser(n_classes=2, buffer_size=6, n_smp_cls=2, k=1, aser_type="neg_sv")
+    torch.manual_seed(0)
+    bx, by = torch.randn(6, 2), torch.tensor([0, 1, 0, 1, 0, 1])
+    s.buffer.add(x=bx, y=by)
+    x, y = torch.randn(3, 2), torch.tensor([0, 1, 1])
+    cand = torch.tensor([4, 1, 2, 3])
+    got = s.retrieval_scores(x, y, cand, s.buffer.items())
+    assert torch.allclose(got, -brute_shapley(x, y, bx[cand], by[cand], 1).sum(0), atol=1e-6)
 
 
 @pytest.mark.parametrize("kind", ["asvm", "asv"])
@@ -126,21 +141,21 @@ def test_memory_fills_first_and_counts_every_offered_sample(monkeypatch):
 
 
 def test_update_evaluates_on_minority_incoming_classes_and_n_smp_cls_per_class_candidates(monkeypatch):
-    """Buffer of 8: class 0 x4, class 1 x2, class 2 x2 (shares 0.5, 0.25, 0.25, 0); 4 classes; the drawn
-    threshold is U / 4 with U fixed to 1: 0.25. Incoming classes [0, 1, 3]: only class 3 is a minority (class
-    1's share equals the threshold). Evaluation set: 1 per class of the buffer (3) + the class-3 sample;
-    candidates: n_smp_cls * n_classes = 4 buffer slots outside it + the 3 incoming."""
+    """Buffer of 8: class 0 x5, class 1 x2, class 2 x1 (shares 0.625, 0.25, 0.125, 0); 4 classes; the drawn
+    threshold is U / 4 with U fixed to 1: 0.25. Incoming classes [0, 1, 2, 3]: classes 2 and 3 are minorities
+    (class 1's share equals the threshold). Evaluation set: 1 per class of the buffer (3) + the class-2 and
+    class-3 samples; candidates: n_smp_cls * n_classes = 4 buffer slots outside it + the 4 incoming."""
     s = make_aser(n_classes=4, buffer_size=8, n_smp_cls=1, k=1)
-    s.buffer.add(x=torch.randn(8, 2), y=torch.tensor([0, 0, 0, 0, 1, 1, 2, 2]))
+    s.buffer.add(x=torch.randn(8, 2), y=torch.tensor([0, 0, 0, 0, 0, 1, 1, 2]))
     monkeypatch.setattr(torch, "rand", lambda *a, **kw: torch.ones(()))
     seen = []
     s.sv = lambda ex, ey, cx, cy: seen.append((ey.clone(), cy.clone())) or torch.zeros(len(ey), len(cy))
-    s.update_by_sv(torch.randn(3, 2), torch.tensor([0, 1, 3]))
+    s.update_by_sv(torch.randn(4, 2), torch.tensor([0, 1, 2, 3]))
     ey, cy = seen[0]
-    assert sorted(ey.tolist()) == [0, 1, 2, 3] and ey[-1].item() == 3
-    assert len(cy) == 7 and cy[-3:].tolist() == [0, 1, 3]
-    monkeypatch.setattr(torch, "rand", lambda *a, **kw: torch.full((), 0.999))  # threshold just below 0.25
-    s.update_by_sv(torch.randn(3, 2), torch.tensor([0, 1, 3]))
+    assert sorted(ey.tolist()) == [0, 1, 2, 2, 3] and ey[-2:].tolist() == [2, 3]
+    assert len(cy) == 8 and cy[-4:].tolist() == [0, 1, 2, 3]
+    monkeypatch.setattr(torch, "rand", lambda *a, **kw: torch.full((), 0.4))  # threshold 0.1: class 3 only
+    s.update_by_sv(torch.randn(4, 2), torch.tensor([0, 1, 2, 3]))
     assert sorted(seen[1][0].tolist()) == [0, 1, 2, 3]
 
 
