@@ -754,6 +754,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "a zero cooperative value of any number of rows: its mean and max over rows are 0 either way"),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "if len(y) and len(buf) == buf.capacity: in ASER.after_step", "",
          "the buffer's length never exceeds its capacity: >= means =="),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if buf.capacity == 0: in ASER.after_step", "",
+         "the capacity is never negative (buffer_size is validated >= 0; ReservoirBuffer refuses a negative one)"),
+        (r"core/NumberReplacer$", "ev = by.new_zeros(0) in ASER.retrieval_scores", "new_zeros( 1)",
+         "ev is replaced for asvm / asv; for neg_sv it is not used: one more slot in the eval-mode feature pass "
+         "(per-sample features) changes no other row, and neg_sv reads only the incoming and candidate rows"),
     ],
     "gss": [
         (r"core/NumberReplacer$", "y[None], self.vectorize)[0] in GSS.batch_grad", "[-1]",

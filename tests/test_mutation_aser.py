@@ -12,6 +12,8 @@ import torch.nn.functional as F
 import strategies.aser as aser
 from cl.core.config import resolve
 from cl.core.registry import ConfigError
+from cl.models.heads import IncrementalLinear
+from cl.models.model import Model
 from strategies.aser import ASER, ASER_TYPES, ASERConfig
 
 from conftest import tiny
@@ -45,6 +47,11 @@ def test_features_are_flattened_in_eval_mode_and_the_mode_is_restored():
         assert f.shape == (3, 2) and f.dtype == torch.float32 and torch.allclose(f, x)
         assert s.model.training is training and not f.requires_grad
     assert modes == [False, False]
+    bb = torch.nn.Linear(2, 3)
+    bb.out_dim = 3
+    t = make_aser(model=Model(bb, IncrementalLinear(3, 2)))
+    f = t.features(x)
+    assert f.shape == (3, 3) and not f.requires_grad and f.grad_fn is None  # scores keep no graph
 
 
 def _spy_cbi(monkeypatch):
@@ -73,6 +80,25 @@ def test_retrieval_is_random_and_distinct_until_more_than_the_memory_was_offered
     s.buffer.advance_host(1)
     mem = s.retrieve(x, y)  # Shapley-valued from now on: the 6 candidates (2 per class), fewer than 10
     assert drawn and sorted(mem["index"].tolist()) == sorted(drawn[0].tolist())
+
+
+@pytest.mark.parametrize("kind", ["asvm", "asv"])
+def test_scores_combine_the_cooperative_and_adversarial_values(kind, monkeypatch):
+    """A cooperative set of 3 slots and 4 candidates (different sizes), k = 2: asvm = mean_coop - mean_adv,
+    asv = max_coop - min_adv, over the evaluation points of each set."""
+    s = make_aser(n_classes=2, buffer_size=7, n_smp_cls=2, k=2, aser_type=kind)
+    torch.manual_seed(3)
+    bx, by = torch.randn(7, 2), torch.tensor([0, 1, 0, 1, 0, 1, 0])
+    s.buffer.add(x=bx, y=by)
+    ev = torch.tensor([4, 5, 6])
+    monkeypatch.setattr(aser, "class_balanced_index", lambda y, n, exclude=None: ev)
+    x, y = torch.randn(2, 2), torch.tensor([0, 1])
+    cand = torch.tensor([0, 1, 2, 3])
+    got = s.retrieval_scores(x, y, cand, s.buffer.items())
+    adv = brute_shapley(x, y, bx[cand], by[cand], 2)
+    coop = brute_shapley(bx[ev], by[ev], bx[cand], by[cand], 2)
+    want = coop.mean(0) - adv.mean(0) if kind == "asvm" else coop.max(0).values - adv.min(0).values
+    assert torch.allclose(got, want, atol=1e-6)
 
 
 def test_neg_sv_scores_are_minus_the_summed_adversarial_values():
