@@ -754,6 +754,19 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "a zero cooperative value of any number of rows: its mean and max over rows are 0 either way"),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "if len(y) and len(buf) == buf.capacity: in ASER.after_step", "",
          "the buffer's length never exceeds its capacity: >= means =="),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.cfg.aser_type == "neg_sv": in ASER.retrieval_scores', "",
+         "aser_type is validated in (asvm, asv, neg_sv) and 'neg_sv' sorts last: >= 'neg_sv' means == 'neg_sv'"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(ev) == 0: in ASER.retrieval_scores", "",
+         "a length is never negative"),
+        (r"core/ReplaceComparisonOperator_Eq_Lt$", "if len(self.buffer) == 0: in ASER.retrieve", "",
+         "the shortcut only skips to the random draw's check, and an empty buffer's sample is {} (an empty "
+         "buffer has offered nothing: n_seen = 0 <= capacity)"),
+        (r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_NotEq$", "if room > 0: in ASER.after_step",
+         "", "room = capacity - len >= 0; at room 0 the mutants add x[:0], an empty batch the buffer ignores, "
+             "and pass the whole batch on, as the original"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in ASER.update_by_sv", "",
+         "update_by_sv computes on raw inputs and on features taken under ASER.features' own torch.no_grad: "
+         "nothing records a graph either way"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if buf.capacity == 0: in ASER.after_step", "",
          "the capacity is never negative (buffer_size is validated >= 0; ReservoirBuffer refuses a negative one)"),
         (r"core/NumberReplacer$", "ev = by.new_zeros(0) in ASER.retrieval_scores", "new_zeros( 1)",

@@ -198,6 +198,29 @@ def test_update_candidates_come_from_outside_the_evaluation_set(monkeypatch):
 
 
 
+def test_update_puts_every_top_ranked_incoming_sample_in_a_lower_ranked_candidates_slot(monkeypatch):
+    """Slots hold x = 0..5; the evaluation set is fixed to slots 0 and 3, so the candidates are slots 1, 2, 4, 5
+    (n_smp_cls * n_classes = 4, in a random order) and the incoming 10, 11. Summed values by x: 10: 0.9,
+    11: 0.8, slot 4: 0.4, slot 1: 0.3, slot 5: 0.2, slot 2: 0.1. The top four hold both incoming samples:
+    the best (10) takes the best of the two candidates below them (slot 5), 11 takes slot 2."""
+    value = {1.0: 0.3, 2.0: 0.1, 4.0: 0.4, 5.0: 0.2, 10.0: 0.9, 11.0: 0.8}
+    for _ in range(5):
+        s = make_aser(n_classes=2, buffer_size=6, n_smp_cls=2, k=1)
+        s.buffer.add(x=torch.arange(6.0)[:, None].repeat(1, 2), y=torch.tensor([0, 0, 0, 1, 1, 1]))
+        monkeypatch.setattr(aser, "class_balanced_index", lambda y, n, exclude=None: torch.tensor([0, 3]))
+        s.sv = lambda ex, ey, cx, cy: torch.tensor([[value[float(v)] for v in cx[:, 0]]])
+        s.update_by_sv(torch.tensor([[10.0, 10.0], [11.0, 11.0]]), torch.tensor([1, 0]))
+        items = s.buffer.items()
+        assert items["x"][:, 0].tolist() == [0.0, 1.0, 11.0, 3.0, 4.0, 10.0] and items["y"].tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_a_one_sample_buffer_is_retrieved():
+    s = make_aser(buffer_size=5, replay_batch_size=3)
+    s.buffer.add(x=torch.ones(1, 2), y=torch.tensor([1]))
+    mem = s.retrieve(torch.randn(2, 2), torch.tensor([0, 1]))
+    assert mem["x"].tolist() == [[1.0, 1.0]] and mem["y"].tolist() == [1]
+
+
 @pytest.mark.parametrize("key", ["replay_batch_size", "k", "n_smp_cls"])
 def test_validation_bounds(key):
     assert resolve(tiny({"name": "aser", key: 1}))["strategy"][key] == 1
