@@ -756,7 +756,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "the buffer's length never exceeds its capacity: >= means =="),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.cfg.aser_type == "neg_sv": in ASER.retrieval_scores', "",
          "aser_type is validated in (asvm, asv, neg_sv) and 'neg_sv' sorts last: >= 'neg_sv' means == 'neg_sv'"),
-        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(ev) == 0: in ASER.retrieval_scores", "",
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(ev) == 0:  # every slot is a candidate", "",
          "a length is never negative"),
         (r"core/ReplaceComparisonOperator_Eq_Lt$", "if len(self.buffer) == 0: in ASER.retrieve", "",
          "the shortcut only skips to the random draw's check, and an empty buffer's sample is {} (an empty "
