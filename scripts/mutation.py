@@ -760,7 +760,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "a length is never negative"),
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if self.cfg.aser_type != "neg_sv": in ASER.retrieval_scores', "",
          "aser_type is validated in (asvm, asv, neg_sv) and 'neg_sv' sorts last: < 'neg_sv' means != 'neg_sv'"),
-        (r"core/ReplaceComparisonOperator_Eq_Lt$", "if len(self.buffer) == 0: in ASER.retrieve", "",
+        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "if len(self.buffer) == 0: in ASER.retrieve", "",
          "the shortcut only skips to the random draw's check, and an empty buffer's sample is {} (an empty "
          "buffer has offered nothing: n_seen = 0 <= capacity)"),
         (r"core/NumberReplacer$", "if len(self.buffer) == 0: in ASER.retrieve", "== -1",
@@ -769,7 +769,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(y) and len(buf) == buf.capacity: in ASER.after_step", "",
          "samples are left after the fill only when the buffer is full (the fill takes room = capacity - len of "
          "them): with len(y) > 0, len <= capacity and len == capacity agree"),
-        (r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_NotEq$", "if room > 0: in ASER.after_step",
+        (r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if room > 0: in ASER.after_step",
          "", "room = capacity - len >= 0; at room 0 the mutants add x[:0], an empty batch the buffer ignores, "
              "and pass the whole batch on, as the original"),
         (r"core/RemoveDecorator$", "@torch.no_grad() in ASER.update_by_sv", "",

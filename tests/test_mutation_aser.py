@@ -101,15 +101,18 @@ def test_scores_combine_the_cooperative_and_adversarial_values(kind, monkeypatch
     assert torch.allclose(got, want, atol=1e-6)
 
 
-def test_neg_sv_scores_are_minus_the_summed_adversarial_values():
+def test_neg_sv_scores_are_minus_the_summed_adversarial_values(monkeypatch):
     s = make_aser(n_classes=2, buffer_size=6, n_smp_cls=2, k=1, aser_type="neg_sv")
     torch.manual_seed(0)
     bx, by = torch.randn(6, 2), torch.tensor([0, 1, 0, 1, 0, 1])
     s.buffer.add(x=bx, y=by)
     x, y = torch.randn(3, 2), torch.tensor([0, 1, 1])
     cand = torch.tensor([4, 1, 2, 3])
+    drawn = []
+    monkeypatch.setattr(aser, "class_balanced_index", lambda *a, **kw: drawn.append(a) or torch.tensor([0, 5]))
     got = s.retrieval_scores(x, y, cand, s.buffer.items())
     assert torch.allclose(got, -brute_shapley(x, y, bx[cand], by[cand], 1).sum(0), atol=1e-6)
+    assert drawn == []  # no cooperative set is drawn (nor the RNG advanced) for neg_sv
 
 
 @pytest.mark.parametrize("kind", ["asvm", "asv"])
