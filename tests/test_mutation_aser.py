@@ -17,8 +17,7 @@ from cl.models.model import Model
 from strategies.aser import ASER, ASER_TYPES, ASERConfig
 
 from conftest import tiny
-from test_mutation_mir import make
-from test_ocl1 import brute_shapley
+from test_ocl1 import brute_shapley, make
 
 
 def make_aser(**kw):

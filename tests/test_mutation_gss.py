@@ -14,8 +14,7 @@ from cl.core.registry import ConfigError
 from strategies.gss import GSS, GSSConfig, max_cosine
 
 from conftest import tiny
-from test_mutation_mir import make
-from test_ocl1 import E1, E2
+from test_ocl1 import E1, E2, make
 
 
 def make_gss(**kw):

@@ -8,31 +8,13 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 
 from cl.core.config import resolve
 from cl.core.registry import ConfigError
-from cl.core.strategy import RunInfo
-from cl.models.heads import IncrementalLinear
-from cl.models.model import Model
 from strategies.mir import MIR, MIRConfig
 
 from conftest import tiny
-from test_ocl1 import E1, E2
-
-
-def make(cls, cfg_cls, model=None, n_classes=2, in_dim=2, input_shape=None, boundaries="visible", **cfg):
-    """test_ocl1.build without the registry (whose first use imports every strategy module: seconds in each
-    mutant's run): the strategy and config classes directly, on a zero bias-free linear head by default."""
-    if model is None:
-        head = IncrementalLinear(in_dim, n_classes, bias=False)
-        nn.init.zeros_(head.fc.weight)
-        model = Model(nn.Identity(), head)
-    info = RunInfo(n_classes=n_classes, input_shape=input_shape or (in_dim,), device=torch.device("cpu"), seed=0,
-                   boundaries=boundaries, n_experiences=2)
-    s = cls(cfg_cls(**cfg), model, info)
-    s.setup()
-    return s
+from test_ocl1 import E1, E2, make
 
 
 def mir(**kw):

@@ -17,7 +17,7 @@ from strategies._rar import RandAugment
 from strategies.rar import AUGMENTS, RAR, RARConfig
 
 from conftest import tiny
-from test_mutation_mir import make
+from test_ocl1 import make
 
 
 def make_rar(**kw):
