@@ -750,7 +750,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.aser_type == "asv": in ASER.retrieval_scores', "",
          "aser_type is validated in (asvm, asv, neg_sv): 'asvm' and 'neg_sv' sort after 'asv', so <= 'asv' means "
          "== 'asv'"),
-        (r"core/NumberReplacer$", "coop = torch.zeros(1, len(cand), device=adv.device)", "",
+        (r"core/NumberReplacer$", "coop = torch.zeros(1, len(cand), device=adv.device)", "torch.zeros( 2,",
          "a zero cooperative value of any number of rows: its mean and max over rows are 0 either way"),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "if len(y) and len(buf) == buf.capacity: in ASER.after_step", "",
          "the buffer's length never exceeds its capacity: >= means =="),
@@ -769,9 +769,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(y) and len(buf) == buf.capacity: in ASER.after_step", "",
          "samples are left after the fill only when the buffer is full (the fill takes room = capacity - len of "
          "them): with len(y) > 0, len <= capacity and len == capacity agree"),
-        (r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if room > 0: in ASER.after_step",
-         "", "room = capacity - len >= 0; at room 0 the mutants add x[:0], an empty batch the buffer ignores, "
-             "and pass the whole batch on, as the original"),
+        (r"core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if room > 0: in ASER.after_step", "",
+         "room = capacity - len >= 0; at room 0 the mutants add x[:0], an empty batch the buffer ignores, "
+         "and pass the whole batch on, as the original"),
+        (r"core/NumberReplacer$", "if room > 0: in ASER.after_step", "if room > -1",
+         "room = capacity - len >= 0; at room 0 the mutant adds x[:0], an empty batch the buffer ignores, "
+         "and passes the whole batch on, as the original"),
         (r"core/RemoveDecorator$", "@torch.no_grad() in ASER.update_by_sv", "",
          "update_by_sv computes on raw inputs and on features taken under ASER.features' own torch.no_grad: "
          "nothing records a graph either way"),

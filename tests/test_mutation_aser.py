@@ -163,6 +163,11 @@ def test_memory_fills_first_and_counts_every_offered_sample(monkeypatch):
     t.after_step(torch.arange(6.0)[:, None].repeat(1, 2), torch.tensor([0, 1, 0, 1, 0, 1]))  # 4 fill, 2 update
     assert t.buffer.items()["x"][:, 0].tolist() == [0.0, 1.0, 2.0, 3.0] and updates[-1] == [4.0, 5.0]
     assert t.buffer.n_seen == 6
+    one = make_aser(n_classes=2, buffer_size=3, n_smp_cls=1)  # room for exactly one
+    one.update_by_sv = lambda x, y: updates.append(x[:, 0].tolist())
+    one.after_step(torch.arange(2.0)[:, None].repeat(1, 2), torch.tensor([0, 1]))
+    one.after_step(torch.arange(2.0, 4.0)[:, None].repeat(1, 2), torch.tensor([0, 1]))
+    assert one.buffer.items()["x"][:, 0].tolist() == [0.0, 1.0, 2.0] and updates[-1] == [3.0]
     empty = make_aser(buffer_size=0)
     empty.after_step(torch.randn(2, 2), torch.tensor([0, 1]))
     assert len(empty.buffer) == 0 and empty.buffer.n_seen == 0
