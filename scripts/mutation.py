@@ -784,6 +784,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "ev is replaced for asvm / asv; for neg_sv it is not used: one more slot in the eval-mode feature pass "
          "(per-sample features) changes no other row, and neg_sv reads only the incoming and candidate rows"),
     ],
+    "_rar": [
+        (r"core/NumberReplacer$", "hist = torch.zeros(n * c, 256, device=u.device)", "torch.zeros(n * c, 257,",
+         "the values are integers 0..255: a 257th bin stays empty, is never the last non-empty one and is never "
+         "gathered, so the step and the lookup table are the same"),
+    ],
     "gss": [
         (r"core/NumberReplacer$", "y[None], self.vectorize)[0] in GSS.batch_grad", "[-1]",
          "group_grads of one group (x[None]) returns one row: [-1] is [0]"),
