@@ -788,6 +788,15 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", "hist = torch.zeros(n * c, 256, device=u.device)", "torch.zeros(n * c, 257,",
          "the values are integers 0..255: a 257th bin stays empty, is never the last non-empty one and is never "
          "gathered, so the step and the lookup table are the same"),
+        (r"core/NumberReplacer$", '"solarize_add": torch.where(added >= 128, 255 - added, added) / 255', "/ 256",
+         "solarize_add's grey levels are at most 127 (below 128 kept, from 128 up inverted): k / 256 re-quantised "
+         "by apply_ops' final round(255 x) is k again for every k <= 127"),
+        (r"core/NumberReplacer$", 'added = (u + value("solarize_add", m)).clamp(0, 255).floor()', "clamp(0, 256)",
+         "a sum clamped to 256 instead of 255 is solarised (>= 128) to -1 instead of 0, and apply_ops' final "
+         "quantisation clamps it to 0: the same image"),
+        (r"core/NumberReplacer$", "y = y.clamp(0, 1) in RandAugment.__call__", "clamp(0, 2)",
+         "apply_ops quantises its input with a clamp to [0, 255] first (x = _q(x01) / 255): values above 1 "
+         "become 1 there either way"),
     ],
     "gss": [
         (r"core/NumberReplacer$", "y[None], self.vectorize)[0] in GSS.batch_grad", "[-1]",

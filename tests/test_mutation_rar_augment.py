@@ -217,3 +217,6 @@ def test_call_undoes_and_redoes_the_normalisation_and_keeps_the_dtype(monkeypatc
     assert torch.allclose(one.float(), want, atol=1e-6)
     plain = RandAugment(1, 14)(torch.full((1, 3, 2, 2), 1.5))  # no normalisation: clamped to [0, 1] first
     assert torch.equal(plain, torch.zeros(1, 3, 2, 2))
+    grad_in = torch.rand(2, 3, 4, 4, requires_grad=True)  # augmenting records no graph, whatever the input
+    out = RandAugment(1, 14)(grad_in)
+    assert not out.requires_grad and out.grad_fn is None
