@@ -794,6 +794,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", 'added = (u + value("solarize_add", m)).clamp(0, 255).floor()', "clamp(0, 256)",
          "a sum clamped to 256 instead of 255 is solarised (>= 128) to -1 instead of 0, and apply_ops' final "
          "quantisation clamps it to 0: the same image"),
+        (r"core/NumberReplacer$", "return (x * 255).round().clamp(0, 255) in _q", "clamp(0, 256)",
+         "_q's inputs are in [0, 1] (the input is clamped in __call__, every blend is clamped, the other operations "
+         "stay in range): round(255 x) is never above 255"),
         (r"core/NumberReplacer$", "y = y.clamp(0, 1) in RandAugment.__call__", "clamp(0, 2)",
          "apply_ops quantises its input with a clamp to [0, 255] first (x = _q(x01) / 255): values above 1 "
          "become 1 there either way"),

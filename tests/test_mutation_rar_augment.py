@@ -125,9 +125,9 @@ def test_enhance_operations_are_within_one_grey_level_of_pil(op):
 
 
 def test_cutout_is_pils_rectangle_of_the_codes_corner():
-    for m in (3, 14, 20):
+    for m in (1, 3, 5, 14, 20):  # v = 1.33, 4, 6.67, 18.7, 26.7 px
         v = value("cutout", m)
-        for r in (0.0, 0.3, 0.55, 0.99):
+        for r in (0.0, 0.3, 0.45, 0.55, 0.7, 0.99):
             arr = _img(1)
             img = Image.fromarray(arr).copy()
             x0, y0 = int(max(0, r * W - v / 2)), int(max(0, r * H - v / 2))
