@@ -785,6 +785,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "(per-sample features) changes no other row, and neg_sv reads only the incoming and candidate rows"),
     ],
     "_rar": [
+        *[(r"core/NumberReplacer$", 'RANGES = {"autocontrast": (0, 1), "equalize": (0, 1), "invert": (0, 1)',
+           f'"{op}": ({a}, {b})', "autocontrast, equalize and invert take no magnitude: value() is never called for "
+           "them, so their RANGES entries are never read")
+          for op in ("autocontrast", "equalize", "invert") for a, b in ((1, 1), (-1, 1), (0, 2), (0, 0))],
         (r"core/NumberReplacer$", "hist = torch.zeros(n * c, 256, device=u.device)", "torch.zeros(n * c, 257,",
          "the values are integers 0..255: a 257th bin stays empty, is never the last non-empty one and is never "
          "gathered, so the step and the lookup table are the same"),
