@@ -64,6 +64,7 @@ ONLINE_TESTS = ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.
 _RP, _RG, _RI = "tests/test_baselines_replay.py", "tests/test_baselines_reg.py", "tests/test_baselines_isolation.py"
 _O2 = "tests/test_ocl2.py"  # scr, pcr, ocm, onpro, _contrastive: the config checks, then each module's own tests
 _O2_CFG = ("bad_choices_name_the_field_and_the_choices", "bad_numbers_name_the_field", "ocm_needs_boundaries_and_says_so")
+_O1 = "tests/test_ocl1.py"
 
 MODULES: dict[str, Module] = {
     # -- numbers: metrics and the shared pieces strategies hold
@@ -198,12 +199,32 @@ MODULES: dict[str, Module] = {
                                                   f"{_RI}::test_resume_from_a_boundary_is_exact[pnn]"]),
     "podnet": Module("strategies/podnet.py", ["tests/test_podnet.py"]),
     "_exemplars": Module("strategies/_exemplars.py", [_RP, "tests/test_podnet.py"]),
-    "mir": Module("strategies/mir.py", ["tests/test_ocl1.py"]),
-    "gss": Module("strategies/gss.py", ["tests/test_ocl1.py"]),
-    "aser": Module("strategies/aser.py", ["tests/test_ocl1.py"]),
-    "rar": Module("strategies/rar.py", ["tests/test_ocl1.py"]),
-    "_rar": Module("strategies/_rar.py", ["tests/test_ocl1.py"]),
-    "slda": Module("strategies/slda.py", ["tests/test_ocl3.py"]),
+    # mir / gss / aser / rar / _rar / slda: the mechanism tests of test_ocl1.py / test_ocl3.py that exercise
+    # the module (test_ocl1.py's others run the other strategies), then its online + offline run
+    "mir": Module("strategies/mir.py", [f"{_O1}::test_mir_{t}" for t in (
+        "retrieves_the_samples_whose_loss_rises_most_under_the_virtual_step",
+        "step_replays_the_retrieved_samples_and_keeps_batchnorm_stats",
+        "exclude_current_needs_boundaries_and_excludes_the_current_experience")] + [
+        f"{_O1}::test_bad_values_are_config_errors_naming_the_field[mir-subsample-{v}]" for v in ("0-words0", "5-words1")] + [
+        f"{_O1}::test_runs_online_task_free_and_offline[mir]"]),
+    "gss": Module("strategies/gss.py", [f"{_O1}::test_gss_{t}" for t in (
+        "fills_with_scores_then_rejects_an_aligned_batch", "keeps_the_gradient_diverse_sample_when_the_buffer_is_full")] + [
+        f"{_O1}::test_bad_values_are_config_errors_naming_the_field[gss-{v}]" for v in (
+            "mem_strength-0-words2", "sim_threshold-1.5-words3")] + [f"{_O1}::test_runs_online_task_free_and_offline[gss]"]),
+    "aser": Module("strategies/aser.py", [f"{_O1}::test_aser_{t}" for t in (
+        "retrieval_scores_are_knn_shapley_combinations",
+        "update_replaces_the_lowest_value_buffer_sample_by_a_valuable_incoming_one")] + [
+        f"{_O1}::test_bad_values_are_config_errors_naming_the_field[aser-{v}]" for v in ("aser_type-asvx-words4", "k-0-words5")] + [
+        f"{_O1}::test_runs_online_task_free_and_offline[aser]"]),
+    "rar": Module("strategies/rar.py", [f"{_O1}::test_rar_{t}" for t in (
+        "repeats_augmented_steps_with_fresh_replay_and_one_buffer_update", "augmentation_needs_images")] + [
+        f"{_O1}::test_bad_values_are_config_errors_naming_the_field[rar-{v}]" for v in (
+            "augment-randaugment-words6", "iterations-0-words7", "randaug_m-31-words8")] + [
+        f"{_O1}::test_runs_online_task_free_and_offline[rar]"]),
+    "_rar": Module("strategies/_rar.py", [f"{_O1}::test_randaugment_ops_match_their_pil_definitions",
+                                          f"{_O1}::test_rar_repeats_augmented_steps_with_fresh_replay_and_one_buffer_update"]),
+    "slda": Module("strategies/slda.py", ["tests/test_ocl3.py::test_slda_online_run_task_free",
+                                          "tests/test_ocl3.py::test_non_default_modes_resume_bitwise[strategy1]"]),
     "scr": Module("strategies/scr.py", [f"{_O2}::test_{t}" for t in _O2_CFG + (
         "scr_loss_is_supcon_of_the_projections_of_both_views", "scr_predict_is_nearest_mean_of_buffer_encoder_features",
         "boundary_hooks_are_ignored_when_boundaries_are_hidden", "runs_under_both_protocols[online-scr]",
@@ -257,10 +278,11 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder"), ("scr", "scr"), ("pcr", "pcr"), ("ocm", "ocm"),
-                      ("onpro", "onpro"), ("_contrastive", "contrastive_replay"),
-                      ("_task_il", "task_il"), ("pnn", "pnn"), ("rmn", "rmn"), ("packnet", "packnet"),
-                      ("hat", "hat"), ("hnet", "hnet"), ("cl2r", "cl2r")):  # the tests written from their first
+                      ("xder", "xder"), ("scr", "scr"), ("pcr", "pcr"), ("ocm", "ocm"), ("onpro", "onpro"),
+                      ("_contrastive", "contrastive_replay"), ("_task_il", "task_il"), ("pnn", "pnn"),
+                      ("rmn", "rmn"), ("packnet", "packnet"), ("hat", "hat"), ("hnet", "hnet"), ("cl2r", "cl2r"),
+                      ("mir", "mir"), ("gss", "gss"), ("aser", "aser"), ("rar", "rar"),
+                      ("_rar", "rar_augment")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -776,6 +798,108 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "only the first line is kept (extra[0] just below): [0:2] has the same first item"),
         (r"core/NumberReplacer$", 'extra = extra[0] if extra else ""', "extra[-1]",
          "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
+    ],    "mir": [
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'self.info.boundaries != "visible": in MIR.setup', "",
+         "the boundary kinds are visible, hidden, blurry and gradual (cl/data/settings.py BOUNDARIES): every other "
+         "kind sorts before 'visible', so < 'visible' means != 'visible'"),
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'keep = (items["e"] != self.exp_index)', "",
+         "a stored sample's experience index is the one it was added in, never after the current one "
+         "(experiences come in order): != means <"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(self.buffer) == 0: in MIR.candidates", "",
+         "a length is never negative"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(keep) == 0: in MIR.candidates", "",
+         "a length is never negative"),
+        (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True) in MIR.train_step", "",
+         "every trainable parameter of the model is in the incoming batch's loss, so its backward writes every "
+         ".grad before the virtual step reads it: zeroed or None before, the gradients, scores and step are the same"),
+    ],
+    "aser": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.aser_type == "asv": in ASER.retrieval_scores', "",
+         "aser_type is validated in (asvm, asv, neg_sv): 'asvm' and 'neg_sv' sort after 'asv', so <= 'asv' means "
+         "== 'asv'"),
+        (r"core/NumberReplacer$", "coop = torch.zeros(1, len(cand), device=adv.device)", "torch.zeros( 2,",
+         "a zero cooperative value of any number of rows: its mean and max over rows are 0 either way"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", "if len(y) and len(buf) == buf.capacity: in ASER.after_step", "",
+         "the buffer's length never exceeds its capacity: >= means =="),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.cfg.aser_type == "neg_sv": in ASER.retrieval_scores', "",
+         "aser_type is validated in (asvm, asv, neg_sv) and 'neg_sv' sorts last: >= 'neg_sv' means == 'neg_sv'"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(ev) == 0:  # every slot is a candidate", "",
+         "a length is never negative"),
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if self.cfg.aser_type != "neg_sv": in ASER.retrieval_scores', "",
+         "aser_type is validated in (asvm, asv, neg_sv) and 'neg_sv' sorts last: < 'neg_sv' means != 'neg_sv'"),
+        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "if len(self.buffer) == 0: in ASER.retrieve", "",
+         "the shortcut only skips to the random draw's check, and an empty buffer's sample is {} (an empty "
+         "buffer has offered nothing: n_seen = 0 <= capacity)"),
+        (r"core/NumberReplacer$", "if len(self.buffer) == 0: in ASER.retrieve", "== -1",
+         "the shortcut only skips to the random draw's check, and an empty buffer's sample is {} (an empty "
+         "buffer has offered nothing: n_seen = 0 <= capacity)"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(y) and len(buf) == buf.capacity: in ASER.after_step", "",
+         "samples are left after the fill only when the buffer is full (the fill takes room = capacity - len of "
+         "them): with len(y) > 0, len <= capacity and len == capacity agree"),
+        (r"core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if room > 0: in ASER.after_step", "",
+         "room = capacity - len >= 0; at room 0 the mutants add x[:0], an empty batch the buffer ignores, "
+         "and pass the whole batch on, as the original"),
+        (r"core/NumberReplacer$", "if room > 0: in ASER.after_step", "if room > -1",
+         "room = capacity - len >= 0; at room 0 the mutant adds x[:0], an empty batch the buffer ignores, "
+         "and passes the whole batch on, as the original"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in ASER.update_by_sv", "",
+         "update_by_sv computes on raw inputs and on features taken under ASER.features' own torch.no_grad: "
+         "nothing records a graph either way"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if buf.capacity == 0: in ASER.after_step", "",
+         "the capacity is never negative (buffer_size is validated >= 0; ReservoirBuffer refuses a negative one)"),
+        (r"core/NumberReplacer$", "ev = by.new_zeros(0) in ASER.retrieval_scores", "new_zeros( 1)",
+         "ev is replaced for asvm / asv; for neg_sv it is not used: one more slot in the eval-mode feature pass "
+         "(per-sample features) changes no other row, and neg_sv reads only the incoming and candidate rows"),
+    ],
+    "_rar": [
+        *[(r"core/NumberReplacer$", 'RANGES = {"autocontrast": (0, 1), "equalize": (0, 1), "invert": (0, 1)',
+           f'"{op}": ({a}, {b})', "autocontrast, equalize and invert take no magnitude: value() is never called for "
+           "them, so their RANGES entries are never read")
+          for op in ("autocontrast", "equalize", "invert") for a, b in ((1, 1), (-1, 1), (0, 2), (0, 0))],
+        (r"core/NumberReplacer$", "hist = torch.zeros(n * c, 256, device=u.device)", "torch.zeros(n * c, 257,",
+         "the values are integers 0..255: a 257th bin stays empty, is never the last non-empty one and is never "
+         "gathered, so the step and the lookup table are the same"),
+        (r"core/NumberReplacer$", '"solarize_add": torch.where(added >= 128, 255 - added, added) / 255', "/ 256",
+         "solarize_add's grey levels are at most 127 (below 128 kept, from 128 up inverted): k / 256 re-quantised "
+         "by apply_ops' final round(255 x) is k again for every k <= 127"),
+        (r"core/NumberReplacer$", 'added = (u + value("solarize_add", m)).clamp(0, 255).floor()', "clamp(0, 256)",
+         "a sum clamped to 256 instead of 255 is solarised (>= 128) to -1 instead of 0, and apply_ops' final "
+         "quantisation clamps it to 0: the same image"),
+        (r"core/NumberReplacer$", "return (x * 255).round().clamp(0, 255) in _q", "clamp(0, 256)",
+         "_q's inputs are in [0, 1] (the input is clamped in __call__, every blend is clamped, the other operations "
+         "stay in range): round(255 x) is never above 255"),
+        (r"core/NumberReplacer$", "y = y.clamp(0, 1) in RandAugment.__call__", "clamp(0, 2)",
+         "apply_ops quantises its input with a clamp to [0, 255] first (x = _q(x01) / 255): values above 1 "
+         "become 1 there either way"),
+    ],
+    "gss": [
+        (r"core/NumberReplacer$", "y[None], self.vectorize)[0] in GSS.batch_grad", "[-1]",
+         "group_grads of one group (x[None]) returns one row: [-1] is [0]"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if n == 0 in GSS.admit", "",
+         "n is the buffer's length, never negative"),
+        (r"core/NumberReplacer$", "self.batch_grad(x, y)[None])[0] < self.cfg.sim_threshold", "[ -1]",
+         "max_cosine of the one batch gradient (batch_grad(...)[None]) has one entry: [-1] is [0]"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if n < cap: in GSS.admit", "",
+         "the buffer's length never exceeds its capacity: != cap means < cap"),
+        (r"core/NumberReplacer$", "w = (scores - scores.min()) / (scores.max() - scores.min() + 0.01)", "+ 1.01",
+         "the weights only feed torch.multinomial, which normalises them: a denominator of max - min + 1.01 "
+         "instead of + 0.01 scales every weight alike (both positive; the 1e-12 floor aside)"),
+        (r"core/ReplaceBinaryOperator_Div_Mul$", "w = (scores - scores.min()) / (scores.max() - scores.min() + 0.01)",
+         "", "the weights only feed torch.multinomial, which normalises them: multiplying by the positive "
+             "max - min + 0.01 instead of dividing scales every weight alike (the 1e-12 floor aside)"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in GSS.admit", "",
+         "nothing in admit carries a graph: the gradients come from torch.autograd.grad / vmap(grad) without "
+         "create_graph, the scores are cosines of those, and the inputs are the raw batch"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if cap == 0: in GSS.admit", "",
+         "the capacity is never negative (buffer_size is validated >= 0; ReservoirBuffer refuses a negative one)"),
+    ],
+    "rar": [
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if kind == "randaug": in RAR.setup', "",
+         "augment is validated in AUGMENTS (randaug, none, crop_flip, crop_flip_jitter, pcr): every other kind "
+         "sorts before 'randaug', so >= 'randaug' means == 'randaug'"),
+        (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True) in RAR.train_step", "",
+         "every trainable parameter of the model is in each iteration's loss (backbone + head over the batch), "
+         "so backward writes every .grad: zeroed or None before it, the gradients and the step are the same"),
     ],
     # -- the isolation baselines (mut-iso)
     "pnn": [

@@ -23,18 +23,24 @@ from conftest import tiny
 pytestmark = pytest.mark.usefixtures("restore_registry")
 
 
-def build(name, model=None, n_classes=2, in_dim=2, input_shape=None, boundaries="visible", **cfg):
+def build(name, **kw):
     import importlib
 
     importlib.import_module("strategies." + name)
     entry = strategies.get(name)
+    return make(entry.obj, entry.config, **kw)
+
+
+def make(cls, cfg_cls, model=None, n_classes=2, in_dim=2, input_shape=None, boundaries="visible", **cfg):
+    """The strategy ``cls`` with config ``cfg_cls(**cfg)``, set up, on a zero bias-free linear head by default
+    (``build`` without the registry, whose first use imports every strategy module)."""
     if model is None:
         head = IncrementalLinear(in_dim, n_classes, bias=False)
         nn.init.zeros_(head.fc.weight)
         model = Model(nn.Identity(), head)
     info = RunInfo(n_classes=n_classes, input_shape=input_shape or (in_dim,), device=torch.device("cpu"), seed=0,
                    boundaries=boundaries, n_experiences=2)
-    s = entry.obj(entry.config(**cfg), model, info)
+    s = cls(cfg_cls(**cfg), model, info)
     s.setup()
     return s
 
