@@ -62,6 +62,7 @@ ONLINE_TESTS = ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.
                 "tests/test_engine.py"]
 
 _RP, _RG, _RI = "tests/test_baselines_replay.py", "tests/test_baselines_reg.py", "tests/test_baselines_isolation.py"
+_P1, _S2M = "tests/test_ptm1.py", "tests/test_strategies2_mechanism.py"
 
 MODULES: dict[str, Module] = {
     # -- numbers: metrics and the shared pieces strategies hold
@@ -206,12 +207,26 @@ MODULES: dict[str, Module] = {
     "ocm": Module("strategies/ocm.py", ["tests/test_ocl2.py"]),
     "onpro": Module("strategies/onpro.py", ["tests/test_ocl2.py"]),
     "_contrastive": Module("strategies/_contrastive.py", ["tests/test_ocl2.py"]),
-    "dualprompt": Module("strategies/dualprompt.py", ["tests/test_ptm1.py"]),
-    "coda_prompt": Module("strategies/coda_prompt.py", ["tests/test_ptm1.py"]),
-    "hide_prompt": Module("strategies/hide_prompt.py", ["tests/test_ptm1.py"]),
-    "l2p": Module("strategies/l2p.py", ["tests/test_strategies2_mechanism.py", "tests/test_correctness_issue13.py",
-                                        "tests/test_strategies2_engine.py"]),
-    "sprompts": Module("strategies/sprompts.py", ["tests/test_strategies2_mechanism.py", "tests/test_strategies2_engine.py"]),
+    "dualprompt": Module("strategies/dualprompt.py", [f"{_P1}::test_{t}" for t in (
+        "dualprompt_task_t_trains_eprompt_t_only_and_test_matching_picks_closest_key",
+        "dualprompt_pull_loss_moves_only_the_task_key_toward_queries", "task_free_stream_is_refused",
+        "bad_config_names_field_and_choices", "resume_from_boundary_is_exact_with_paper_layers[dualprompt-kw0]")]),
+    "coda_prompt": Module("strategies/coda_prompt.py", [f"{_P1}::test_{t}" for t in (
+        "coda_weighted_components_hand_computed", "coda_earlier_components_frozen_later_unused_and_new_ones_orthogonal",
+        "bad_config_names_field_and_choices", "resume_from_boundary_is_exact_with_paper_layers[coda-prompt-kw1]")]),
+    "hide_prompt": Module("strategies/hide_prompt.py", [f"{_P1}::test_{t}" for t in (
+        "hide_task_identity_inference_constructed_case", "hide_prediction_uses_the_inferred_tasks_prompt",
+        "hide_contrastive_regulariser_hand_computed", "hide_prompt_init_from_previous_ensemble_and_alignment",
+        "bad_config_names_field_and_choices", "resume_from_boundary_is_exact_with_paper_layers[hide-prompt-kw2]")]),
+    "l2p": Module("strategies/l2p.py", [f"{_S2M}::test_{t}" for t in (
+        "l2p_gradients_only_pool_and_head", "l2p_prediction_independent_of_batch_unless_batchwise",
+        "prompts_leave_frozen_model_unchanged", "l2l_gradients_only_selected_adapters_keys_and_head",
+        "prompt_lr_moves_the_pool_entries_at_their_own_rate", "prompt_lr_default_is_one_rate_and_bad_values_name_the_field")] + [
+        "tests/test_correctness_issue13.py::test_l2p_readout_default_follows_the_backbone_family",
+        "tests/test_strategies2_engine.py::test_smoke_vit[l2p]", "tests/test_strategies2_engine.py::test_smoke_vit[l2l]"]),
+    "sprompts": Module("strategies/sprompts.py", [f"{_S2M}::test_{t}" for t in (
+        "sprompts_gradients_only_current_prompt_and_head", "prompts_leave_frozen_model_unchanged")] + [
+        "tests/test_strategies2_engine.py::test_smoke_vit[sprompts]"]),
     "aper": Module("strategies/aper.py", ["tests/test_ptm2.py"]),
     "ease": Module("strategies/ease.py", ["tests/test_ptm2.py"]),
     "simplecil": Module("strategies/simplecil.py", ["tests/test_ptm2.py"]),
@@ -239,7 +254,8 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder")):  # the tests written from their first
+                      ("xder", "xder"), ("dualprompt", "dualprompt"), ("coda_prompt", "coda_prompt"),
+                      ("hide_prompt", "hide_prompt")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
