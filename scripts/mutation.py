@@ -725,6 +725,14 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", 'extra = extra[0] if extra else ""', "extra[-1]",
          "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
     ],
+    "dualprompt": [
+        (r"core/ReplaceUnaryOperator_(USub_UAdd|Delete_USub)$",
+         "cos = F.cosine_similarity(q, self.model.keys[self.task].unsqueeze(0), dim=-1)", "dim=",
+         "q [B, d] and the key [1, d] are 2-D: dimension 1 is dimension -1"),
+        (r"core/ReplaceUnaryOperator_(USub_UAdd|Delete_USub)$",
+         "return F.normalize(q, dim=-1) @ F.normalize(keys, dim=-1).t()", "dim=",
+         "the queries [B, d] and the keys [n, d] are 2-D: dimension 1 is dimension -1"),
+    ],
 }
 
 
@@ -917,7 +925,8 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
 # exactly as with a fresh interpreter.
 # torch._dynamo (imported by the first torch.func vmap / grad call, e.g. the per-sample gradients of EWC and MAS)
 # costs ~6 s more; imported here once, not in every mutant's child
-SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml")
+# timm (~15 s here) and peft (with transformers, ~19 s) likewise: the ViT / LoRA strategies' tests import them
+SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml", "timm", "peft")
 
 
 def serve(sock_path: str) -> None:

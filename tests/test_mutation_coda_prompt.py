@@ -58,6 +58,10 @@ def test_defaults_are_the_official_configs():
 def test_validation_bounds():
     s = strategy(n_tasks=3, pool_size=3, length=2)  # the smallest valid values
     assert s.model.per_task == 1
+    for exp in scenario(3):  # one component per task: each a unit row orthogonal to the earlier ones
+        s.before_experience(exp)
+    K = torch.cat(list(s.model.K[0])).detach()
+    assert torch.allclose(K @ K.t(), torch.eye(3), atol=1e-5)
     assert strategy(n_tasks=2, pool_size=5).model.per_task == 2  # pool_size // n_tasks
     with pytest.raises(ConfigError, match=r"coda-prompt pool_size=2: .*3 tasks; valid: pool_size >= 3"):
         strategy(n_tasks=3, pool_size=2)
@@ -73,6 +77,12 @@ def test_components_beyond_the_dimension_are_random_unit_vectors_with_a_warning(
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         s.before_experience(exps[0])
+    import inspect
+    from strategies.coda_prompt import CodaPrompt
+
+    src, first = inspect.getsourcelines(CodaPrompt.before_experience)
+    assert all(x.filename.endswith("coda_prompt.py") and first <= x.lineno < first + len(src)
+               for x in w if "coda-prompt" in str(x.message))  # attributed to the strategy's hook (stacklevel)
     msgs = [str(x.message) for x in w if "coda-prompt" in str(x.message)]
     assert msgs and all(x == "coda-prompt: 20 components cannot be orthogonal in dimension 16; the last 4 are "
                         "random unit vectors" for x in msgs)
