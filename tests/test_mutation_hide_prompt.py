@@ -204,6 +204,7 @@ def test_after_experience_stores_each_class_statistics_and_aligns_after_the_firs
         m.train()
         s.after_experience(exp)
         assert m.training  # the features were taken in eval mode, and the mode is restored
+        assert not s.inst_mean.requires_grad and not s.uninst_mean.requires_grad  # no autograd graph kept
         m.eval()
         with torch.no_grad():
             for c in exp.classes:  # 6 samples a class, 8 clusters: every sample is its own cluster

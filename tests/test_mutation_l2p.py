@@ -231,11 +231,20 @@ def test_l2l_runs_each_sample_with_its_selected_adapters_only():
             p.add_(0.3 * torch.randn_like(p))  # LoRA updates away from zero: every adapter changes the output
         m.pool.keys.copy_(torch.randn(3, 16))
     m.eval()
-    x = torch.rand(4, *SHAPE) * 2 - 1
+    x = torch.rand(5, *SHAPE) * 2 - 1
     with torch.no_grad():
         out = m(x)
         idx = m.last_index
-        for b in range(4):
+        for b in range(5):
+            m.pool.activate(sorted(set(idx[b].tolist())))
+            assert torch.allclose(out[b], m.head(m.backbone(x[b:b + 1]))[0], atol=1e-5)
+        real = m.pool.select
+        chosen = torch.tensor([[0, 1], [2, 0], [1, 2], [2, 1], [1, 0]])  # every pair of adapters, in both orders
+        m.pool.select = lambda q, index=None: real(q, chosen if index is None else index)
+        out = m(x)
+        assert torch.equal(m.last_index, chosen)
+        idx = chosen
+        for b in range(5):
             m.pool.activate(sorted(set(idx[b].tolist())))
             assert torch.allclose(out[b], m.head(m.backbone(x[b:b + 1]))[0], atol=1e-5)
         m.pool.activate([0])
