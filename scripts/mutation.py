@@ -733,6 +733,13 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "return F.normalize(q, dim=-1) @ F.normalize(keys, dim=-1).t()", "dim=",
          "the queries [B, d] and the keys [n, d] are 2-D: dimension 1 is dimension -1"),
     ],
+    "coda_prompt": [
+        (r"core/NumberReplacer$|core/ReplaceBinaryOperator_(Add_Sub|Mul_Add|Mul_Sub)$",
+         "g = torch.Generator().manual_seed(int(self.info.seed) * 1009 + self.task)", "",
+         "accepted: another fixed seed per run seed and task for the Gram-Schmidt draws (tested: reproducible, "
+         "and another run seed draws another init); which fixed seed is a convention, and pinning 1009 would test "
+         "the code's text"),
+    ],
 }
 
 

@@ -175,8 +175,11 @@ def test_training_detaches_the_earlier_tasks_components_only():
         sum(k.sum() + v.sum() for k, v in per.values()).backward()
         assert all(p.grad is not None for p in m.task_parameters(1))
         assert all((p.grad is None) == train for p in m.task_parameters(0))
+    with torch.no_grad():
+        for p in m.task_parameters(1):
+            p.add_(0.3)  # far from orthonormal: the penalty, if computed, would be large
     logits, ortho = m(scaled(exps[1])[:2], train=True)
-    assert logits.shape == (2, 4) and ortho.dim() == 0
+    assert logits.shape == (2, 4) and ortho.dim() == 0 and float(ortho) == 0.0  # no penalty unless asked for
     assert m(scaled(exps[1])[:2]).shape == (2, 4)
 
 
@@ -192,3 +195,26 @@ def test_the_optimiser_holds_the_tasks_components_and_the_head_only():
     assert ids(s.optimizer) == {id(p) for p in m.task_parameters(0)} | head
     s.before_experience(exps[1])
     assert ids(s.optimizer) == {id(p) for p in m.task_parameters(1)} | head
+
+
+def test_prefix_is_the_cosine_weighted_sum_of_components_by_hand():
+    s = strategy(length=4)
+    m = s.model
+    exps = list(scenario())
+    s.before_experience(exps[0])
+    s.before_experience(exps[1])
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=g) * torch.rand(p.shape[0], *[1] * (p.dim() - 1), generator=g) * 3)
+    q = torch.randn(3, 16, generator=g)
+    per, _ = m.per_layer(q, train=False)
+    for j, layer in enumerate(m.layers):
+        P = torch.cat([m.P[j][0], m.P[j][1]]).detach()
+        K = torch.cat([m.K[j][0], m.K[j][1]]).detach()
+        A = torch.cat([m.A[j][0], m.A[j][1]]).detach()
+        for b in range(3):
+            alpha = [float(torch.dot(q[b] * A[k], K[k]) / ((q[b] * A[k]).norm() * K[k].norm())) for k in range(4)]
+            p = sum(a * P[k] for k, a in enumerate(alpha))
+            assert torch.allclose(per[layer][0][b], p[:2], atol=1e-5) and torch.allclose(per[layer][1][b], p[2:], atol=1e-5)
