@@ -734,6 +734,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "the queries [B, d] and the keys [n, d] are 2-D: dimension 1 is dimension -1"),
     ],
     "coda_prompt": [
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if ok < stop:", "",
+         "ok = min(stop, d) <= stop, so ok != stop means ok < stop"),
         (r"core/NumberReplacer$|core/ReplaceBinaryOperator_(Add_Sub|Mul_Add|Mul_Sub)$",
          "g = torch.Generator().manual_seed(int(self.info.seed) * 1009 + self.task)", "",
          "accepted: another fixed seed per run seed and task for the Gram-Schmidt draws (tested: reproducible, "
