@@ -283,3 +283,18 @@ def test_align_samples_the_clusters_with_their_labels_and_follows_a_cosine_sched
     s.model.train()
     s.align(fn, list(head.parameters()), mean, var, valid, seen, 100, 50, torch.Generator().manual_seed(0))
     assert s.model.training and len(inputs) == 4 * 3  # at most ceil(300 / 100) steps a epoch
+
+
+def test_each_task_prompt_starts_from_the_previous_one_and_the_first_as_drawn():
+    s = strategy(n_tasks=3)
+    m = s.model
+    e = [p.detach().clone() for p in m.e]
+    exps = list(scenario(3))
+    s.before_experience(exps[0])
+    assert torch.equal(m.e[0], e[0]) and m.task_of_class.tolist() == [0, 0, -1, -1, -1, -1]
+    s.before_experience(exps[1])
+    assert torch.equal(m.e[1], e[0]) and torch.equal(m.e[2], e[2])
+    with torch.no_grad():
+        m.e[1].add_(1.0)
+    s.before_experience(exps[2])
+    assert torch.equal(m.e[2], e[0] + 1.0) and m.task_of_class.tolist() == [0, 0, 1, 1, 2, 2]
