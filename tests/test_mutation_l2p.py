@@ -176,6 +176,9 @@ def test_pool_selection_metrics_by_hand_and_state():
     got = s.extra_metrics()
     assert got["pool_entries_used"] == 2
     assert got["pool_selection_entropy"] == pytest.approx(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    s.selection_counts = torch.tensor([0, 1, 0, 0])  # one selection: all of it on one entry
+    assert s.extra_metrics()["pool_selection_entropy"] == 0.0 and s.extra_metrics()["pool_entries_used"] == 1
+    s.selection_counts = torch.tensor([3, 1, 0, 0])
     st = s.extra_state()
     assert set(st) == {"selection_counts"} and st["selection_counts"].tolist() == [3, 1, 0, 0]
     t = strategy()
@@ -202,6 +205,7 @@ def test_keyed_lora_pool_selects_top_k_by_cosine_with_the_key_loss():
     lora = SimpleNamespace()
     with pytest.raises(ConfigError, match="l2l top_k=4 is larger than the pool size 3"):
         KeyedLoraPool(lora, 3, 2, 4)
+    assert KeyedLoraPool(lora, 3, 2, 3).top_k == 3  # the whole pool is a valid top_k
     pool = KeyedLoraPool(lora, 3, 2, 2)
     assert pool.keys.shape == (3, 2) and pool.names == ["pool0", "pool1", "pool2"] and pool.lora is lora
     assert float(pool.keys.min()) >= -1 and float(pool.keys.max()) <= 1
