@@ -734,6 +734,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "the queries [B, d] and the keys [n, d] are 2-D: dimension 1 is dimension -1"),
     ],
     "coda_prompt": [
+        (r"core/NumberReplacer$", "d = full[0].numel()", "full[ -1]",
+         "every row of full (the components of one kind and layer) has the same shape: row -1 has row 0's size"),
+        (r"core/NumberReplacer$", 't = max(getattr(self, "task", 0), 0)', '"task", -1',
+         "max(-1, 0) = max(0, 0): the optimiser made before setup is task 0's either way"),
         (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if ok < stop:", "",
          "ok = min(stop, d) <= stop, so ok != stop means ok < stop"),
         (r"core/NumberReplacer$|core/ReplaceBinaryOperator_(Add_Sub|Mul_Add|Mul_Sub)$",
