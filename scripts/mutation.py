@@ -733,6 +733,20 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "return F.normalize(q, dim=-1) @ F.normalize(keys, dim=-1).t()", "dim=",
          "the queries [B, d] and the keys [n, d] are 2-D: dimension 1 is dimension -1"),
     ],
+    "hide_prompt": [
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if t > 0 and cfg.prompt_momentum > 0:", "",
+         "t >= 0 and the momentum is validated >= 0; at t = 0 or momentum 0, prompt(t, train=True) is e_t itself, so "
+         "copying it into e_t changes nothing"),
+        (r"core/NumberReplacer$", "if t > 0 and cfg.prompt_momentum > 0:", "prompt_momentum>-1",
+         "at momentum 0 prompt(t, train=True) is e_t itself, so copying it into e_t changes nothing"),
+        (r"core/NumberReplacer$", "if t > 0 and cfg.prompt_momentum > 0:", "ift>-1",
+         "t >= 0, and at t = 0 prompt(0, train=True) is e_0 itself, so copying it into e_0 changes nothing"),
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if train and t > 0 and self.momentum > 0:", "self.momentum",
+         "the momentum is validated >= 0, and at 0 the ensemble (1 - 0) e_t + 0 * mean(e_<t) is e_t exactly "
+         "(values and gradient)"),
+        (r"core/NumberReplacer$", "if train and t > 0 and self.momentum > 0:", "self.momentum>-1",
+         "at momentum 0 the ensemble (1 - 0) e_t + 0 * mean(e_<t) is e_t exactly (values and gradient)"),
+    ],
     "coda_prompt": [
         (r"core/NumberReplacer$", "d = full[0].numel()", "full[ -1]",
          "every row of full (the components of one kind and layer) has the same shape: row -1 has row 0's size"),
