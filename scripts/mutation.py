@@ -741,9 +741,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "at momentum 0 prompt(t, train=True) is e_t itself, so copying it into e_t changes nothing"),
         (r"core/NumberReplacer$", "if t > 0 and cfg.prompt_momentum > 0:", "ift>-1",
          "t >= 0, and at t = 0 prompt(0, train=True) is e_0 itself, so copying it into e_0 changes nothing"),
-        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if train and t > 0 and self.momentum > 0:", "self.momentum",
-         "the momentum is validated >= 0, and at 0 the ensemble (1 - 0) e_t + 0 * mean(e_<t) is e_t exactly "
-         "(values and gradient)"),
+        *[(r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if train and t > 0 and self.momentum > 0:",
+           f"self.momentum{op}0", "the momentum is validated >= 0, and at 0 the ensemble (1 - 0) e_t + 0 * mean(e_<t) "
+           "is e_t exactly (values and gradient)") for op in (">=", "!=")],
         (r"core/NumberReplacer$", "if train and t > 0 and self.momentum > 0:", "self.momentum>-1",
          "at momentum 0 the ensemble (1 - 0) e_t + 0 * mean(e_<t) is e_t exactly (values and gradient)"),
     ],
