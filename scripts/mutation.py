@@ -734,6 +734,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "the queries [B, d] and the keys [n, d] are 2-D: dimension 1 is dimension -1"),
     ],
     "hide_prompt": [
+        (r"core/ReplaceComparisonOperator_Lt_(NotEq|LtE)$",
+         "n_old = int(((m.task_of_class >= 0) & (m.task_of_class < t)).sum())", "task_of_class!=t",
+         "after task t no class has a task above t (before_experience assigns each task's classes as it starts), so "
+         "among the seen classes != t means < t"),
         (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if t > 0 and cfg.prompt_momentum > 0:", "",
          "t >= 0 and the momentum is validated >= 0; at t = 0 or momentum 0, prompt(t, train=True) is e_t itself, so "
          "copying it into e_t changes nothing"),

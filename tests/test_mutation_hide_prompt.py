@@ -111,6 +111,11 @@ def test_cluster_stats_means_population_variances_and_valid_clusters():
     assert torch.allclose(means[order], torch.tensor([[0.0, 1.0], [10.0, 11.0]]))
     assert torch.allclose(var[order], torch.tensor([[0.0, 1.0], [0.0, 1.0]]))  # population variance
     assert valid.tolist() == [True, True]
+    f3 = torch.tensor([[0.0, 0.0], [0.0, 1.0], [20.0, 0.0], [20.0, 1.0], [0.0, 40.0], [1.0, 40.0]])
+    means, var, valid = cluster_stats(f3, 3, seed=0)  # more clusters than feature dimensions: every one kept
+    assert valid.tolist() == [True, True, True]
+    order = means[:, 0].argsort()
+    assert torch.allclose(means[order], torch.tensor([[0.0, 0.5], [0.5, 40.0], [20.0, 0.5]]))
     means, var, valid = cluster_stats(f[:2], 3, seed=0)  # fewer samples than clusters: one cluster per sample
     assert valid.tolist() == [True, True, False] and means.shape == (3, 2)
     assert sorted(means[:2, 1].tolist()) == [0.0, 2.0] and torch.equal(var, torch.zeros(3, 2))
