@@ -102,6 +102,9 @@ def test_instructed_features_use_the_tasks_prompt_at_every_layer():
         assert sorted(per) == [0, 1] and torch.equal(per[1][0][0], m.e[1][1, 0]) and torch.equal(per[0][1][1], m.e[1][0, 1])
         assert torch.allclose(m.instructed(x, 1), m.features(x, per), atol=1e-6)
         assert not torch.allclose(m.instructed(x, 0), m.features(x, per), atol=1e-4)
+        one = strategy(n_tasks=1).model.eval()  # a one-task stream: a single prompt
+        assert torch.allclose(one.instructed(x, 0), one.features(x, one.per_layer(one.e[0].expand(2, -1, -1, -1, -1))),
+                              atol=1e-6)
 
 
 def test_cluster_stats_means_population_variances_and_valid_clusters():
