@@ -734,6 +734,14 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "the queries [B, d] and the keys [n, d] are 2-D: dimension 1 is dimension -1"),
     ],
     "hide_prompt": [
+        (r"core/NumberReplacer$|core/ReplaceBinaryOperator_(Add_Sub|Mul_Add|Mul_Sub)$",
+         "g = torch.Generator().manual_seed(int(self.info.seed) * 1009 + t)", "",
+         "accepted: another fixed seed per run seed and task for the alignment's Gaussian draws; which fixed seed is "
+         "a convention, and pinning 1009 would test the code's text"),
+        (r"core/NumberReplacer$|core/ReplaceBinaryOperator_(Add_Sub|Mul_Add|Mul_Sub)$",
+         "seed = int(self.info.seed) * 7919 + int(c)", "",
+         "accepted: another fixed k-means seed per run seed and class; which fixed seed is a convention, and pinning "
+         "7919 would test the code's text"),
         (r"core/ReplaceComparisonOperator_Lt_(NotEq|LtE)$",
          "n_old = int(((m.task_of_class >= 0) & (m.task_of_class < t)).sum())", "task_of_class!=t",
          "after task t no class has a task above t (before_experience assigns each task's classes as it starts), so "

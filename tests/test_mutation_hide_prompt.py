@@ -161,6 +161,8 @@ def test_loss_is_wtp_ce_plus_tii_ce_plus_reg_times_the_contrastive_term(class_ma
     s.before_experience(exps[1])
     assert m.task_of_class.tolist() == [0, 0, 1, 1] and s.current.tolist() == [False, False, True, True]
     m.observe(torch.arange(4))
+    with torch.no_grad():
+        m.e[1].add_(0.5 * torch.randn_like(m.e[1]))  # e_1 no longer the copy of e_0: the ensemble differs from e_1
     s.inst_mean[0, 0] = torch.ones(16)
     s.inst_valid[0, 0] = True
     x, y = scaled(exps[1])[:4], exps[1].train_y[:4]
