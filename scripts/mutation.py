@@ -734,7 +734,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "the queries [B, d] and the keys [n, d] are 2-D: dimension 1 is dimension -1"),
     ],
     "l2p": [
-        (r"core/ReplaceComparisonOperator_Eq_NotEq$|core/NumberReplacer$", 'lora.add(f"pool{i}", activate=(i == 0))', "",
+        (r"core/ReplaceComparisonOperator_Eq_|core/NumberReplacer$", 'lora.add(f"pool{i}", activate=(i == 0))', "",
          "L2L: pool.activate([0]) just after the loop sets every layer's adapters and makes the whole pool trainable; "
          "which adapter LoraSet calls active (pool0 or the last added) is only re-applied when a query leaves "
          "lora.disabled(), and every forward activates its selected adapters after its query"),
