@@ -734,6 +734,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "the queries [B, d] and the keys [n, d] are 2-D: dimension 1 is dimension -1"),
     ],
     "l2p": [
+        (r"core/NumberReplacer$", "p = c / c.sum().clamp_min(1)", "clamp_min( 0)",
+         "the clamp only guards all-zero counts; then 0 / 0 gives nan entries, which p > 0 leaves out: entropy 0 either "
+         "way"),
+        (r"core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "ent = float(-(p[p > 0] * p[p > 0].log()).sum())", "p[p",
+         "p = counts / total is never negative, so p != 0 selects the same entries as p > 0 (and p >= 0 on one side "
+         "only would mismatch the shapes: a crash)"),
         (r"core/ReplaceComparisonOperator_Eq_|core/NumberReplacer$", 'lora.add(f"pool{i}", activate=(i == 0))', "",
          "L2L: pool.activate([0]) just after the loop sets every layer's adapters and makes the whole pool trainable; "
          "which adapter LoraSet calls active (pool0 or the last added) is only re-applied when a query leaves "

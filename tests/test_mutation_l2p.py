@@ -251,6 +251,12 @@ def test_l2l_runs_each_sample_with_its_selected_adapters_only():
         for b in range(5):
             m.pool.activate(sorted(set(idx[b].tolist())))
             assert torch.allclose(out[b], m.head(m.backbone(x[b:b + 1]))[0], atol=1e-5)
+        outs = []
+        for ids in ([0], [1], [2], [0, 1]):
+            m.pool.activate(ids)
+            outs.append(m.backbone(x))
+        for i in range(4):  # each adapter set gives its own features
+            assert all(not torch.allclose(outs[i], outs[j], atol=1e-4) for j in range(i))
         m.pool.activate([0])
         with m.pool.lora.disabled():
             plain = m.backbone(x)
