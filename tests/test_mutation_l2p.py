@@ -262,3 +262,20 @@ def test_l2l_runs_each_sample_with_its_selected_adapters_only():
             plain = m.backbone(x)
         assert torch.allclose(m.query(x), plain, atol=1e-6)
         assert not torch.allclose(m.backbone(x), plain, atol=1e-4)
+
+
+def test_l2l_step_trains_the_selected_adapters_whatever_the_query_left_active():
+    s = strategy("l2l", pool_size=3, top_k=2)
+    m = s.model
+    exp = list(scenario())[0]
+    s.before_experience(exp)
+    m.observe(exp.train_y)
+    real = m.pool.select
+    m.pool.select = lambda q, index=None: real(q, torch.tensor([[1, 2]]).expand(len(q), -1) if index is None else index)
+    x, y = scaled(exp)[:4], exp.train_y[:4]
+    for p in m.parameters():
+        p.grad = None
+    s.loss(x, y).backward()  # the query's lora.disabled() re-applies LoraSet's active adapter (pool0) on exit
+    grads = {n: [p.grad is not None for p in m.pool.lora.parameters(n)]  # (lora_A gets zeros while B is 0)
+             for n in m.pool.names}
+    assert all(grads["pool1"]) and all(grads["pool2"]) and not any(grads["pool0"])
