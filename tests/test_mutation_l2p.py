@@ -279,3 +279,7 @@ def test_l2l_step_trains_the_selected_adapters_whatever_the_query_left_active():
     grads = {n: [p.grad is not None for p in m.pool.lora.parameters(n)]  # (lora_A gets zeros while B is 0)
              for n in m.pool.names}
     assert all(grads["pool1"]) and all(grads["pool2"]) and not any(grads["pool0"])
+    # the whole pool stays trainable, so the next task's optimiser holds every entry (not only the last forward's)
+    s.before_experience(list(scenario())[1])
+    held = {id(p) for g in s.optimizer.param_groups for p in g["params"]}
+    assert {id(p) for p in s.prompt_params()} <= held
