@@ -9,32 +9,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl.core.registry import ConfigError, backbones
-from cl.models.backbones import build_backbone
+from cl.core.registry import ConfigError
 from strategies.coda_prompt import CodaPromptConfig
 
-from test_strategies2_mechanism import fake_scenario, make_strategy
-
-SHAPE = (3, 16, 16)
-
-
-def vit(depth=2):
-    torch.manual_seed(0)
-    cfg = backbones.get("vit-tiny").config(depth=depth, embed_dim=16, num_heads=2, patch_size=8, img_size=16)
-    return build_backbone("vit-tiny", cfg, SHAPE)
-
-
-def scenario(n_tasks=2):
-    return fake_scenario(n_tasks=n_tasks, n_classes=2 * n_tasks, shape=SHAPE)
+from test_strategies2_mechanism import make_strategy
+from tiny_prompt_models import scaled, scenario, vit
 
 
 def strategy(depth=2, n_tasks=2, **kw):
     kw = {"pool_size": 4, "length": 2, **kw}
     return make_strategy("coda-prompt", vit(depth), scenario(n_tasks), **kw)
-
-
-def scaled(exp):
-    return exp.train_x.float() / 127.5 - 1
 
 
 def penalty(X):
@@ -186,7 +170,7 @@ def test_training_detaches_the_earlier_tasks_components_only():
 def test_the_optimiser_holds_the_tasks_components_and_the_head_only():
     s = strategy()
     m = s.model
-    ids = lambda opt: {id(p) for g in opt.param_groups for p in g["params"]}  # noqa: E731
+    ids = lambda opt: {id(p) for g in opt.param_groups for p in g["params"]}
     head = {id(p) for p in m.head.parameters()}
     assert ids(s.optimizer) == {id(p) for p in m.task_parameters(0)} | head  # made at construction: task 0's
     assert len(m.task_parameters(0)) == 3 * len(m.layers)

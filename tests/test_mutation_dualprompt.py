@@ -7,31 +7,20 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl.core.registry import ConfigError, backbones
-from cl.models.backbones import build_backbone
+from cl.core.registry import ConfigError
 from strategies.dualprompt import DualPromptConfig
 
-from test_strategies2_mechanism import fake_scenario, make_strategy
-
-SHAPE = (3, 16, 16)
+from test_strategies2_mechanism import make_strategy
+from tiny_prompt_models import SHAPE, scaled, scenario
+from tiny_prompt_models import vit as _vit
 
 
 def vit(depth=5):
-    torch.manual_seed(0)
-    cfg = backbones.get("vit-tiny").config(depth=depth, embed_dim=16, num_heads=2, patch_size=8, img_size=16)
-    return build_backbone("vit-tiny", cfg, SHAPE)
-
-
-def scenario(n_tasks=2):
-    return fake_scenario(n_tasks=n_tasks, n_classes=2 * n_tasks, shape=SHAPE)
+    return _vit(depth)
 
 
 def strategy(depth=5, n_tasks=2, **kw):
     return make_strategy("dualprompt", vit(depth), scenario(n_tasks), **kw)
-
-
-def scaled(exp):
-    return exp.train_x.float() / 127.5 - 1
 
 
 def test_defaults_are_the_official_configs():
@@ -172,7 +161,7 @@ def test_gradients_are_clipped_to_clip_grad_over_the_trained_parameters_only():
 def test_the_optimiser_holds_g_e_t_key_t_and_the_head_only():
     s = strategy()
     m = s.model
-    ids = lambda opt: {id(p) for g in opt.param_groups for p in g["params"]}  # noqa: E731
+    ids = lambda opt: {id(p) for g in opt.param_groups for p in g["params"]}
     head = {id(p) for p in m.head.parameters()}
     assert ids(s.optimizer) == {id(m.g), id(m.e[0]), id(m.keys[0])} | head  # made at construction: task 0's
     exps = list(scenario())

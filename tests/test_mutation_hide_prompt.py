@@ -10,32 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cl.core.registry import ConfigError, backbones
-from cl.models.backbones import build_backbone
+from cl.core.registry import ConfigError
 from strategies import hide_prompt
 from strategies.hide_prompt import HiDePromptConfig, MlpMapping, cluster_stats
 
-from test_strategies2_mechanism import fake_scenario, make_strategy
-
-SHAPE = (3, 16, 16)
-
-
-def vit(depth=2):
-    torch.manual_seed(0)
-    cfg = backbones.get("vit-tiny").config(depth=depth, embed_dim=16, num_heads=2, patch_size=8, img_size=16)
-    return build_backbone("vit-tiny", cfg, SHAPE)
-
-
-def scenario(n_tasks=2):
-    return fake_scenario(n_tasks=n_tasks, n_classes=2 * n_tasks, shape=SHAPE)
+from test_strategies2_mechanism import make_strategy
+from tiny_prompt_models import SHAPE, scaled, scenario, vit
 
 
 def strategy(depth=2, n_tasks=2, **kw):
     return make_strategy("hide-prompt", vit(depth), scenario(n_tasks), **kw)
-
-
-def scaled(exp):
-    return exp.train_x.float() / 127.5 - 1
 
 
 def test_defaults_are_the_official_configs():
@@ -265,7 +249,7 @@ def test_align_samples_the_clusters_with_their_labels_and_follows_a_cosine_sched
     monkeypatch.setattr(torch.optim, "SGD", sgd)
     monkeypatch.setattr(hide_prompt.F, "cross_entropy", ce)
     inputs = []
-    fn = lambda h: (inputs.append(h.detach().clone()), head(h))[1]  # noqa: E731
+    fn = lambda h: (inputs.append(h.detach().clone()), head(h))[1]
     s.model.eval()
     s.align(fn, list(head.parameters()), mean, var, valid, seen, 200, 2, torch.Generator().manual_seed(0))
     assert not s.model.training

@@ -15,28 +15,13 @@ from cl.core.registry import ConfigError, backbones
 from cl.models.backbones import build_backbone
 from strategies.l2p import KeyedLoraPool, L2LConfig, L2PConfig, majority, resolve_readout
 
-from test_strategies2_mechanism import fake_scenario, make_strategy
-
-SHAPE = (3, 16, 16)
-
-
-def vit():
-    torch.manual_seed(0)
-    cfg = backbones.get("vit-tiny").config(depth=2, embed_dim=16, num_heads=2, patch_size=8, img_size=16)
-    return build_backbone("vit-tiny", cfg, SHAPE)
-
-
-def scenario():
-    return fake_scenario(n_tasks=2, n_classes=4, shape=SHAPE)
+from test_strategies2_mechanism import make_strategy
+from tiny_prompt_models import SHAPE, scaled, scenario, vit
 
 
 def strategy(name="l2p", **kw):
     kw = {"pool_size": 4, "top_k": 2, "length": 2, **kw}
     return make_strategy(name, vit(), scenario(), **kw)
-
-
-def scaled(exp):
-    return exp.train_x.float() / 127.5 - 1
 
 
 def test_defaults_are_the_papers_and_official_configs():
