@@ -726,6 +726,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
     ],
     "dualprompt": [
+        (r"core/NumberReplacer$", 'return make_optimizer(self.trained_parameters(max(getattr(self, "task", 0), 0)), self.cfg)',
+         "), -1)", "make_optimizer runs in Strategy.__init__ (no task attribute yet: getattr gives 0) and in "
+         "before_experience after task += 1 (task >= 0); task is -1 only between setup and the first "
+         "before_experience, when nothing makes an optimiser"),
         (r"core/ReplaceUnaryOperator_(USub_UAdd|Delete_USub)$",
          "cos = F.cosine_similarity(q, self.model.keys[self.task].unsqueeze(0), dim=-1)", "dim=",
          "q [B, d] and the key [1, d] are 2-D: dimension 1 is dimension -1"),
