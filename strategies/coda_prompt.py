@@ -102,9 +102,9 @@ class CodaPromptModel(PrefixModel):
             start, stop = t * self.per_task, (t + 1) * self.per_task
             d = full[0].numel()
             ok = min(stop, d)
-            if ok < stop:
+            if ok < stop:  # stacklevel 3: past torch.no_grad's wrapper, at the caller (before_experience)
                 warnings.warn(f"coda-prompt: {stop} components cannot be orthogonal in dimension {d}; the last "
-                              f"{stop - max(ok, start)} are random unit vectors", stacklevel=2)
+                              f"{stop - max(ok, start)} are random unit vectors", stacklevel=3)
             new = gram_schmidt_rows(full, start, max(ok, start), generator) if ok > start else full
             for r in range(max(ok, start), stop):
                 v = torch.randn(d, generator=generator)
