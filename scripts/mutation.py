@@ -62,6 +62,16 @@ ONLINE_TESTS = ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.
                 "tests/test_engine.py"]
 
 _RP, _RG, _RI = "tests/test_baselines_replay.py", "tests/test_baselines_reg.py", "tests/test_baselines_isolation.py"
+_K = "tests/test_strategies_kalman.py"
+_KFAST = [f"{_K}::test_{t}" for t in (  # ~4 s; test_test_then_train_prediction_never_uses_its_label (~10 s) goes last
+    "predict_and_update_match_joint_gaussian_conditioning", "joseph_form_gives_the_same_posterior",
+    "gamma_one_is_bayesian_linear_regression", "gamma_zero_resets_to_the_prior_each_step",
+    "gamma_gradient_matches_finite_differences", "mc_predictive_probabilities", "prediction_uses_the_prior_quantities",
+    "gamma_step_goes_down_on_a_contradicting_batch_and_up_on_a_consistent_one",
+    "learned_gamma_is_lower_on_a_non_stationary_stream", "kalman_ft_trains_the_backbone_with_the_filter_state_fixed",
+    "prediction_and_training_see_the_same_features")]
+_TF = "tests/test_task_free_contract.py::test_every_strategy_on_a_hidden_stream_runs_without_boundaries_or_refuses"
+_TFB = "tests/test_task_free_contract.py::test_boundary_options_refuse_task_free_streams_and_name_the_alternative"
 
 MODULES: dict[str, Module] = {
     # -- numbers: metrics and the shared pieces strategies hold
@@ -225,14 +235,28 @@ MODULES: dict[str, Module] = {
     "ssiat": Module("strategies/ssiat.py", ["tests/test_strategies2_mechanism.py", "tests/test_correctness_issue13.py",
                                             "tests/test_strategies2_engine.py"]),
     "color": Module("strategies/color.py", ["tests/test_strategies2_mechanism.py", "tests/test_strategies2_engine.py"]),
-    "kalman": Module("strategies/kalman.py", ["tests/test_strategies_kalman.py"]),
-    "_kalman_filter": Module("strategies/_kalman_filter.py", ["tests/test_strategies_kalman.py"]),
-    "center_loss": Module("strategies/center_loss.py", ["tests/test_strategies_heads_pec_center.py"]),
-    "joint": Module("strategies/joint.py", ["tests/test_engine.py", "tests/test_resume.py"]),
-    "linear_probe": Module("strategies/linear_probe.py", ["tests/test_features.py"]),
-    "recency": Module("strategies/recency.py", ["tests/test_correctness_issue13.py"]),
-    "_boundaries": Module("strategies/_boundaries.py", ["tests/test_task_free_contract.py"]),
-    "finetune": Module("strategies/finetune.py", ["tests/test_engine.py"]),
+    # kalman .. finetune (mut-misc): the fast mechanism tests first, whole runs (engine, resume, task-free) last
+    "kalman": Module("strategies/kalman.py", _KFAST + [f"tests/test_correctness_issue13.py::test_kalman_{t}" for t in (
+        "gamma_moves_under_the_new_parametrisation", "gamma_one_stays_static")] + [
+        f"{_TF}[kalman]", f"{_TF}[kalman-ft]", f"{_K}::test_test_then_train_prediction_never_uses_its_label",
+        "tests/test_resume.py::test_resume_exact_for_other_strategies[kalman]"]),
+    "_kalman_filter": Module("strategies/_kalman_filter.py", _KFAST + [
+        f"{_K}::test_test_then_train_prediction_never_uses_its_label"]),
+    "center_loss": Module("strategies/center_loss.py", [
+        f"tests/test_strategies_heads_pec_center.py::test_center_loss_{t}" for t in (
+            "centres_learned_in_task_1_then_frozen_with_their_classifier_rows", "penalty_pulls_features_to_the_centres",
+            "with_replay_uses_the_buffer")] + [
+        f"{_TFB}[center-loss-freeze-strategy.freeze=false]", f"{_TF}[center-loss]",
+        "tests/test_resume.py::test_resume_exact_for_other_strategies[center-loss]"]),
+    "joint": Module("strategies/joint.py", ["tests/test_engine.py::test_er_beats_finetune_and_joint_beats_both", f"{_TF}[joint]",
+                                            "tests/test_resume.py::test_resume_reproduces_uninterrupted_result[joint-protocol2]"]),
+    "linear_probe": Module("strategies/linear_probe.py", ["tests/test_features.py::test_linear_probe_run_through_engine",
+                                                          f"{_TF}[linear-probe]"]),
+    "recency": Module("strategies/recency.py", [
+        "tests/test_correctness_issue13.py::test_recency_baseline_predicts_the_recent_majority_label", f"{_TF}[recency]"]),
+    "_boundaries": Module("strategies/_boundaries.py", [_TFB, f"{_TF}[center-loss]", f"{_TF}[lwf]", f"{_TF}[agem]"]),
+    "finetune": Module("strategies/finetune.py", ["tests/test_engine.py::test_er_beats_finetune_and_joint_beats_both",
+                                                  f"{_TF}[finetune]"]),
 }
 for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem"), ("gdumb", "gdumb"),
                       ("er_aml", "er_aml"), ("engine", "engine_phases"), ("sweep-runner", "sweep_runner"),
