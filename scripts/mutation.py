@@ -263,7 +263,7 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder")):  # the tests written from their first
+                      ("xder", "xder"), ("_boundaries", "boundaries")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -732,6 +732,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "only the first line is kept (extra[0] just below): [0:2] has the same first item"),
         (r"core/NumberReplacer$", 'extra = extra[0] if extra else ""', "extra[-1]",
          "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
+    ],
+    # -- mut-misc (kalman, _kalman_filter, center_loss, joint, linear_probe, recency, _boundaries, finetune)
+    "_boundaries": [
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if got != "visible":', "",
+         "scenario.boundaries is validated to visible / hidden / blurry / gradual (cl/data/settings.py) and the "
+         "three task-free kinds sort before 'visible': < 'visible' is != 'visible' on every valid value"),
     ],
 }
 
