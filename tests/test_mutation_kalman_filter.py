@@ -254,3 +254,15 @@ def test_one_hot_targets_in_the_filter_dtype():
     Y = h.one_hot(torch.tensor([3, 0]))
     assert Y.dtype == torch.float32 and torch.equal(Y, torch.tensor([[0.0, 0, 0, 1], [1, 0, 0, 0]]))
     assert KalmanHead(2, 3).one_hot(torch.tensor([1])).dtype == D
+
+
+def test_forward_runs_in_the_filters_own_dtype_under_autocast():
+    head = KalmanHead(3, 2, dtype=torch.float32, mc_samples=0, bias=False)
+    g = torch.Generator().manual_seed(0)
+    head.M.copy_(torch.randn(3, 2, generator=g))
+    h = torch.randn(4, 3, generator=g)
+    ref = head(h)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 run: the filter still computes in float32
+        out = head(h)
+    assert out.dtype == torch.float32 and torch.allclose(out, ref, atol=1e-6)
+    assert torch.allclose(ref, torch.log_softmax(0.999 * h @ head.M, -1), atol=1e-6)
