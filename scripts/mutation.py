@@ -736,6 +736,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
     ],
     # -- mut-misc (kalman, _kalman_filter, center_loss, joint, linear_probe, recency, _boundaries, finetune)
+    "recency": [
+        (r"core/NumberReplacer$", "m.counts.index_add_(0, y,", "index_add_( -1,", "counts is 1-D: dimension -1 is dimension 0"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in RecencyModel.observe", "",
+         "observe writes the constant True into the bool buffer `seen`: no tensor that requires grad takes part, "
+         "so autograd records nothing with or without no_grad"),
+    ],
     "_boundaries": [
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if got != "visible":', "",
          "scenario.boundaries is validated to visible / hidden / blurry / gradual (cl/data/settings.py) and the "
