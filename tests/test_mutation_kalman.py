@@ -232,6 +232,9 @@ def test_state_round_trip_continues_identically():
     assert "gamma_opt" not in fixed.extra_state() and "hyper" not in fixed.extra_state()
     fixed.load_extra_state({})
     assert (fixed._gamma_log, fixed._gamma_per_exp, fixed._steps) == ([], [], 0)
+    learning, _ = make("kalman", backbone="identity")
+    learning.load_extra_state({})  # a checkpoint without the gamma optimiser's state: nothing to load, no error
+    assert learning.gamma_optimizer is not None and not learning.gamma_optimizer.state
 
 
 def test_kalman_ft_state_holds_the_hyper_optimiser():
