@@ -263,7 +263,7 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder"), ("_boundaries", "boundaries"), ("recency", "recency"),
+                      ("xder", "xder"), ("_boundaries", "boundaries"), ("recency", "recency"), ("joint", "joint"),
                       ("linear_probe", "linear_probe"), ("center_loss", "center_loss"), ("_kalman_filter", "kalman_filter"),
                       ("kalman", "kalman")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
