@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from strategies.recency import Recency, RecencyConfig, RecencyModel
@@ -60,3 +61,12 @@ def test_nothing_is_learned_from_the_input():
     assert loss.shape == () and loss.item() == 0.0 and not loss.requires_grad
     x = torch.randn(4, 16)
     assert torch.equal(s.model(x), s.model(torch.randn(4, 16)))  # the input is ignored
+
+
+def test_class_zero_is_predicted_when_it_is_the_most_frequent():
+    s, _ = make("recency", backbone="identity")
+    s.train_step(torch.zeros(6, 16), torch.tensor([0, 0, 0, 0, 0, 3]))
+    out = s.model(torch.zeros(1, 16))[0]
+    assert out.argmax().item() == 0
+    assert out[0].item() == pytest.approx(math.log(5.0), rel=1e-7)
+    assert out[3].item() == pytest.approx(-3e-6, rel=1e-6)  # log 1 - 1e-6 * 3
