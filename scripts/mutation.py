@@ -742,6 +742,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "observe writes the constant True into the bool buffer `seen`: no tensor that requires grad takes part, "
          "so autograd records nothing with or without no_grad"),
     ],
+    "linear_probe": [
+        (r"core/ReplaceUnaryOperator_USub_UAdd$", "F.normalize(self.backbone(x).float(), dim=-1)", "dim=+1",
+         "a backbone returns (N, out_dim) features (the linear head takes nothing else): dimension 1 is the last"),
+    ],
     "_boundaries": [
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if got != "visible":', "",
          "scenario.boundaries is validated to visible / hidden / blurry / gradual (cl/data/settings.py) and the "
