@@ -743,7 +743,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "so autograd records nothing with or without no_grad"),
     ],
     "linear_probe": [
-        (r"core/ReplaceUnaryOperator_USub_UAdd$", "F.normalize(self.backbone(x).float(), dim=-1)", "dim=+1",
+        (r"core/ReplaceUnaryOperator_(USub_UAdd|Delete_USub)$", "F.normalize(self.backbone(x).float(), dim=-1)", "",
          "a backbone returns (N, out_dim) features (the linear head takes nothing else): dimension 1 is the last"),
     ],
     "_boundaries": [
