@@ -746,6 +746,13 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceUnaryOperator_(USub_UAdd|Delete_USub)$", "F.normalize(self.backbone(x).float(), dim=-1)", "",
          "a backbone returns (N, out_dim) features (the linear head takes nothing else): dimension 1 is the last"),
     ],
+    "_kalman_filter": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'psi = _log1m(gamma) if gamma_param == "log1m" else _logit(gamma)', "",
+         "gamma_param is checked to be log1m or logit just above, and 'logit' > 'log1m' ('i' after '1'): <= 'log1m' "
+         "is == 'log1m' on both"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.gamma_param == "logit":', "",
+         "gamma_param is log1m or logit (checked in __init__), and 'log1m' < 'logit': >= 'logit' is == 'logit' on both"),
+    ],
     "_boundaries": [
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if got != "visible":', "",
          "scenario.boundaries is validated to visible / hidden / blurry / gradual (cl/data/settings.py) and the "
