@@ -752,6 +752,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "is == 'log1m' on both"),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.gamma_param == "logit":', "",
          "gamma_param is log1m or logit (checked in __init__), and 'log1m' < 'logit': >= 'logit' is == 'logit' on both"),
+        (r"core/ReplaceUnaryOperator_(Delete_USub|USub_UAdd)$",
+         'return torch.log_softmax((beta * mu).masked_fill(~mask, float("-inf")), -1)', "",
+         "mu is the (B, K) latent mean (latent() of (B, m) features): dimension 1 is the last"),
     ],
     "_boundaries": [
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if got != "visible":', "",
