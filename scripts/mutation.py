@@ -756,6 +756,21 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          'return torch.log_softmax((beta * mu).masked_fill(~mask, float("-inf")), -1)', "",
          "mu is the (B, K) latent mean (latent() of (B, m) features): dimension 1 is the last"),
     ],
+    "kalman": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'opt = torch.optim.Adam if cfg.hyper_optimizer == "adam" else', "",
+         "hyper_optimizer is validated to sgd or adam (build_model), and 'sgd' > 'adam': <= 'adam' is == 'adam' on both"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'gopt = torch.optim.Adam if cfg.gamma_optimizer == "adam" else', "",
+         "gamma_optimizer is validated to adam or sgd (build_model), and 'sgd' > 'adam': <= 'adam' is == 'adam' on both"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'cfg.gamma_objective == "gaussian" else gd', "",
+         "gamma_objective is validated to mc or gaussian (build_model), and 'mc' > 'gaussian': <= 'gaussian' is "
+         "== 'gaussian' on both"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'cfg.gamma_objective == "mc" else gd', "",
+         "gamma_objective is validated to mc or gaussian, and 'gaussian' < 'mc': >= 'mc' is == 'mc' on both"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if cfg.finetune_loss == "mc":', "",
+         "finetune_loss is validated to gaussian or mc, and 'gaussian' < 'mc': >= 'mc' is == 'mc' on both"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if cfg.gamma_log_every > 0 and self._steps", "",
+         "gamma_log_every is refused below 0 by the config (an int field's generic bound, tested): != 0 is > 0"),
+    ],
     "_boundaries": [
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if got != "visible":', "",
          "scenario.boundaries is validated to visible / hidden / blurry / gradual (cl/data/settings.py) and the "

@@ -206,6 +206,8 @@ def test_gamma_trajectory_every_n_steps_and_per_experience():
     for i in range(3):
         off.train_step(*batch(i))
     assert off.extra_metrics()["gamma_trajectory"] == [] and off._steps == 3
+    with pytest.raises(ConfigError, match="gamma_log_every=-2 is out of range: valid values are >= 0"):
+        make("kalman", backbone="identity", gamma_log_every=-2)
 
 
 def test_state_round_trip_continues_identically():
