@@ -66,6 +66,13 @@ def test_kalman_freezes_the_backbone_and_kalman_ft_does_not():
     ft, _ = make("kalman-ft")
     assert all(p.requires_grad for p in ft.model.backbone.parameters())
 
+    class Uncached(Kalman):  # features through the backbone at every step, not fine-tuned: still frozen
+        frozen_features = False
+
+    s2, sc = make("kalman-ft")
+    m = Uncached.build_model(s2.cfg, copy.deepcopy(ft.model.backbone), sc)
+    assert not any(p.requires_grad for p in m.backbone.parameters())
+
 
 def _groups(opt):
     return [(g["params"][0], g["lr"]) for g in opt.param_groups]
