@@ -770,6 +770,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "finetune_loss is validated to gaussian or mc, and 'gaussian' < 'mc': >= 'mc' is == 'mc' on both"),
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if cfg.gamma_log_every > 0 and self._steps", "",
          "gamma_log_every is refused below 0 by the config (an int field's generic bound, tested): != 0 is > 0"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "self._steps % cfg.gamma_log_every == 0:", "",
+         "a remainder modulo a positive gamma_log_every (the branch's first condition) is never negative: <= 0 is == 0"),
     ],
     "_boundaries": [
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if got != "visible":', "",

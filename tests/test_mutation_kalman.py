@@ -60,6 +60,17 @@ def test_the_head_gets_the_configured_filter():
     assert torch.allclose(s.model.features(3 * x), torch.nn.functional.normalize(x, dim=1))
 
 
+def test_kalman_model_does_not_normalise_unless_asked():
+    from strategies._kalman_filter import KalmanHead
+    from strategies.kalman import KalmanModel
+
+    x = torch.tensor([[3.0, 4.0]])
+    plain = KalmanModel(torch.nn.Identity(), KalmanHead(2, 2))
+    assert plain.normalize is False and torch.equal(plain.features(x), x)
+    unit = KalmanModel(torch.nn.Identity(), KalmanHead(2, 2), normalize=True)
+    assert torch.allclose(unit.features(x), torch.tensor([[0.6, 0.8]]))
+
+
 def test_kalman_freezes_the_backbone_and_kalman_ft_does_not():
     s, _ = make("kalman")
     assert not any(p.requires_grad for p in s.model.backbone.parameters())
