@@ -772,6 +772,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "gamma_log_every is refused below 0 by the config (an int field's generic bound, tested): != 0 is > 0"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "self._steps % cfg.gamma_log_every == 0:", "",
          "a remainder modulo a positive gamma_log_every (the branch's first condition) is never negative: <= 0 is == 0"),
+        (r"core/ReplaceTrueWithFalse$", "o.zero_grad(set_to_none=True)", "",
+         "each parameter these optimisers hold gets a gradient at every step that runs backward (psi, log_beta, the "
+         "noise logs and the fine-tuned backbone all enter the loss) or never has one (the inert dummy), so a zeroed "
+         "gradient is overwritten before any step reads it: the same steps as with None"),
     ],
     "_boundaries": [
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if got != "visible":', "",
