@@ -774,8 +774,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "a remainder modulo a positive gamma_log_every (the branch's first condition) is never negative: <= 0 is == 0"),
         (r"core/ReplaceTrueWithFalse$", "o.zero_grad(set_to_none=True)", "",
          "each parameter these optimisers hold gets a gradient at every step that runs backward (psi, log_beta, the "
-         "noise logs and the fine-tuned backbone all enter the loss) or never has one (the inert dummy), so a zeroed "
-         "gradient is overwritten before any step reads it: the same steps as with None"),
+         "noise logs and the fine-tuned backbone all enter the loss) or never has one (the inert dummy): zero plus the "
+         "new gradient is the new gradient, the same steps as from None"),
     ],
     "_boundaries": [
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if got != "visible":', "",
