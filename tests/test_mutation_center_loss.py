@@ -147,3 +147,12 @@ def test_state_round_trip():
     old, _ = make("center-loss", backbone="identity", buffer_size=5)
     old.load_extra_state({"buffer": st["buffer"]})  # an old checkpoint without centres: fresh ones kept
     assert not old.centers.any() and len(old.buffer) == 4
+
+
+def test_a_centre_starts_at_the_exact_mean_of_its_first_batch():
+    s, _ = make("center-loss", backbone="identity")
+    h = torch.zeros(3, 16)
+    h[:, 0] = torch.tensor([1.0, 2.0, -0.5])
+    h[:, 1] = torch.tensor([0.0, 1.0, 0.0])
+    s._update_centers(h, torch.tensor([6, 6, 8]))
+    assert s.centers[6, :2].tolist() == [1.5, 0.5] and s.centers[8, :2].tolist() == [-0.5, 0.0]
