@@ -777,6 +777,13 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "noise logs and the fine-tuned backbone all enter the loss) or never has one (the inert dummy): zero plus the "
          "new gradient is the new gradient, the same steps as from None"),
     ],
+    "center_loss": [
+        (r"core/NumberReplacer$", "n = torch.zeros(C, device=h.device).index_add_(0, y,", "index_add_( -1,",
+         "n is 1-D: dimension -1 is dimension 0"),
+        (r"core/ReplaceComparisonOperator_Gt_GtE$", "first = (n > 0) & ~self.initialised", "",
+         "a class not yet initialised has never been in a batch (initialised |= n > 0 at every update; the state "
+         "restores both together), so its centre is still 0, and its masked mean (a zero sum over clamp_min(1)) is 0"),
+    ],
     "_boundaries": [
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if got != "visible":', "",
          "scenario.boundaries is validated to visible / hidden / blurry / gradual (cl/data/settings.py) and the "
