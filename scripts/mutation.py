@@ -783,6 +783,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Gt_GtE$", "first = (n > 0) & ~self.initialised", "",
          "a class not yet initialised has never been in a batch (initialised |= n > 0 at every update; the state "
          "restores both together), so its centre is still 0, and its masked mean (a zero sum over clamp_min(1)) is 0"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in CenterLoss._update_centers", "",
+         "its only caller (after_step) passes the features loss() stored detached, and the centres are plain tensors "
+         "that never require grad: nothing records a gradient either way"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in CenterLoss.after_experience", "",
+         "it reads the head's parameters through p.detach() only; the rest is bool masks: nothing records a gradient"),
     ],
     "_boundaries": [
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if got != "visible":', "",
