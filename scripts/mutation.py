@@ -780,6 +780,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "center_loss": [
         (r"core/NumberReplacer$", "n = torch.zeros(C, device=h.device).index_add_(0, y,", "index_add_( -1,",
          "n is 1-D: dimension -1 is dimension 0"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "first = (n > 0) & ~self.initialised", "", _NEVER_NEG),
+        (r"core/NumberReplacer$", "first = (n > 0) & ~self.initialised", "(n > -1)",
+         "a count is never negative, so > -1 is >= 0, equivalent as the >= mutant below"),
+        (r"core/NumberReplacer$", "index_add_(0, y, h) / n.clamp_min(1)[:, None]", "clamp_min( 0)",
+         "the mean is used only where n > 0 (torch.where on first, under no_grad), where clamp_min(0) and "
+         "clamp_min(1) agree; the 0 / 0 = nan of the classes not in the batch is never selected"),
         (r"core/ReplaceComparisonOperator_Gt_GtE$", "first = (n > 0) & ~self.initialised", "",
          "a class not yet initialised has never been in a batch (initialised |= n > 0 at every update; the state "
          "restores both together), so its centre is still 0, and its masked mean (a zero sum over clamp_min(1)) is 0"),
