@@ -781,6 +781,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", "n = torch.zeros(C, device=h.device).index_add_(0, y,", "index_add_( -1,",
          "n is 1-D: dimension -1 is dimension 0"),
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "first = (n > 0) & ~self.initialised", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "self.initialised |= n > 0", "", _NEVER_NEG),
         (r"core/NumberReplacer$", "first = (n > 0) & ~self.initialised", "(n > -1)",
          "a count is never negative, so > -1 is >= 0, equivalent as the >= mutant below"),
         (r"core/NumberReplacer$", "index_add_(0, y, h) / n.clamp_min(1)[:, None]", "clamp_min( 0)",
