@@ -755,6 +755,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceUnaryOperator_(Delete_USub|USub_UAdd)$",
          'return torch.log_softmax((beta * mu).masked_fill(~mask, float("-inf")), -1)', "",
          "mu is the (B, K) latent mean (latent() of (B, m) features): dimension 1 is the last"),
+        (r"core/AddNot$", "if joseph:  # (I - K Phi) A- (I - K Phi)^T", "",
+         "the two forms swapped: the same posterior, as for the default below"),
+        (r"core/ReplaceFalseWithTrue$", "joseph: bool = False) -> None: in KalmanHead.update", "",
+         "with the optimal gain the Joseph form (I - K Phi) A- (I - K Phi)^T + s2 K K^T is the same posterior "
+         "covariance as A- - K Phi A- (the tests check both forms against joint Gaussian conditioning to 1e-10): "
+         "the default only changes rounding and cost (O(m^3)), no result can tell them apart"),
     ],
     "kalman": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'opt = torch.optim.Adam if cfg.hyper_optimizer == "adam" else', "",

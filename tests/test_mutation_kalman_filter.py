@@ -176,6 +176,13 @@ def test_monte_carlo_probabilities_follow_the_drawn_samples():
     assert torch.allclose(many[:, :2], torch.log_softmax(1.5 * mu[:, :2], -1), atol=1e-12)
     det = head.class_log_probs(mu, var, n_samples=0)
     assert torch.allclose(det[:, :2], torch.log_softmax(1.5 * mu[:, :2], -1), atol=1e-12)
+    torch.manual_seed(4)
+    single = head.class_log_probs(mu, var, n_samples=1)  # one sample with variance: not the mean logits
+    torch.manual_seed(4)
+    e1 = torch.randn(1, 2, 3, dtype=D)
+    assert torch.allclose(single[:, :2], torch.log_softmax(1.5 * (mu + var.sqrt()[:, None] * e1[0])[:, :2], -1), atol=1e-12)
+    neg = head.class_log_probs(mu, var, n_samples=-1)  # a negative count is the deterministic rule too
+    assert torch.allclose(neg[:, :2], torch.log_softmax(1.5 * mu[:, :2], -1), atol=1e-12)
     # the masked classes stay differentiable: the gradient reaches beta and is finite
     (gb,) = torch.autograd.grad(head.class_log_probs(mu, var)[:, :2].sum(), head.log_beta)
     assert torch.isfinite(gb)
