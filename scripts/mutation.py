@@ -755,6 +755,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceUnaryOperator_(Delete_USub|USub_UAdd)$",
          'return torch.log_softmax((beta * mu).masked_fill(~mask, float("-inf")), -1)', "",
          "mu is the (B, K) latent mean (latent() of (B, m) features): dimension 1 is the last"),
+        (r"core/NumberReplacer$", "lp = torch.log_softmax(f.masked_fill(~mask, -1e30), -1)", "1e+30",
+         "1e30 + 1 and 1e30 - 1 are the same float64 as 1e30 (spacing ~1.4e14 there): the same fill value"),
         (r"core/AddNot$", "if joseph:  # (I - K Phi) A- (I - K Phi)^T", "",
          "the two forms swapped: the same posterior, as for the default below"),
         (r"core/ReplaceFalseWithTrue$", "joseph: bool = False) -> None: in KalmanHead.update", "",
