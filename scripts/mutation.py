@@ -66,6 +66,16 @@ _O2 = "tests/test_ocl2.py"  # scr, pcr, ocm, onpro, _contrastive: the config che
 _O2_CFG = ("bad_choices_name_the_field_and_the_choices", "bad_numbers_name_the_field", "ocm_needs_boundaries_and_says_so")
 _O1 = "tests/test_ocl1.py"
 _P1, _S2M = "tests/test_ptm1.py", "tests/test_strategies2_mechanism.py"
+_K = "tests/test_strategies_kalman.py"
+_KFAST = [f"{_K}::test_{t}" for t in (  # ~4 s; test_test_then_train_prediction_never_uses_its_label (~10 s) goes last
+    "predict_and_update_match_joint_gaussian_conditioning", "joseph_form_gives_the_same_posterior",
+    "gamma_one_is_bayesian_linear_regression", "gamma_zero_resets_to_the_prior_each_step",
+    "gamma_gradient_matches_finite_differences", "mc_predictive_probabilities", "prediction_uses_the_prior_quantities",
+    "gamma_step_goes_down_on_a_contradicting_batch_and_up_on_a_consistent_one",
+    "learned_gamma_is_lower_on_a_non_stationary_stream", "kalman_ft_trains_the_backbone_with_the_filter_state_fixed",
+    "prediction_and_training_see_the_same_features")]
+_TF = "tests/test_task_free_contract.py::test_every_strategy_on_a_hidden_stream_runs_without_boundaries_or_refuses"
+_TFB = "tests/test_task_free_contract.py::test_boundary_options_refuse_task_free_streams_and_name_the_alternative"
 
 MODULES: dict[str, Module] = {
     # -- numbers: metrics and the shared pieces strategies hold
@@ -279,14 +289,28 @@ MODULES: dict[str, Module] = {
     "ssiat": Module("strategies/ssiat.py", ["tests/test_strategies2_mechanism.py", "tests/test_correctness_issue13.py",
                                             "tests/test_strategies2_engine.py"]),
     "color": Module("strategies/color.py", ["tests/test_strategies2_mechanism.py", "tests/test_strategies2_engine.py"]),
-    "kalman": Module("strategies/kalman.py", ["tests/test_strategies_kalman.py"]),
-    "_kalman_filter": Module("strategies/_kalman_filter.py", ["tests/test_strategies_kalman.py"]),
-    "center_loss": Module("strategies/center_loss.py", ["tests/test_strategies_heads_pec_center.py"]),
-    "joint": Module("strategies/joint.py", ["tests/test_engine.py", "tests/test_resume.py"]),
-    "linear_probe": Module("strategies/linear_probe.py", ["tests/test_features.py"]),
-    "recency": Module("strategies/recency.py", ["tests/test_correctness_issue13.py"]),
-    "_boundaries": Module("strategies/_boundaries.py", ["tests/test_task_free_contract.py"]),
-    "finetune": Module("strategies/finetune.py", ["tests/test_engine.py"]),
+    # kalman .. finetune (mut-misc): the fast mechanism tests first, whole runs (engine, resume, task-free) last
+    "kalman": Module("strategies/kalman.py", _KFAST + [f"tests/test_correctness_issue13.py::test_kalman_{t}" for t in (
+        "gamma_moves_under_the_new_parametrisation", "gamma_one_stays_static")] + [
+        f"{_TF}[kalman]", f"{_TF}[kalman-ft]", f"{_K}::test_test_then_train_prediction_never_uses_its_label",
+        "tests/test_resume.py::test_resume_exact_for_other_strategies[kalman]"]),
+    "_kalman_filter": Module("strategies/_kalman_filter.py", _KFAST + [
+        f"{_K}::test_test_then_train_prediction_never_uses_its_label"]),
+    "center_loss": Module("strategies/center_loss.py", [
+        f"tests/test_strategies_heads_pec_center.py::test_center_loss_{t}" for t in (
+            "centres_learned_in_task_1_then_frozen_with_their_classifier_rows", "penalty_pulls_features_to_the_centres",
+            "with_replay_uses_the_buffer")] + [
+        f"{_TFB}[center-loss-freeze-strategy.freeze=false]", f"{_TF}[center-loss]",
+        "tests/test_resume.py::test_resume_exact_for_other_strategies[center-loss]"]),
+    "joint": Module("strategies/joint.py", ["tests/test_engine.py::test_er_beats_finetune_and_joint_beats_both", f"{_TF}[joint]",
+                                            "tests/test_resume.py::test_resume_reproduces_uninterrupted_result[joint-protocol2]"]),
+    "linear_probe": Module("strategies/linear_probe.py", ["tests/test_features.py::test_linear_probe_run_through_engine",
+                                                          f"{_TF}[linear-probe]"]),
+    "recency": Module("strategies/recency.py", [
+        "tests/test_correctness_issue13.py::test_recency_baseline_predicts_the_recent_majority_label", f"{_TF}[recency]"]),
+    "_boundaries": Module("strategies/_boundaries.py", [_TFB, f"{_TF}[center-loss]", f"{_TF}[lwf]", f"{_TF}[agem]"]),
+    "finetune": Module("strategies/finetune.py", ["tests/test_engine.py::test_er_beats_finetune_and_joint_beats_both",
+                                                  f"{_TF}[finetune]"]),
 }
 for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", "agem"), ("gdumb", "gdumb"),
                       ("er_aml", "er_aml"), ("engine", "engine_phases"), ("sweep-runner", "sweep_runner"),
@@ -298,7 +322,10 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("rmn", "rmn"), ("packnet", "packnet"), ("hat", "hat"), ("hnet", "hnet"), ("cl2r", "cl2r"),
                       ("mir", "mir"), ("gss", "gss"), ("aser", "aser"), ("rar", "rar"), ("_rar", "rar_augment"),
                       ("dualprompt", "dualprompt"), ("coda_prompt", "coda_prompt"), ("hide_prompt", "hide_prompt"),
-                      ("l2p", "l2p"), ("sprompts", "sprompts")):  # the tests written from their first
+                      ("l2p", "l2p"), ("sprompts", "sprompts"), ("_boundaries", "boundaries"),
+                      ("recency", "recency"), ("joint", "joint"), ("linear_probe", "linear_probe"),
+                      ("center_loss", "center_loss"), ("_kalman_filter", "kalman_filter"),
+                      ("kalman", "kalman")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -1051,6 +1078,80 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "and another run seed draws another init); which fixed seed is a convention, and pinning 1009 would test "
          "the code's text"),
     ],
+    # -- mut-misc (kalman, _kalman_filter, center_loss, joint, linear_probe, recency, _boundaries, finetune)
+    "recency": [
+        (r"core/NumberReplacer$", "m.counts.index_add_(0, y,", "index_add_( -1,", "counts is 1-D: dimension -1 is dimension 0"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in RecencyModel.observe", "",
+         "observe writes the constant True into the bool buffer `seen`: no tensor that requires grad takes part, "
+         "so autograd records nothing with or without no_grad"),
+    ],
+    "linear_probe": [
+        (r"core/ReplaceUnaryOperator_(USub_UAdd|Delete_USub)$", "F.normalize(self.backbone(x).float(), dim=-1)", "",
+         "a backbone returns (N, out_dim) features (the linear head takes nothing else): dimension 1 is the last"),
+    ],
+    "_kalman_filter": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'psi = _log1m(gamma) if gamma_param == "log1m" else _logit(gamma)', "",
+         "gamma_param is checked to be log1m or logit just above, and 'logit' > 'log1m' ('i' after '1'): <= 'log1m' "
+         "is == 'log1m' on both"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.gamma_param == "logit":', "",
+         "gamma_param is log1m or logit (checked in __init__), and 'log1m' < 'logit': >= 'logit' is == 'logit' on both"),
+        (r"core/ReplaceUnaryOperator_(Delete_USub|USub_UAdd)$",
+         'return torch.log_softmax((beta * mu).masked_fill(~mask, float("-inf")), -1)', "",
+         "mu is the (B, K) latent mean (latent() of (B, m) features): dimension 1 is the last"),
+        (r"core/NumberReplacer$", "lp = torch.log_softmax(f.masked_fill(~mask, -1e30), -1)", "1e+30",
+         "1e30 + 1 and 1e30 - 1 are the same float64 as 1e30 (spacing ~1.4e14 there): the same fill value"),
+        (r"core/AddNot$", "if joseph:  # (I - K Phi) A- (I - K Phi)^T", "",
+         "the two forms swapped: the same posterior, as for the default below"),
+        (r"core/ReplaceFalseWithTrue$", "joseph: bool = False) -> None: in KalmanHead.update", "",
+         "with the optimal gain the Joseph form (I - K Phi) A- (I - K Phi)^T + s2 K K^T is the same posterior "
+         "covariance as A- - K Phi A- (the tests check both forms against joint Gaussian conditioning to 1e-10): "
+         "the default only changes rounding and cost (O(m^3)), no result can tell them apart"),
+    ],
+    "kalman": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'opt = torch.optim.Adam if cfg.hyper_optimizer == "adam" else', "",
+         "hyper_optimizer is validated to sgd or adam (build_model), and 'sgd' > 'adam': <= 'adam' is == 'adam' on both"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'gopt = torch.optim.Adam if cfg.gamma_optimizer == "adam" else', "",
+         "gamma_optimizer is validated to adam or sgd (build_model), and 'sgd' > 'adam': <= 'adam' is == 'adam' on both"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'cfg.gamma_objective == "gaussian" else gd', "",
+         "gamma_objective is validated to mc or gaussian (build_model), and 'mc' > 'gaussian': <= 'gaussian' is "
+         "== 'gaussian' on both"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'cfg.gamma_objective == "mc" else gd', "",
+         "gamma_objective is validated to mc or gaussian, and 'gaussian' < 'mc': >= 'mc' is == 'mc' on both"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if cfg.finetune_loss == "mc":', "",
+         "finetune_loss is validated to gaussian or mc, and 'gaussian' < 'mc': >= 'mc' is == 'mc' on both"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if cfg.gamma_log_every > 0 and self._steps", "",
+         "gamma_log_every is refused below 0 by the config (an int field's generic bound, tested): != 0 is > 0"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "self._steps % cfg.gamma_log_every == 0:", "",
+         "a remainder modulo a positive gamma_log_every (the branch's first condition) is never negative: <= 0 is == 0"),
+        (r"core/ReplaceTrueWithFalse$", "o.zero_grad(set_to_none=True)", "",
+         "each parameter these optimisers hold gets a gradient at every step that runs backward (psi, log_beta, the "
+         "noise logs and the fine-tuned backbone all enter the loss) or never has one (the inert dummy): zero plus the "
+         "new gradient is the new gradient, the same steps as from None"),
+    ],
+    "center_loss": [
+        (r"core/NumberReplacer$", "n = torch.zeros(C, device=h.device).index_add_(0, y,", "index_add_( -1,",
+         "n is 1-D: dimension -1 is dimension 0"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "first = (n > 0) & ~self.initialised", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "self.initialised |= n > 0", "", _NEVER_NEG),
+        (r"core/NumberReplacer$", "first = (n > 0) & ~self.initialised", "(n > -1)",
+         "a count is never negative, so > -1 is >= 0, equivalent as the >= mutant below"),
+        (r"core/NumberReplacer$", "index_add_(0, y, h) / n.clamp_min(1)[:, None]", "clamp_min( 0)",
+         "the mean is used only where n > 0 (torch.where on first, under no_grad), where clamp_min(0) and "
+         "clamp_min(1) agree; the 0 / 0 = nan of the classes not in the batch is never selected"),
+        (r"core/ReplaceComparisonOperator_Gt_GtE$", "first = (n > 0) & ~self.initialised", "",
+         "a class not yet initialised has never been in a batch (initialised |= n > 0 at every update; the state "
+         "restores both together), so its centre is still 0, and its masked mean (a zero sum over clamp_min(1)) is 0"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in CenterLoss._update_centers", "",
+         "its only caller (after_step) passes the features loss() stored detached, and the centres are plain tensors "
+         "that never require grad: nothing records a gradient either way"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in CenterLoss.after_experience", "",
+         "it reads the head's parameters through p.detach() only; the rest is bool masks: nothing records a gradient"),
+    ],
+    "_boundaries": [
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if got != "visible":', "",
+         "scenario.boundaries is validated to visible / hidden / blurry / gradual (cl/data/settings.py) and the "
+         "three task-free kinds sort before 'visible': < 'visible' is != 'visible' on every valid value"),
+    ],
 }
 
 
@@ -1244,7 +1345,7 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
 # torch._dynamo (imported by the first torch.func vmap / grad call, e.g. the per-sample gradients of EWC and MAS)
 # costs ~6 s more; imported here once, not in every mutant's child
 # timm (~15 s here) and peft (with transformers, ~19 s) likewise: the ViT / LoRA strategies' tests import them
-SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml", "timm", "peft")
+SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml", "timm", "peft", "scipy.stats")
 
 
 def serve(sock_path: str) -> None:

@@ -155,7 +155,7 @@ class Kalman(Strategy):
             self.hyper_optimizer.load_state_dict(state["hyper"])
         if "gamma_opt" in state and self.gamma_optimizer is not None:
             self.gamma_optimizer.load_state_dict(state["gamma_opt"])
-        self._gamma_log = [torch.tensor(g) for g in state.get("gamma_log", [])]
+        self._gamma_log = [torch.tensor(g, dtype=torch.float64) for g in state.get("gamma_log", [])]  # exact
         self._gamma_per_exp = [torch.as_tensor(g).to(self.device) for g in state.get("gamma_per_exp", [])]
         self._steps = state.get("steps", 0)
 
