@@ -193,8 +193,22 @@ MODULES: dict[str, Module] = {
     # -- the rest (issue 19's third round; first lists: every test file that exercises the module, to be narrowed
     #    to its fast mechanism tests by whoever runs it).  One entry per line, grouped by who runs them.
     "_task_il": Module("strategies/_task_il.py", [_RI]),
-    "podnet": Module("strategies/podnet.py", ["tests/test_podnet.py"]),
-    "_exemplars": Module("strategies/_exemplars.py", [_RP, "tests/test_podnet.py"]),
+    "podnet": Module("strategies/podnet.py", [f"tests/test_podnet.py::test_{t}" for t in (  # not the 15 s ViT test
+        "pod_spatial_matches_hand_computation_on_two_stages", "pod_spatial_pools_width_and_height_separately",
+        "lsc_logits_match_hand_computation_with_two_proxies", "nca_loss_matches_hand_computation_in_both_forms",
+        "nca_gradient_is_finite_with_unseen_classes_and_a_learned_scale", "stage_hooks_give_each_blocks_output_and_are_removed",
+        "boundary_imprints_proxies_keeps_old_ones_fixed_and_finetunes_the_classifier_only",
+        "distillation_is_zero_for_the_unchanged_model_and_grows_when_it_moves",
+        "bad_values_are_config_errors_naming_the_field", "backbone_without_stages_is_a_config_error_naming_backbone_name",
+        "task_free_stream_is_refused_naming_scenario_boundaries", "two_experience_class_il_run_finishes_with_finite_accuracy",
+        "resume_from_a_boundary_is_exact_with_the_cnn")]),
+    "_exemplars": Module("strategies/_exemplars.py", [  # its users' memory tests, after test_mutation_exemplars.py
+        "tests/test_mutation_lucir.py::test_lucir_memory_follows_the_budget_and_classifies_by_nme_when_asked",
+        "tests/test_mutation_lucir.py::test_lucir_state_restores_lambda_memory_and_means",
+        "tests/test_mutation_icarl.py::test_icarl_budget_is_k_over_the_seen_classes_and_a_returning_class_is_not_reherded",
+        "tests/test_mutation_icarl.py::test_icarl_state_restores_memory_means_and_teacher",
+        "tests/test_mutation_bic.py::test_bic_validation_is_one_exemplar_in_val_every_by_rank",
+        "tests/test_mutation_bic.py::test_bic_state_restores_the_bias_layer_and_memory"]),
     "mir": Module("strategies/mir.py", ["tests/test_ocl1.py"]),
     "gss": Module("strategies/gss.py", ["tests/test_ocl1.py"]),
     "aser": Module("strategies/aser.py", ["tests/test_ocl1.py"]),
@@ -239,7 +253,7 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder")):  # the tests written from their first
+                      ("xder", "xder"), ("_exemplars", "exemplars"), ("podnet", "podnet"), ("color", "color")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
