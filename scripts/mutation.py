@@ -238,7 +238,13 @@ MODULES: dict[str, Module] = {
     "lae": Module("strategies/lae.py", ["tests/test_ptm3.py"]),
     "ssiat": Module("strategies/ssiat.py", ["tests/test_strategies2_mechanism.py", "tests/test_correctness_issue13.py",
                                             "tests/test_strategies2_engine.py"]),
-    "color": Module("strategies/color.py", ["tests/test_strategies2_mechanism.py", "tests/test_strategies2_engine.py"]),
+    "color": Module("strategies/color.py", [  # after test_mutation_color.py: its ViT / EfficientNet / engine cases
+        f"tests/test_strategies2_mechanism.py::test_{t}" for t in (
+            "color_domain_mode_shares_the_label_space", "untrained_lora_is_identity_vit",
+            "color_gradients_only_current_adapter_and_head", "sprompts_gradients_only_current_prompt_and_head",
+            "color_lora_on_efficientnet_convolutions")] + [
+        f"tests/test_strategies2_engine.py::test_{t}" for t in (
+            "smoke_vit[color]", "color_adapted_keys_variant", "finetune_lora_baseline", "smoke_minilm[color]")]),
     "kalman": Module("strategies/kalman.py", ["tests/test_strategies_kalman.py"]),
     "_kalman_filter": Module("strategies/_kalman_filter.py", ["tests/test_strategies_kalman.py"]),
     "center_loss": Module("strategies/center_loss.py", ["tests/test_strategies_heads_pec_center.py"]),

@@ -460,3 +460,42 @@ def test_finetune_lora_trains_one_shared_adapter_and_a_head_at_its_own_rate():
     model.train()
     s.train_step(x, y)
     assert model.training
+
+
+class Bag(nn.Module):
+    """A text encoder whose output depends on the padding it is given: the mean of every position's embedding."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 4)
+        self.out_dim = 4
+
+    def forward(self, x):
+        return self.emb(x).mean(1)
+
+
+def test_token_batches_are_trimmed_of_padding_for_the_loss_the_keys_and_prediction():
+    sc = scenario()
+    sc.preprocess_fn = lambda dev: (lambda v: v)  # token ids stay integers (as a text backbone's preprocess does)
+    s, sc = build(sc=sc, backbone=Bag(), n_keys=1, feature_batch=1)
+    x = torch.tensor([[3, 4, 0, 0], [5, 0, 0, 0]])
+    y = torch.tensor([0, 1])
+    bb = s.model.backbone
+    s.before_experience(sc[0])
+    s.model.head_classes[0, :2] = True
+    want = F.cross_entropy(s.model.heads[0](bb(x[:, :2]))[:, :2], y)
+    assert s.loss(x, y).item() == pytest.approx(want.item(), rel=1e-6)
+    assert s.loss(x, y).item() != pytest.approx(F.cross_entropy(s.model.heads[0](bb(x))[:, :2], y).item(), rel=1e-4)
+    s.augment = lambda v: v[:, :1]  # the run's augmentation replaces the trimming
+    want = F.cross_entropy(s.model.heads[0](bb(x[:, :1]))[:, :2], y)
+    assert s.loss(x, y).item() == pytest.approx(want.item(), rel=1e-6)
+    s.augment = None
+    # keys from features computed feature_batch (1) samples at a time, each trimmed to its own length
+    exp = Experience(x, y, x, y, [0, 1], None, 0)
+    s.after_experience(exp)
+    per_sample = torch.cat([bb(x[:1, :2]), bb(x[1:, :1])])
+    assert torch.allclose(s.keys.keys[0], F.normalize(per_sample, dim=1).mean(0), atol=1e-5)  # one centre: the mean
+    whole = F.normalize(torch.cat([bb(x[:, :2])]), dim=1).mean(0)  # the batch trimmed as one
+    assert not torch.allclose(s.keys.keys[0], whole, atol=1e-3)
+    with torch.no_grad():
+        assert torch.allclose(s.predict(x), s._forward_task(0, x[:, :2]), atol=1e-6)
