@@ -74,6 +74,7 @@ def test_build_model_follows_the_config_and_the_head_init_is_kaiming_uniform():
     torch.manual_seed(0)
     head = LSCHead(16, 50, proxies=10)  # kaiming_uniform(a=sqrt 5): U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = d
     assert head.kind == "cosine" and head.eta.item() == 1.0 and head.eta.requires_grad
+    assert tuple(LSCHead(3, 2).weight.shape) == (2, 10, 3)  # K = 10 proxies by default
     assert head.weight.abs().max().item() <= 0.25 and head.weight.abs().max().item() > 0.249
     assert head.weight.std().item() == pytest.approx(0.25 / math.sqrt(3), rel=0.03)
     h = torch.randn(3, 16)
@@ -290,3 +291,51 @@ def test_finetuning_runs_only_after_an_experience_with_old_classes_and_epochs():
     w = s.model.head.weight.detach().clone()
     s.after_experience(e1)
     assert torch.equal(s.model.head.weight.detach(), w)
+
+
+def test_finetuning_shuffle_differs_between_boundaries_and_run_seeds_and_repeats_within_a_run(monkeypatch):
+    s, e1 = _finetune_case(finetune_epochs=1, finetune_batch_size=3)
+    s.after_experience(e1)
+    perms = []
+    real = torch.randperm
+
+    def spy(*a, **k):
+        perms.append(real(*a, **k).tolist())
+        return torch.tensor(perms[-1])
+
+    monkeypatch.setattr(torch, "randperm", spy)
+
+    def order(seed, n_old):
+        s.info.seed, s.old_classes = seed, list(range(n_old))
+        perms.clear()
+        s.finetune()
+        return perms[0]
+
+    first = order(0, 2)
+    assert len(first) == 8 and order(0, 2) == first  # the same run, the same boundary: the same order
+    assert order(0, 4) != first  # another boundary (more old classes)
+    assert order(1, 2) != first and order(1, 2) != order(1, 4)  # another run seed
+
+
+def test_lambda_is_the_square_root_of_seen_over_new_classes_when_not_a_whole_ratio():
+    s = make()
+    x = torch.randn(6, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    e0 = exp_of(x[:2], torch.tensor([0, 0]), 0)
+    s.before_experience(e0)
+    s.model.observe(e0.train_y)
+    s.after_experience(e0)
+    s.before_experience(exp_of(x[2:], torch.tensor([1, 2, 1, 2]), 1))
+    assert s.lam == pytest.approx(math.sqrt(3 / 2))  # 3 seen, 2 new (the code's factor)
+
+
+def test_the_imprint_depends_on_the_run_seed():
+    """The k-means initialisation of the imprinted proxies is seeded by the run's seed: other seeds, other
+    centres (here their order at least), the same seed the same ones."""
+    imprints = []
+    for seed in (1, 2, 3, 4, 1):
+        s, x1, y1 = _two_experiences(proxies=2)
+        s.info.seed = seed
+        s.before_experience(exp_of(x1, y1, 1))
+        imprints.append(s.model.head.weight.detach()[2:].clone())
+    assert torch.equal(imprints[0], imprints[-1])
+    assert any(not torch.allclose(imprints[0], w) for w in imprints[1:4])
