@@ -278,6 +278,9 @@ EXCLUDE_OPERATORS = [
 _NEVER_NEG = "a size is never negative, so the two conditions agree"
 _CUDA_ONLY = ("accepted: the CUDA RNG branch; on a machine without CUDA (where these runs are made) both sides are "
               "False whatever the operator, so no CPU test can tell (it needs a run on a GPU)")
+_SEED_OFFSET = ("another deterministic seed of the same kind: still a function of the run seed that differs between "
+                "run seeds and between classes (k-means) or boundaries (the finetuning shuffle), as the tests check; "
+                "no seed is more right than another")
 _TOGETHER = ("the teacher and old_classes are set together (after_experience, load_extra_state): both empty before "
              "the first boundary, both set after it (as in lwf)")
 EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
@@ -725,6 +728,27 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "only the first line is kept (extra[0] just below): [0:2] has the same first item"),
         (r"core/NumberReplacer$", 'extra = extra[0] if extra else ""', "extra[-1]",
          "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
+    ],
+    "podnet": [
+        (r"core/NumberReplacer$", "_FLOOR = -1e4", "",
+         "exp(-1e4 +- 1 - m) is 0 in float32 for every reachable logit m (|eta y| <= 4 |eta|): a masked entry adds "
+         "nothing to the logsumexp either way, and stays finite (the gradient of eta has no NaN)"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if kind == "neg_sq_dist": in lsc_similarity', "",
+         "kind is one of SIMILARITIES (validated in build_model), and 'cosine' sorts before 'neg_sq_dist': >= is =="),
+        (r"core/(NumberReplacer|ReplaceBinaryOperator_Add_Sub|ReplaceBinaryOperator_Mul_Add)$",
+         "cent = kmeans(f[sel], k, seed=self.info.seed * 1009 + c)", "",
+         _SEED_OFFSET),
+        (r"core/(NumberReplacer|ReplaceBinaryOperator_Add_Sub|ReplaceBinaryOperator_Mul_Add)$",
+         "g = torch.Generator().manual_seed(self.info.seed * 1009 + len(self.old_classes))", "",
+         _SEED_OFFSET),
+        (r"core/ReplaceBinaryOperator_BitOr_BitXor$", "neg = z.masked_fill(target | ~valid[None, :], _FLOOR)", "",
+         "a sample's target is a seen class (the head observes the batch's labels before the loss; the memory holds "
+         "seen classes only): target and ~valid never overlap, so | and ^ agree"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if form == "paper": in nca_loss', "",
+         "form is one of NCA_FORMS (validated in build_model), and 'code' sorts before 'paper': >= is =="),
+        (r"core/NumberReplacer$", "if had_old and self.cfg.finetune_epochs > 0 and len(self.memory):", "> -1",
+         "finetune_epochs is validated >= 0; with 0, finetune() takes no step: it only drops head.weight.grad (which "
+         "the next step's zero_grad(set_to_none) drops anyway) and the teacher is re-taken from the unchanged model"),
     ],
 }
 

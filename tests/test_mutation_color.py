@@ -159,6 +159,8 @@ def test_the_model_has_a_frozen_backbone_and_one_head_and_expert_per_task():
 def test_each_experience_trains_its_own_expert_and_head_only():
     s, sc = build(lr=0.1)
     assert s.expert_size(0) == 4  # v_0
+    opt = {id(p) for g in s.optimizer.param_groups for p in g["params"]}  # before any experience: task 0's
+    assert opt == {id(s.model.experts[0].v), id(s.model.heads[0].weight), id(s.model.heads[0].bias)}
     s.before_experience(sc[0])
     assert s.task == 0 and s.model.current == 0 and s.activated == [0]
     opt = {id(p) for g in s.optimizer.param_groups for p in g["params"]}

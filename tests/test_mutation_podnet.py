@@ -339,3 +339,13 @@ def test_the_imprint_depends_on_the_run_seed():
         imprints.append(s.model.head.weight.detach()[2:].clone())
     assert torch.equal(imprints[0], imprints[-1])
     assert any(not torch.allclose(imprints[0], w) for w in imprints[1:4])
+
+
+def test_nca_paper_form_hinges_each_sample_on_its_own_target():
+    """A batch of a well-separated sample (hinged to 0) and a badly placed one: the mean of the per-sample
+    hinges, each against its own target similarity."""
+    sim = torch.tensor([[0.9, -0.9, -0.9], [0.1, 0.7, 0.3]])
+    y = torch.tensor([0, 0])
+    bad = math.log(math.exp(7.0) + math.exp(3.0)) - (1.0 - 6.0)  # eta 10, margin .6
+    assert nca_loss(sim, y, 10.0, 0.6, form="paper").item() == pytest.approx(bad / 2, rel=1e-6)
+    assert nca_loss(sim[:1], y[:1], 10.0, 0.6, form="paper").item() == 0.0
