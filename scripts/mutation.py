@@ -735,10 +735,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "nothing to the logsumexp either way, and stays finite (the gradient of eta has no NaN)"),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if kind == "neg_sq_dist": in lsc_similarity', "",
          "kind is one of SIMILARITIES (validated in build_model), and 'cosine' sorts before 'neg_sq_dist': >= is =="),
-        (r"core/(NumberReplacer|ReplaceBinaryOperator_Add_Sub|ReplaceBinaryOperator_Mul_Add)$",
+        (r"core/(NumberReplacer|ReplaceBinaryOperator_(Add_Sub|Mul_Add|Mul_Sub))$",
          "cent = kmeans(f[sel], k, seed=self.info.seed * 1009 + c)", "",
          _SEED_OFFSET),
-        (r"core/(NumberReplacer|ReplaceBinaryOperator_Add_Sub|ReplaceBinaryOperator_Mul_Add)$",
+        (r"core/(NumberReplacer|ReplaceBinaryOperator_(Add_Sub|Mul_Add|Mul_Sub))$",
          "g = torch.Generator().manual_seed(self.info.seed * 1009 + len(self.old_classes))", "",
          _SEED_OFFSET),
         (r"core/ReplaceBinaryOperator_BitOr_BitXor$", "neg = z.masked_fill(target | ~valid[None, :], _FLOOR)", "",
@@ -749,6 +749,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", "if had_old and self.cfg.finetune_epochs > 0 and len(self.memory):", "> -1",
          "finetune_epochs is validated >= 0; with 0, finetune() takes no step: it only drops head.weight.grad (which "
          "the next step's zero_grad(set_to_none) drops anyway) and the teacher is re-taken from the unchanged model"),
+        (r"core/ReplaceComparisonOperator_Gt_GtE$", "if had_old and self.cfg.finetune_epochs > 0 and len(self.memory):",
+         "", "as > -1 just above: finetune_epochs is an integer >= 0, and 0 epochs take no step"),
+        (r"core/ReplaceTrueWithFalse$", "opt.zero_grad(set_to_none=True) in PODNet.finetune", "",
+         "zeroed or dropped, backward then fills the proxies' gradient with the same values: the same SGD step"),
     ],
 }
 

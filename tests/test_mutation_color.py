@@ -402,6 +402,10 @@ class Mlp(nn.Module):
 
 
 def test_color_one_lora_adapter_per_task_switched_for_training_and_prediction():
+    model = CoLoR.build_model(CoLoRConfig(r=2, targets=["fc1"]), Mlp(), scenario())
+    assert model.lora.active == "task0"  # the built model runs task 0's adapter (before any strategy exists)
+    assert {n for n, p in model.backbone.named_parameters() if p.requires_grad} == \
+        {"fc1.lora_A.task0.weight", "fc1.lora_B.task0.weight"}
     s, sc = build(CoLoR, CoLoRConfig, backbone=Mlp(), r=2, alpha=4, lr=0.05, targets=["fc1"])
     lora = s.lora
     assert lora is s.model.lora and lora.names == ["task0", "task1"] and lora.active == "task0"

@@ -109,7 +109,7 @@ def test_stage_names_error_names_the_backbone_and_stage_outputs_apply_stage_map(
 
 def test_pod_spatial_needs_as_many_student_as_teacher_maps():
     a = torch.ones(1, 1, 2, 2)
-    for maps, old in (([], []), ([a], []), ([a, a], [a])):
+    for maps, old in (([], []), ([a], []), ([a, a], [a]), ([a], [a, a])):
         with pytest.raises(ValueError, match=f"{len(maps)} student maps and {len(old)} teacher maps"):
             pod_spatial(maps, old)
 
