@@ -166,9 +166,15 @@ def test_imprint_repeats_the_centres_of_a_class_with_fewer_samples_than_proxies_
 
 def test_no_new_class_means_no_distillation_and_the_old_lambda():
     s, x1, y1 = _two_experiences(finetune_epochs=0)
+    e1 = exp_of(x1, y1, 1)
+    s.before_experience(e1)  # classes 2, 3 new: lambda = sqrt(4 / 2)
+    s.model.observe(y1)
+    s.train_step(x1, y1)
+    s.after_experience(e1)
     lam = s.lam
+    assert lam == pytest.approx(math.sqrt(2))
     x0, y0 = x1 - 1, torch.tensor([0, 1] * 4)
-    s.before_experience(exp_of(x0, y0, 1))  # the same classes again: nothing new to imprint or distil towards
+    s.before_experience(exp_of(x0, y0, 2))  # old classes again: nothing new to imprint or distil towards
     assert len(s._new_idx) == 0 and s.lam == lam
     with torch.no_grad():
         s.model.backbone.net[0].weight.mul_(-1.5)  # the student moves away from the teacher
