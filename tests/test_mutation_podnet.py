@@ -19,7 +19,7 @@ from cl.models.backbones.small import CNNConfig, SmallCNN
 from strategies.lucir import LUCIR
 from strategies.podnet import LSCHead, PODNet, PODNetConfig, nca_loss, pod_spatial, stage_names, stage_outputs
 
-from test_podnet import exp_of, make
+from test_podnet import after_first_experience, exp_of, make
 
 
 def _sc():
@@ -127,22 +127,8 @@ def test_nca_code_form_leaves_unseen_classes_out_of_the_max_and_the_denominator(
         pytest.approx(nca_loss(sim, y, 2.0, 0.6).item(), rel=1e-7)
 
 
-def _two_experiences(**cfg):
-    """PODNet after a first experience of classes 0, 1 (herded memory of 8), at the start of one of 2, 3."""
-    s = make(**cfg)
-    g = torch.Generator().manual_seed(1)
-    x0, y0 = torch.randn(8, 1, 4, 4, generator=g), torch.tensor([0, 1] * 4)
-    e0 = exp_of(x0, y0, 0)
-    s.before_experience(e0)
-    s.model.observe(y0)
-    s.train_step(x0, y0)
-    s.after_experience(e0)
-    x1, y1 = torch.randn(8, 1, 4, 4, generator=g) + 1, torch.tensor([2, 3] * 4)
-    return s, x1, y1
-
-
 def test_imprint_repeats_the_centres_of_a_class_with_fewer_samples_than_proxies_and_skips_absent_classes():
-    s, x1, y1 = _two_experiences(proxies=3)
+    s, x1, y1 = after_first_experience(proxies=3)
     x1, y1 = x1[:3], torch.tensor([2, 2, 3])  # class 3: one sample for 3 proxies; class 2: two samples
     e1 = SimpleNamespace(train_x=x1, train_y=y1, classes=[2, 3], index=1, task_id=1)
     w_old = s.model.head.weight.detach()[:2].clone()
@@ -156,7 +142,7 @@ def test_imprint_repeats_the_centres_of_a_class_with_fewer_samples_than_proxies_
                                                  for k in range(2)} == {tuple(torch.round(v, decimals=4).tolist())
                                                                         for v in f2}
     # a new class listed by the experience but without a training sample keeps its proxies
-    s2, x1, y1 = _two_experiences()
+    s2, x1, y1 = after_first_experience()
     before = s2.model.head.weight.detach()[3].clone()
     s2.before_experience(SimpleNamespace(train_x=x1[y1 == 2], train_y=y1[y1 == 2], classes=[2, 3], index=1,
                                          task_id=1))
@@ -165,7 +151,7 @@ def test_imprint_repeats_the_centres_of_a_class_with_fewer_samples_than_proxies_
 
 
 def test_no_new_class_means_no_distillation_and_the_old_lambda():
-    s, x1, y1 = _two_experiences(finetune_epochs=0)
+    s, x1, y1 = after_first_experience(finetune_epochs=0)
     e1 = exp_of(x1, y1, 1)
     s.before_experience(e1)  # classes 2, 3 new: lambda = sqrt(4 / 2)
     s.model.observe(y1)
@@ -186,7 +172,7 @@ def test_no_new_class_means_no_distillation_and_the_old_lambda():
 
 def test_gradients_are_clamped_elementwise_before_the_step_and_not_with_grad_clip_zero():
     for clip in (1e-3, 0.0):
-        s, x1, y1 = _two_experiences(grad_clip=clip)
+        s, x1, y1 = after_first_experience(grad_clip=clip)
         s.before_experience(exp_of(x1, y1, 1))
         s.model.observe(y1)
         s.model.zero_grad()
@@ -203,7 +189,7 @@ def test_gradients_are_clamped_elementwise_before_the_step_and_not_with_grad_cli
 def _finetune_case(**cfg):
     """At the end of the second experience, just before the finetuning stage; returns the strategy and the
     (features, labels) of its memory and the proxies before finetuning."""
-    s, x1, y1 = _two_experiences(**cfg)
+    s, x1, y1 = after_first_experience(**cfg)
     e1 = exp_of(x1, y1, 1)
     s.before_experience(e1)
     s.model.observe(y1)
@@ -339,7 +325,7 @@ def test_the_imprint_depends_on_the_run_seed():
     centres (here their order at least), the same seed the same ones."""
     imprints = []
     for seed in (1, 2, 3, 4, 1):
-        s, x1, y1 = _two_experiences(proxies=2)
+        s, x1, y1 = after_first_experience(proxies=2)
         s.info.seed = seed
         s.before_experience(exp_of(x1, y1, 1))
         imprints.append(s.model.head.weight.detach()[2:].clone())
