@@ -728,6 +728,20 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", 'extra = extra[0] if extra else ""', "extra[-1]",
          "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
     ],
+    "color": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(test_x) == 0:", "", "a length is never negative"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in ExpertModel.observe", "",
+         "seen is a bool buffer and y integer labels: the index assignment records nothing for autograd either way"),
+        (r"core/NumberReplacer$", 't = max(getattr(self, "task", 0), 0) in CoLoR.make_optimizer', "-1",
+         "the max with 0 just around it maps a default of -1 to 0 too"),
+        (r"core/NumberReplacer$", 't = getattr(self, "task", 0) in TaskKeyedExperts.make_optimizer', "-1",
+         "the default is read only through max(t, 0) on the next line, which maps -1 to 0 too"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.cfg.keys == "frozen":', "",
+         "keys is validated to frozen or adapted in setup, and 'adapted' sorts before 'frozen': >= is =="),
+        (r"core/NumberReplacer$", 'lora.add(f"task{t}", activate=(t == 0))', "(t == -1)",
+         "LoraSet.add activates the first adapter when none is active and keeps the active one otherwise: with no "
+         "t == -1, task0 is the active adapter after the loop either way"),
+    ],
     "podnet": [
         (r"core/NumberReplacer$", "_FLOOR = -1e4", "",
          "exp(-1e4 +- 1 - m) is 0 in float32 for every reachable logit m (|eta y| <= 4 |eta|): a masked entry adds "

@@ -302,6 +302,9 @@ def test_oracle_task_id_and_the_current_expert_before_any_key():
             s.model.head_classes[t] = True
     x = sc[1].test_x[:3]
     assert s.keys.keys is None
+    s.activated = []
+    assert torch.allclose(s.predict(x, t=1), s._forward_task(1, x))
+    assert s.activated[-1] == 0  # task 0's expert is the active one again after predicting with task 1's
     assert torch.allclose(s.predict(x), s._forward_task(0, x))  # no key yet (online test-then-train)
     assert torch.allclose(s.predict(x, t=1), s._forward_task(1, x))  # the given task id
     assert torch.allclose(s.predict(x, t=torch.tensor(1)), s._forward_task(1, x))
@@ -335,6 +338,8 @@ def test_task_id_accuracy_is_over_every_seen_test_sample_and_skips_empty_ones():
     assert len(s._frozen_cache) == 3
     s.seen_tests = [(sc[0].test_x[:0], 0)]
     assert math.isnan(s._task_id_accuracy())
+    s.seen_tests = [(sc[0].test_x[:0], 0), (sc[1].test_x[:3], 0)]  # an empty one first: the next still counts
+    assert s._task_id_accuracy() == 0.0
     cached = TaskKeyedExperts.__new__(Shifted)
     cached.__dict__.update(s.__dict__)
     x = sc[1].test_x
