@@ -730,6 +730,17 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     ],
     "color": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(test_x) == 0:", "", "a length is never negative"),
+        (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", 'lora.add(f"task{t}", activate=(t == 0))', "",
+         "t counts from 0: t <= 0 is t == 0, and t < 0 activates none, where LoraSet.add activates the first "
+         "adapter anyway (none active yet) and keeps it active for the others"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.mode == "class": in TaskKeyedExperts.after_experience', "",
+         "mode is class or domain (setup), and 'class' sorts first: <= is =="),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in TaskKeyedExperts._task_id_accuracy", "",
+         "every forward pass in it runs through _featurize, itself under no_grad, and the keys read detached "
+         "features: no graph is recorded either way"),
+        (r"core/NumberReplacer$", "adapter = self.expert_size(0)", "",
+         "every task's expert has the same size (CoLoR: adapters of one r and target list, added together at build "
+         "time; S-Prompts: prompts of one length)"),
         (r"core/RemoveDecorator$", "@torch.no_grad() in ExpertModel.observe", "",
          "seen is a bool buffer and y integer labels: the index assignment records nothing for autograd either way"),
         (r"core/NumberReplacer$", 't = max(getattr(self, "task", 0), 0) in CoLoR.make_optimizer', "-1",
