@@ -730,6 +730,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     ],
     "color": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(test_x) == 0:", "", "a length is never negative"),
+        (r"core/ReplaceComparisonOperator_GtE_Eq$", "if self.task >= len(self.model.heads):", "",
+         "task grows by one per experience from -1 (a restored task is one that had a head): it reaches the number "
+         "of heads before it can exceed it, so the first overflow is =="),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.cfg.task_id == "oracle" and t is not None:', "",
+         "task_id is keys or oracle (setup), and 'keys' sorts first: >= is =="),
         (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", 'lora.add(f"task{t}", activate=(t == 0))', "",
          "t counts from 0: t <= 0 is t == 0, and t < 0 activates none, where LoraSet.add activates the first "
          "adapter anyway (none active yet) and keeps it active for the others"),

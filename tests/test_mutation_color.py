@@ -442,8 +442,19 @@ def test_color_one_lora_adapter_per_task_switched_for_training_and_prediction():
     assert lora.active == "task0"
     assert s.make_optimizer() is not None and lora.active == "task1"  # the optimiser of the current task
     s.task = -1
-    s.make_optimizer()
-    assert lora.active == "task0"
+    opt = s.make_optimizer()
+    assert lora.active == "task0"  # before the first experience: task 0's adapter and head
+    assert {id(p) for g in opt.param_groups for p in g["params"]} == \
+        {id(p) for p in s.expert_parameters(0)} | {id(p) for p in s.model.heads[0].parameters()}
+
+
+def test_color_and_finetune_lora_are_registered():
+    from cl.core.registry import strategies
+
+    for name, cls in (("color", CoLoR), ("finetune-lora", FinetuneLoRA)):
+        e = strategies.get(name)
+        assert (e.obj.__module__, e.obj.__qualname__) == ("strategies.color", cls.__qualname__)
+        assert e.config.__qualname__ == cls.__qualname__ + "Config"
 
 
 def test_color_lora_dropout_reaches_peft():
