@@ -145,6 +145,9 @@ def test_the_model_has_a_frozen_backbone_and_one_head_and_expert_per_task():
     assert "seen_tests" in TaskKeyedExperts.state_attrs and "_frozen_cache" in TaskKeyedExperts.transient_attrs
     m.observe(torch.tensor([1, 3]))
     assert m.seen.tolist() == [False, True, False, True]
+    x = sc[0].test_x
+    m.eval()
+    assert m.current == 0 and torch.equal(m(x), s._forward_task(0, x))  # before any experience: task 0's expert
     m.current, m.forward_expert = 1, lambda t, x: (t, x)
     assert m(5) == (1, 5)
     with pytest.raises(NotImplementedError):
