@@ -730,6 +730,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     ],
     "color": [
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(test_x) == 0:", "", "a length is never negative"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.cfg.keys == "adapted":', "",
+         "keys is frozen or adapted (setup), and 'adapted' sorts first: <= is =="),
+        (r"core/NumberReplacer$", "d = self.model.heads[0].in_features", "",
+         "every head is nn.Linear(d, n_classes) with the same d (ExpertModel): any head's in_features is d"),
         (r"core/ReplaceComparisonOperator_GtE_Eq$", "if self.task >= len(self.model.heads):", "",
          "task grows by one per experience from -1 (a restored task is one that had a head): it reaches the number "
          "of heads before it can exceed it, so the first overflow is =="),

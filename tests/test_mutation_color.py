@@ -325,7 +325,9 @@ def test_oracle_task_id_and_the_current_expert_before_any_key():
     s3, _ = build()
     s3.model.head_classes[0] = True
     s3.model.eval()
+    s3.activated = []
     assert s3.task == -1 and torch.allclose(s3.predict(x), s3._forward_task(0, x))
+    assert s3.activated == [0]  # before any experience, task 0's expert is the one left active
 
 
 def test_task_id_accuracy_is_over_every_seen_test_sample_and_skips_empty_ones():
