@@ -189,16 +189,23 @@ def exp_of(x, y, index):
     return SimpleNamespace(train_x=x, train_y=y, classes=sorted(set(y.tolist())), index=index, task_id=index)
 
 
-def test_boundary_imprints_proxies_keeps_old_ones_fixed_and_finetunes_the_classifier_only():
-    s = make()
+def after_first_experience(**cfg):
+    """PODNet after a first experience of classes 0, 1 (one step, herded memory of 8; no finetuning after the
+    first experience), and the data of a second one of classes 2, 3."""
+    s = make(**cfg)
     g = torch.Generator().manual_seed(1)
     x0, y0 = torch.randn(8, 1, 4, 4, generator=g), torch.tensor([0, 1] * 4)
     e0 = exp_of(x0, y0, 0)
     s.before_experience(e0)
     s.model.observe(y0)
     s.train_step(x0, y0)
-    s.after_experience(e0)  # first experience: no finetuning
+    s.after_experience(e0)
     x1, y1 = torch.randn(8, 1, 4, 4, generator=g) + 1, torch.tensor([2, 3] * 4)
+    return s, x1, y1
+
+
+def test_boundary_imprints_proxies_keeps_old_ones_fixed_and_finetunes_the_classifier_only():
+    s, x1, y1 = after_first_experience()
     e1 = exp_of(x1, y1, 1)
     w_old = s.model.head.weight.detach()[:2].clone()
     s.before_experience(e1)
