@@ -219,11 +219,27 @@ MODULES: dict[str, Module] = {
     "ranpac": Module("strategies/ranpac.py", ["tests/test_ptm3.py"]),
     "fecam": Module("strategies/fecam.py", ["tests/test_ptm3.py"]),
     "_closed_form": Module("strategies/_closed_form.py", ["tests/test_ptm3.py"]),
-    "slca": Module("strategies/slca.py", ["tests/test_ptm3.py"]),
-    "inflora": Module("strategies/inflora.py", ["tests/test_ptm3.py"]),
-    "lae": Module("strategies/lae.py", ["tests/test_ptm3.py"]),
-    "ssiat": Module("strategies/ssiat.py", ["tests/test_strategies2_mechanism.py", "tests/test_correctness_issue13.py",
-                                            "tests/test_strategies2_engine.py"]),
+    "slca": Module("strategies/slca.py", [f"tests/test_ptm3.py::test_{t}" for t in (
+        "slca_backbone_moves_at_a_hundredth_of_the_head_lr_and_old_rows_stay",
+        "slca_alignment_trains_only_the_head_on_class_gaussian_samples", "bad_config_is_a_config_error_naming_field_and_choices",
+        "vit_backbone_runs_and_adapts_the_attention[slca-kw0]")] + [
+        "tests/test_reliability_state.py::test_every_strategy_resumes_bitwise_with_declared_state[slca]"]),
+    "inflora": Module("strategies/inflora.py", [f"tests/test_ptm3.py::test_{t}" for t in (
+        "inflora_update_lies_orthogonal_to_earlier_tasks_inputs", "inflora_trains_only_b_and_the_head",
+        "inflora_refuses_a_cnn_naming_the_backbones_that_work", "bad_config_is_a_config_error_naming_field_and_choices",
+        "vit_backbone_runs_and_adapts_the_attention[inflora-kw1]", "inflora_on_minilm_adapts_key_and_value")] + [
+        "tests/test_reliability_state.py::test_every_strategy_resumes_bitwise_with_declared_state[inflora]"]),
+    "lae": Module("strategies/lae.py", [f"tests/test_ptm3.py::test_{t}" for t in (
+        "lae_offline_module_is_the_ema_of_the_online_one", "lae_freezes_the_online_module_for_the_first_epochs_of_later_tasks",
+        "bad_config_is_a_config_error_naming_field_and_choices", "vit_backbone_runs_and_adapts_the_attention[lae-kw2]")] + [
+        "tests/test_reliability_state.py::test_every_strategy_resumes_bitwise_with_declared_state[lae]"]),
+    "ssiat": Module("strategies/ssiat.py", [f"tests/test_strategies2_mechanism.py::test_{t}" for t in (
+        "ssiat_drift_exact_for_translation", "ssiat_drift_matches_kernel_formula_for_linear_shift",
+        "ssiat_shifts_old_means_with_same_images_before_and_after", "ssiat_gaussian_samples_follow_class_statistics",
+        "ssiat_gradients_only_adapter_and_classifier")] + [
+        "tests/test_correctness_issue13.py::test_ssiat_session_epochs_and_cosine_schedule",
+        "tests/test_strategies2_engine.py::test_smoke_vit[ssiat]", "tests/test_strategies2_engine.py::test_smoke_minilm[ssiat]",
+        "tests/test_reliability_state.py::test_every_strategy_resumes_bitwise_with_declared_state[ssiat]"]),
     "color": Module("strategies/color.py", ["tests/test_strategies2_mechanism.py", "tests/test_strategies2_engine.py"]),
     "kalman": Module("strategies/kalman.py", ["tests/test_strategies_kalman.py"]),
     "_kalman_filter": Module("strategies/_kalman_filter.py", ["tests/test_strategies_kalman.py"]),
@@ -239,7 +255,7 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder")):  # the tests written from their first
+                      ("xder", "xder"), ("slca", "slca")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -901,7 +917,8 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
 # exactly as with a fresh interpreter.
 # torch._dynamo (imported by the first torch.func vmap / grad call, e.g. the per-sample gradients of EWC and MAS)
 # costs ~6 s more; imported here once, not in every mutant's child
-SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml")
+SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml",
+                  "timm", "peft", "transformers")  # timm, peft: ~4 s and ~13 s a child on a loaded machine (LoRA, ViT tests)
 
 
 def serve(sock_path: str) -> None:
