@@ -268,3 +268,29 @@ def test_slca_predict_masks_unseen_classes():
     raw = s.model.head.raw(x)
     assert torch.equal(p[:, [1, 3]], raw[:, [1, 3]]) and torch.isinf(p[:, [0, 2, 4, 5]]).all()
     assert torch.equal(s.features(x), x)
+
+
+def test_slca_alignment_noise_is_fixed_per_run_seed_and_task(monkeypatch):
+    import strategies.slca as slca
+
+    exps, _ = three_tasks()
+    sc = tasks_sc(exps, 6, 2)
+    seeds = []
+    orig = slca.sample_gaussian
+    monkeypatch.setattr(slca, "sample_gaussian", lambda mu, L, n, g: (seeds.append(g.initial_seed()), orig(mu, L, n, g))[1])
+
+    def run(seed):
+        seeds.clear()
+        s = make("slca", backbone("identity", shape=(2,)), sc, seed=seed, ca_epochs=1, ca_samples=2)
+        per_task = []
+        for e in exps:
+            s.before_experience(e)
+            s.after_experience(e)
+            per_task.append(set(seeds))
+            seeds.clear()
+        return per_task
+
+    a, b = run(0), run(1)
+    assert a[0] == set() and all(len(t) == 1 for t in a[1:] + b[1:])  # one generator per alignment
+    assert run(0) == a  # the same draws when the run is repeated (or resumed)
+    assert len(set().union(*a[1:], *b[1:])) == 4  # different for every (run seed, task)
