@@ -277,3 +277,14 @@ def test_inflora_trains_in_eval_mode_as_the_code(eval_mode):
     s.model.head.observe(torch.tensor([0, 1]))
     p = s.predict(x)
     assert torch.isinf(p[:, 2:]).all() and torch.allclose(p[:, :2], logits)
+
+
+def test_memory_at_threshold_one_stops_once_all_the_energy_is_kept():
+    # squared singular values 4, 4, 0, 0 (shares exactly 0.5 each): at the threshold 1.0 (lame) the memory stops
+    # when the captured share reaches 1, without the zero-energy directions
+    act = torch.diag(torch.tensor([2.0, 2.0, 0.0, 0.0], dtype=torch.float64))
+    M = update_memory(E[:, :1].clone(), act, 1.0)
+    assert M.shape == (4, 2) and torch.allclose(proj(M), proj(E[:, :2]))
+    # the first memory counts the directions whose cumulative share is below the threshold (GPM's rule): 1 of 2
+    M = update_memory(None, act, 1.0)
+    assert M.shape == (4, 1)

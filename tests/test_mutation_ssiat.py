@@ -320,3 +320,10 @@ def test_ssiat_extra_state_round_trip():
     del st["drift_log"]
     t.load_extra_state(st)
     assert t.drift_log == []
+
+
+def test_cosine_classifier_starts_as_a_default_linear_layer():
+    # kaiming uniform with a = sqrt(5): U(-1 / sqrt(d), 1 / sqrt(d)), nn.Linear's default (0.1 for d = 100)
+    torch.manual_seed(0)
+    w = SSIATModel(Lin(100), 200, 20.0, None).weight.detach()
+    assert 0.0995 < float(w.abs().max()) <= 0.1 and abs(float(w.mean())) < 0.002
