@@ -255,7 +255,7 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder"), ("slca", "slca"), ("inflora", "inflora"), ("lae", "lae")):  # the tests written from their first
+                      ("xder", "xder"), ("slca", "slca"), ("inflora", "inflora"), ("lae", "lae"), ("ssiat", "ssiat")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -724,6 +724,31 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "only the first line is kept (extra[0] just below): [0:2] has the same first item"),
         (r"core/NumberReplacer$", 'extra = extra[0] if extra else ""', "extra[-1]",
          "extra is the slice [0:1], at most one item: extra[-1] is extra[0]"),
+    ],
+    "slca": [
+        (r"core/NumberReplacer$", "self._done, self._n_train = 0, 1 in SLCA.setup", "",
+         "before_experience sets _done and _n_train before any train_step reads them"),
+        (r"core/NumberReplacer$", "self._done, self._n_train = 0, max(len(exp.train_y), 1)", "max(len(exp.train_y), 0)",
+         "the two differ only for an experience without training samples, which has no train_step to divide by it"),
+        (r"core/ReplaceBinaryOperator_FloorDiv_Div$", "epoch = self._done // self._n_train", "",
+         "milestones are whole numbers, and for a whole m, done / n >= m exactly when done // n >= m"),
+        (r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if body and cfg.backbone_lr_scale > 0 else []",
+         "", "backbone_lr_scale is validated >= 0, and at 0 build_model freezes the backbone, so body is empty: the "
+         "scale test never decides"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.cfg.ca and self.cfg.ca_epochs > 0 and", "",
+         "ca_epochs is validated >= 0, so != 0 means > 0"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if cfg.backbone_lr_scale == 0:", "",
+         "backbone_lr_scale is validated >= 0 just before, so <= 0 means == 0"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(fc_) == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceTrueWithFalse$", "opt.zero_grad(set_to_none=True) in SLCA.align_classifier", "",
+         "zeroed instead of dropped gradients: backward then writes the same gradient and SGD takes the same step"),
+        (r"core/ReplaceUnaryOperator_(USub_|Delete_USub$)|core/NumberReplacer$", "pos = torch.full((self.info.n_classes,), -1",
+         "",
+         "pos is only read at the sampled labels, which are seen classes: the fill value of the others is never read"),
+        (r"core/ReplaceBinaryOperator_Add_Sub$|core/NumberReplacer$", "manual_seed(self.info.seed * 1000 + self.session)",
+         "", "accepted: another fixed seed per (run seed, task), distinct across the tasks and seeds of the test either "
+         "way (the collisions of seed * 1000 * task and seed - 1000 + task are tested); which fixed seed is a "
+         "convention"),
     ],
 }
 
