@@ -750,6 +750,15 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "way (the collisions of seed * 1000 * task and seed - 1000 + task are tested); which fixed seed is a "
          "convention"),
     ],
+    "inflora": [
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'elif family == "bert" and name.split(".")[-1] in ("key", "value"):',
+         "", "family is vit, bert or mlp here: an mlp layer named key or value gets the bert branch's (name, layer, None), "
+         "the same as the mlp branch's, and timm ViTs (whose qkv the first branch took) have no layer named key or value"),
+        (r"core/NumberReplacer$", "r = int(((S1 ** 2).cumsum(0) / total < threshold).sum())", "cumsum( -1)",
+         "S1 is 1-D: dimension -1 is dimension 0"),
+        (r"core/NumberReplacer$", "return torch.cat([basis, U[:, :r]], 1)[:, :act.shape[0]]", "act.shape[ -1]",
+         "act is a square (d x d) Gram matrix"),
+    ],
 }
 
 

@@ -36,7 +36,8 @@ def test_inflora_defaults_are_the_official_config():
 
 
 @pytest.mark.parametrize("cfg,bad", [({"rank": 0}, True), ({"rank": 1}, False), ({"lamb": 0.0}, True),
-                                     ({"lamb": 1.0}, False), ({"lamb": 1.01}, True), ({"lame": 0.0}, True),
+                                     ({"lamb": 1.0}, False), ({"lamb": 1.01}, True), ({"lamb": -0.5}, True),
+                                     ({"lame": 0.0}, True), ({"lame": -0.5}, True),
                                      ({"lame": 1.0}, False), ({"lame": 1.5}, True)])
 def test_inflora_bounds(cfg, bad):
     sc = scenario([(torch.randn(4, 8), torch.tensor([0, 0, 1, 1]))], 2, (8,))
