@@ -759,6 +759,33 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", "return torch.cat([basis, U[:, :r]], 1)[:, :act.shape[0]]", "act.shape[ -1]",
          "act is a square (d x d) Gram matrix"),
     ],
+    "lae": [
+        (r"core/NumberReplacer$", "self._done, self._n_train = 0, 1 in LAE.setup", "",
+         "before_experience sets _done and _n_train before any train_step reads them"),
+        (r"core/NumberReplacer$", "self._done, self._n_train = 0, max(len(exp.train_y), 1)", "max(len(exp.train_y), 0)",
+         "the two differ only for an experience without training samples, which has no train_step to divide by it"),
+        (r"core/ReplaceBinaryOperator_FloorDiv_Div$", "self._done // self._n_train < self.cfg.freeze_epochs", "",
+         "freeze_epochs is a whole number, and for a whole k, done / n < k exactly when done // n < k"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "self.session > 0", "",
+         "train_step runs after before_experience, so the session is >= 0 and != 0 means > 0"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if self.session == 1:", "",
+         "a copy at the first task too is overwritten by the copy at the second, and the offline module is not used "
+         "before it (the first task predicts with the online one alone, and no EMA step runs on it)"),
+    ],
+    "ssiat": [
+        (r"core/NumberReplacer$", "sigma: float = 4.0) -> torch.Tensor:", "",
+         "the default of semantic_drift's sigma: its caller passes strategy.sigma (whose default is tested)"),
+        (r"core/NumberReplacer$", "self._session_done, self._session_total, self._repeat = 0, 0, 1 in SSIAT.setup", "",
+         "before_experience sets _session_done and _session_total, and _repeat whenever session_epochs is set, "
+         "before train_data or train_step read them (train_data reads _repeat only with session_epochs)"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "first if self.session == 0 else later", "",
+         "before_experience has just incremented the session from -1: it is >= 0, so <= 0 means == 0"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(f) == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if len(f) > 1 else", "",
+         "a class without samples was skipped just before: len(f) >= 1, so != 1 means > 1"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if L.dim() == 1 else z @ L.t()", "",
+         "the stored factor is 1-D (diag variances) or 2-D (Cholesky factor), so <= 1 means == 1"),
+    ],
 }
 
 
