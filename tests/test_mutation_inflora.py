@@ -289,3 +289,11 @@ def test_memory_at_threshold_one_stops_once_all_the_energy_is_kept():
     # the first memory counts the directions whose cumulative share is below the threshold (GPM's rule): 1 of 2
     M = update_memory(None, act, 1.0)
     assert M.shape == (4, 1)
+
+
+def test_memory_growth_weighs_the_new_directions_by_their_squared_singular_values():
+    # squared singular values 9, 1, 1 (total 11): with e1 kept the share is 9/11; each new direction adds 1/11,
+    # so reaching 0.95 takes both
+    act = torch.diag(torch.tensor([3.0, 1.0, 1.0, 0.0], dtype=torch.float64))
+    M = update_memory(E[:, :1].clone(), act, 0.95)
+    assert M.shape == (4, 3) and torch.allclose(proj(M), proj(E[:, :3]))
