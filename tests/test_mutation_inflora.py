@@ -297,3 +297,14 @@ def test_memory_growth_weighs_the_new_directions_by_their_squared_singular_value
     act = torch.diag(torch.tensor([3.0, 1.0, 1.0, 0.0], dtype=torch.float64))
     M = update_memory(E[:, :1].clone(), act, 0.95)
     assert M.shape == (4, 3) and torch.allclose(proj(M), proj(E[:, :3]))
+
+
+def test_attach_on_an_mlp_family_module_adapts_a_layer_named_qkv_whole():
+    class NotViT(nn.Module):  # a layer named attn.qkv but no patch embedding: the mlp family, every output adapted
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.Module()
+            self.attn.qkv = nn.Linear(2, 6)
+
+    layers = attach(NotViT(), rank=1)
+    assert len(layers) == 1 and layers[0].rows is None and layers[0].B.shape == (6, 1)
