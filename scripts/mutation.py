@@ -761,6 +761,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", "return torch.cat([basis, U[:, :r]], 1)[:, :act.shape[0]]", "act.shape[1]]",
          "act is a square (d x d) Gram matrix"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if r == 0:", "", "r counts directions: never negative"),
+        (r"core/NumberReplacer$", 'setattr(parent, name.rsplit(".", 1)[-1], layer)', 'rsplit(".", 2)',
+         "the last item of a right split is the last dotted name whatever the maximum number of splits"),
+        (r"core/NumberReplacer$", "n = max(self.info.n_experiences, 1)", "max(self.info.n_experiences, 2)",
+         "a session t is below n_experiences: with n_experiences <= 1 the only session is 0, whose threshold is lamb "
+         "whatever n"),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if family == "vit" and name.endswith("attn.qkv"):', "",
          "family is vit, bert or mlp here, and only 'vit' sorts at or after 'vit'"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'elif family == "bert" and name.split(".")[-1] in ("key", "value"):',
