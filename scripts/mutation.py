@@ -787,6 +787,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "a timm ViT's fused qkv has exactly 3 x in_features outputs, so <= and >= hold exactly when == does"),
     ],
     "lae": [
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'self.cfg.ensemble == "online":', "",
+         "ensemble is validated to be max_prob, online or offline, and only 'online' sorts at or after 'online'"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.cfg.ensemble == "offline":', "",
+         "ensemble is max_prob or offline here ('online' returned just before), and 'max_prob' sorts before 'offline'"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if family == "vit" and cfg.blocks is not None:', "",
+         "detect_family gives vit, bert, cnn or mlp, and only 'vit' sorts at or after 'vit'"),
         (r"core/NumberReplacer$", "self._done, self._n_train = 0, 1 in LAE.setup", "",
          "before_experience sets _done and _n_train before any train_step reads them"),
         (r"core/NumberReplacer$", "self._done, self._n_train = 0, max(len(exp.train_y), 1)", "max(len(exp.train_y), 0)",

@@ -3,6 +3,8 @@ blocks get the LoRA, the online / offline pair, the head-only epochs, the EMA fr
 CE, frozen BatchNorm, and each ensemble mode of the prediction."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -106,13 +108,22 @@ def test_lae_head_only_epochs_then_the_adapter_trains():
     s._n_train = 16  # two steps of 8 an epoch
     on0 = snap(on for on, _ in s._pairs())
     grads = []
-    for i in range(5):
+    for i in range(7):
         s.train_step(x[i % 2 * 8:i % 2 * 8 + 8], y[i % 2 * 8:i % 2 * 8 + 8])
         grads.append(all(p.requires_grad for p in s.lora.parameters("online")))
         if i == 3:
             assert same(on0, [on for on, _ in s._pairs()])  # epochs 0 and 1: the classifier only
-    assert grads == [False, False, False, False, True] and s._done == 40
+    assert grads == [False] * 4 + [True] * 3 and s._done == 56  # and from epoch 2 on, the adapter too
     assert not same(on0, [on for on, _ in s._pairs()])
+    # a task of one sample: every step is a new epoch
+    one = SimpleNamespace(train_x=x[:1], train_y=y[:1], test_x=x[:1], test_y=y[:1], classes=sc[1].classes, index=2,
+                          task_id=None)
+    s.cfg.freeze_epochs = 1
+    s.before_experience(one)
+    s.train_step(x[:1], y[:1])
+    assert not any(p.requires_grad for p in s.lora.parameters("online"))
+    s.train_step(x[:1], y[:1])
+    assert all(p.requires_grad for p in s.lora.parameters("online"))
 
 
 @pytest.mark.parametrize("d", [0.0, 1.0])
