@@ -189,16 +189,17 @@ def test_lae_prediction_of_each_ensemble_mode(ensemble):
         first = s.model(x).float()
         assert torch.equal(s.predict(x), first) and s.lora.active == "online"  # the first task: online alone
         assert not torch.allclose(first_offline[:, :2], first[:, :2])
-    train(s, sc[1])
-    s.model.head.observe(torch.tensor([2, 3]))
-    s.model.eval()
-    with torch.no_grad():
-        s.lora.switch("offline")
-        off = s.model(x).float()
-        s.lora.switch("online")
-        on = s.model(x).float()
-        got = s.predict(x)
-    assert s.lora.active == "online"
-    assert not torch.allclose(on[:, :4], off[:, :4])
-    want = {"online": on, "offline": off, "max_prob": torch.maximum(on.softmax(1), off.softmax(1)).log()}[ensemble]
-    assert torch.allclose(got, want, atol=1e-6) and torch.isinf(got[:, 4:]).all()
+    for t, seen in ((1, 4), (2, 6)):  # the second task and a later one
+        train(s, sc[t])
+        s.model.head.observe(torch.arange(seen))
+        s.model.eval()
+        with torch.no_grad():
+            s.lora.switch("offline")
+            off = s.model(x).float()
+            s.lora.switch("online")
+            on = s.model(x).float()
+            got = s.predict(x)
+        assert s.lora.active == "online"
+        assert not torch.allclose(on[:, :seen], off[:, :seen])
+        want = {"online": on, "offline": off, "max_prob": torch.maximum(on.softmax(1), off.softmax(1)).log()}[ensemble]
+        assert torch.allclose(got, want, atol=1e-6) and torch.isinf(got[:, seen:]).all()
