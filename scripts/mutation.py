@@ -806,6 +806,13 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "before it (the first task predicts with the online one alone, and no EMA step runs on it)"),
     ],
     "ssiat": [
+        (r"core/RemoveDecorator$", "@torch.no_grad() in SSIAT.extract", "",
+         "the features come from cl.models.task_keys.batched, which runs under torch.no_grad itself"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if cfg.cov == "diag":', "",
+         "cov is validated to be full or diag (build_model), and 'full' <= 'diag' is False: the same branch"),
+        (r"core/NumberReplacer$", "else torch.zeros_like(f[0])", "f[ -1]", "every row of f has the same shape"),
+        (r"core/NumberReplacer$", "z = torch.randn(n, mu.shape[0], device=self.device)", "mu.shape[ -1]",
+         "mu is 1-D: dimension -1 is dimension 0"),
         (r"core/NumberReplacer$", "sigma: float = 4.0) -> torch.Tensor:", "",
          "the default of semantic_drift's sigma: its caller passes strategy.sigma (whose default is tested)"),
         (r"core/NumberReplacer$", "self._session_done, self._session_total, self._repeat = 0, 0, 1 in SSIAT.setup", "",

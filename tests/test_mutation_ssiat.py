@@ -54,6 +54,7 @@ def test_ssiat_defaults_are_the_official_config():
 
 
 @pytest.mark.parametrize("cfg,pattern", [({"adapter": "prefix"}, r"unknown strategy\.adapter 'prefix'.*adaptformer, auto, lora"),
+                                         ({"adapter": "abc"}, r"unknown strategy\.adapter 'abc'.*adaptformer, auto, lora"),
                                          ({"cov": "diagonal"}, r"unknown strategy\.cov 'diagonal'.*diag, full")])
 def test_ssiat_bad_choices_name_the_field(cfg, pattern):
     with pytest.raises(ConfigError, match=pattern):
@@ -72,6 +73,8 @@ def test_ssiat_adapter_choice():
     a = next(p for n, p in s.model.backbone.named_parameters() if "lora_A.shared" in n)
     assert a.shape == (2, 2) and a.requires_grad
     sc = Scenario("v", [], 2, (2,), [0, 1], modality="vector")
+    with pytest.raises(ValueError, match="no transformer block found in Lin.*use adapter=lora"):
+        make_strategy("ssiat", Lin(), sc, adapter="adaptformer")  # asked for, not replaced by a LoRA
     s = make_strategy("ssiat", Lin(), sc)  # auto on a backbone without transformer blocks: LoRA
     assert s.model.adapters is None and any("lora_A.shared" in n for n, _ in s.model.backbone.named_parameters())
 
