@@ -806,6 +806,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "before it (the first task predicts with the online one alone, and no EMA step runs on it)"),
     ],
     "ssiat": [
+        (r"core/ReplaceComparisonOperator_LtE_Lt$", "if not self.cfg.session_epochs or self._repeat <= 1:", "",
+         "repeating the data once gives the data itself"),
         (r"core/RemoveDecorator$", "@torch.no_grad() in SSIAT.extract", "",
          "the features come from cl.models.task_keys.batched, which runs under torch.no_grad itself"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if cfg.cov == "diag":', "",

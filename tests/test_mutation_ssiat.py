@@ -133,19 +133,20 @@ def test_ssiat_one_session_epochs_value_is_used_for_every_session_and_the_cosine
 
 
 def test_ssiat_class_statistics_by_hand():
-    x = [[0, 0], [2, 0], [1, 3], [5, 5]]
-    y = [0, 0, 0, 1]
-    e = exp(x, y, classes=[3, 0, 1])  # class 3 has no sample: skipped
+    x = [[0, 0], [2, 0], [1, 3], [5, 5], [0, 0], [2, 4]]
+    y = [0, 0, 0, 1, 2, 2]
+    e = exp(x, y, classes=[3, 0, 1, 2])  # class 3 has no sample: skipped
     for cov in ("full", "diag"):
         s = make([e], 4, cov=cov, cov_eps=0.5, ca=False)
         s.before_experience(e)
         s.after_experience(e)
         assert torch.allclose(s.means[0], torch.tensor([1.0, 1.0], dtype=torch.float64))
         assert torch.allclose(s.means[1], torch.tensor([5.0, 5.0], dtype=torch.float64))
-        assert s.class_session.tolist() == [0, 0, -1, -1] and sorted(s.covs) == [0, 1]
+        assert s.class_session.tolist() == [0, 0, 0, -1] and sorted(s.covs) == [0, 1, 2]
         var = torch.tensor([1.0, 3.0])  # unbiased, over 3 samples; a single sample has none
         if cov == "diag":
             assert torch.allclose(s.covs[0], var + 0.5) and torch.allclose(s.covs[1], torch.full((2,), 0.5))
+            assert torch.allclose(s.covs[2], torch.tensor([2.0, 8.0]) + 0.5)  # two samples: unbiased variance
         else:
             f = torch.tensor(x[:3], dtype=torch.float64)
             full = torch.cov(f.t()) + 0.5 * torch.eye(2, dtype=torch.float64)
