@@ -315,12 +315,13 @@ def test_ssiat_extra_state_round_trip():
     s = make([e0], 3, ca=False)
     s.before_experience(e0)
     s.after_experience(e0)
-    s.drift_log = [0.5]
+    s.drift_log = [0.25, 0.5]
+    assert s.extra_metrics() == {"mean_drift_norm": 0.5}  # the last session's drift
     st = s.extra_state()
     t = make([e0], 3, ca=False)
     t.load_extra_state(st)
     assert torch.equal(t.means, s.means) and t.covs.keys() == s.covs.keys() and t.session == 0
-    assert torch.equal(t.class_session, s.class_session) and t.drift_log == [0.5]
+    assert torch.equal(t.class_session, s.class_session) and t.drift_log == [0.25, 0.5]
     del st["drift_log"]
     t.load_extra_state(st)
     assert t.drift_log == []
