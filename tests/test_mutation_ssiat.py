@@ -332,3 +332,17 @@ def test_cosine_classifier_starts_as_a_default_linear_layer():
     torch.manual_seed(0)
     w = SSIATModel(Lin(100), 200, 20.0, None).weight.detach()
     assert 0.0995 < float(w.abs().max()) <= 0.1 and abs(float(w.mean())) < 0.002
+
+
+@pytest.mark.parametrize("cfg,bad", [({"session_epochs": [0]}, True), ({"session_epochs": [2, 0]}, True),
+                                     ({"session_epochs": [1, 2, 3]}, True), ({"session_epochs": []}, True),
+                                     ({"session_epochs": [1]}, False), ({"session_epochs": [3, 1]}, False),
+                                     ({"ca_samples": 0}, True), ({"ca_samples": 1}, False),
+                                     ({"sigma": 0.0}, True), ({"sigma": 1e-3}, False)])
+def test_ssiat_bounds(cfg, bad):
+    if bad:
+        (k, v), = cfg.items()
+        with pytest.raises(ConfigError, match=rf"strategy\.{k}.*got.*{v}".replace("[", r"\[").replace("]", r"\]")):
+            make([exp([[0.0, 1.0]], [0])], 2, **cfg)
+    else:
+        make([exp([[0.0, 1.0]], [0])], 2, **cfg)
