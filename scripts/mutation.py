@@ -806,6 +806,13 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "before it (the first task predicts with the online one alone, and no EMA step runs on it)"),
     ],
     "ssiat": [
+        (r"core/ExceptionReplacer$", "except ValueError: in make_adapter", "",
+         "the caught ValueError (no LoRA family) leads to LoraSet, whose detect_family raises the same ValueError: "
+         "the same error either way"),
+        (r"core/ReplaceComparisonOperator_LtE_Eq$", "if not self.cfg.session_epochs or self._repeat <= 1:", "",
+         "session_epochs entries are validated >= 1 (build_model), so _repeat >= 1 and <= 1 means == 1"),
+        (r"core/NumberReplacer$", "else torch.zeros(f.shape[1], f.shape[1], dtype=f.dtype,", "zeros(f.shape[ 0],",
+         "a single sample's f is 1 x d: zeros(1, d) broadcasts to the same d x d matrix when eps I is added"),
         (r"core/ReplaceComparisonOperator_LtE_Lt$", "if not self.cfg.session_epochs or self._repeat <= 1:", "",
          "repeating the data once gives the data itself"),
         (r"core/RemoveDecorator$", "@torch.no_grad() in SSIAT.extract", "",
