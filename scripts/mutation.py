@@ -806,6 +806,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "before it (the first task predicts with the online one alone, and no EMA step runs on it)"),
     ],
     "ssiat": [
+        (r"core/ReplaceComparisonOperator_GtE_Eq$", "old = self.class_session >= 0 in SSIAT.before_experience", "",
+         "only old.any() is read: from the second session on the first session's classes are old, so some class has "
+         "class_session 0 exactly when some has class_session >= 0"),
         (r"core/ExceptionReplacer$", "except ValueError: in make_adapter", "",
          "the caught ValueError (no LoRA family) leads to LoraSet, whose detect_family raises the same ValueError: "
          "the same error either way"),
