@@ -806,6 +806,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "before it (the first task predicts with the online one alone, and no EMA step runs on it)"),
     ],
     "ssiat": [
+        (r"core/NumberReplacer$", "if not self.cfg.session_epochs or self._repeat <= 1:", "self._repeat <= 0",
+         "session_epochs entries are validated >= 1, so _repeat >= 1: repeating the data once gives the data itself"),
+        (r"core/NumberReplacer$", "sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))", "max( 0,",
+         "steps is 0 only with ca_epochs = 0, when no batch runs: the scheduler with T_max 0 is built (no division: "
+         "checked) and never stepped"),
         (r"core/ReplaceComparisonOperator_GtE_Eq$", "old = self.class_session >= 0 in SSIAT.before_experience", "",
          "only old.any() is read: from the second session on the first session's classes are old, so some class has "
          "class_session 0 exactly when some has class_session >= 0"),

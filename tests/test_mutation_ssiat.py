@@ -154,6 +154,9 @@ def test_ssiat_class_statistics_by_hand():
             assert L.dtype == torch.float32 and torch.allclose(torch.tril(L), L)
             assert torch.allclose((L @ L.t()).double(), full, atol=1e-5)
             assert torch.allclose(s.covs[1], torch.eye(2) * math.sqrt(0.5))
+            f2 = torch.tensor(x[4:], dtype=torch.float64)  # two samples: their unbiased covariance
+            want2 = torch.cov(f2.t()) + 0.5 * torch.eye(2, dtype=torch.float64)
+            assert torch.allclose((s.covs[2] @ s.covs[2].t()).double(), want2, atol=1e-5)
 
 
 def test_ssiat_shift_moves_old_means_by_the_kernel_weighted_drift_and_logs_it():
@@ -268,6 +271,19 @@ def test_ssiat_alignment_by_hand(monkeypatch):
         assert st == [(pytest.approx(lr), 0.9, 5e-4, [id(s.model.weight)])]
     assert counts == {c: 6 for c in scale}
     assert not torch.equal(s.model.weight, w0)
+
+
+def test_ssiat_alignment_runs_after_every_session_from_the_second():
+    exps = [exp([[1.0, 2.0], [1.0, 2.1]], [0, 0]), exp([[3.0, -1.0], [3.1, -1.0]], [1, 1], index=1),
+            exp([[-2.0, 0.5], [-2.0, 0.6]], [2, 2], index=2)]
+    s = make(exps, 3, ca_epochs=1, ca_samples=2)
+    moved = []
+    for e in exps:
+        s.before_experience(e)
+        w = s.model.weight.detach().clone()
+        s.after_experience(e)
+        moved.append(not torch.equal(s.model.weight, w))
+    assert moved == [False, True, True]
 
 
 def test_ssiat_alignment_is_off_without_ca():
