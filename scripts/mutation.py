@@ -806,6 +806,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "before it (the first task predicts with the online one alone, and no EMA step runs on it)"),
     ],
     "ssiat": [
+        (r"core/ReplaceOrWithAnd$", "if not self.cfg.session_epochs or self._repeat <= 1:", "",
+         "_repeat stays 1 unless session_epochs is set, and repeating the data once gives the data itself"),
         (r"core/NumberReplacer$", "if not self.cfg.session_epochs or self._repeat <= 1:", "self._repeat <= 0",
          "session_epochs entries are validated >= 1, so _repeat >= 1: repeating the data once gives the data itself"),
         (r"core/NumberReplacer$", "sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))", "max( 0,",
