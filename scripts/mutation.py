@@ -806,6 +806,15 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "before it (the first task predicts with the online one alone, and no EMA step runs on it)"),
     ],
     "ssiat": [
+        (r"core/RemoveDecorator$", "@torch.no_grad() in SSIATModel.observe", "",
+         "seen is a bool buffer: writing into it records no graph either way"),
+        (r"core/NumberReplacer$", "else torch.zeros(f.shape[1], f.shape[1], dtype=f.dtype,", "f.shape[ 0], dtype",
+         "a single sample's f is 1 x d: zeros(d, 1) broadcasts to the same d x d matrix when eps I is added"),
+        (r"core/NumberReplacer$", "sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))", "max( 2,",
+         "alignment runs from the second session, with classes of at least two sessions seen: steps = ca_epochs x "
+         "seen is >= 2 whenever a batch runs"),
+        (r"core/ReplaceTrueWithFalse$", "opt.zero_grad(set_to_none=True) in SSIAT.align_classifier", "",
+         "zeroed instead of dropped gradients: backward then writes the same gradient and SGD takes the same step"),
         (r"core/ReplaceOrWithAnd$", "if not self.cfg.session_epochs or self._repeat <= 1:", "",
          "_repeat stays 1 unless session_epochs is set, and repeating the data once gives the data itself"),
         (r"core/NumberReplacer$", "if not self.cfg.session_epochs or self._repeat <= 1:", "self._repeat <= 0",

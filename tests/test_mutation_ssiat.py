@@ -362,3 +362,17 @@ def test_ssiat_bounds(cfg, bad):
             make([exp([[0.0, 1.0]], [0])], 2, **cfg)
     else:
         make([exp([[0.0, 1.0]], [0])], 2, **cfg)
+
+
+def test_ssiat_shift_moves_every_old_session_s_means():
+    exps = [exp([[1.0, 2.0]], [0]), exp([[3.0, -1.0]], [1], index=1), exp([[-2.0, 0.5]], [2], index=2)]
+    s = make(exps, 3, ca=False)
+    for e in exps[:2]:
+        s.before_experience(e)
+        s.after_experience(e)
+    old = s.means[:2].clone()
+    s.before_experience(exps[2])
+    with torch.no_grad():  # "training" translates every feature by b
+        s.model.backbone.fc.base_layer.bias.add_(torch.tensor([0.5, -1.0]))
+    s.after_experience(exps[2])
+    assert torch.allclose(s.means[:2], old + torch.tensor([0.5, -1.0], dtype=torch.float64), atol=1e-6)
