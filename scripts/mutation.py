@@ -297,11 +297,27 @@ MODULES: dict[str, Module] = {
     "ranpac": Module("strategies/ranpac.py", ["tests/test_ptm3.py"]),
     "fecam": Module("strategies/fecam.py", ["tests/test_ptm3.py"]),
     "_closed_form": Module("strategies/_closed_form.py", ["tests/test_ptm3.py"]),
-    "slca": Module("strategies/slca.py", ["tests/test_ptm3.py"]),
-    "inflora": Module("strategies/inflora.py", ["tests/test_ptm3.py"]),
-    "lae": Module("strategies/lae.py", ["tests/test_ptm3.py"]),
-    "ssiat": Module("strategies/ssiat.py", ["tests/test_strategies2_mechanism.py", "tests/test_correctness_issue13.py",
-                                            "tests/test_strategies2_engine.py"]),
+    "slca": Module("strategies/slca.py", [f"tests/test_ptm3.py::test_{t}" for t in (
+        "slca_backbone_moves_at_a_hundredth_of_the_head_lr_and_old_rows_stay",
+        "slca_alignment_trains_only_the_head_on_class_gaussian_samples", "bad_config_is_a_config_error_naming_field_and_choices",
+        "vit_backbone_runs_and_adapts_the_attention[slca-kw0]")] + [
+        "tests/test_reliability_state.py::test_every_strategy_resumes_bitwise_with_declared_state[slca]"]),
+    "inflora": Module("strategies/inflora.py", [f"tests/test_ptm3.py::test_{t}" for t in (
+        "inflora_update_lies_orthogonal_to_earlier_tasks_inputs", "inflora_trains_only_b_and_the_head",
+        "inflora_refuses_a_cnn_naming_the_backbones_that_work", "bad_config_is_a_config_error_naming_field_and_choices",
+        "vit_backbone_runs_and_adapts_the_attention[inflora-kw1]", "inflora_on_minilm_adapts_key_and_value")] + [
+        "tests/test_reliability_state.py::test_every_strategy_resumes_bitwise_with_declared_state[inflora]"]),
+    "lae": Module("strategies/lae.py", [f"tests/test_ptm3.py::test_{t}" for t in (
+        "lae_offline_module_is_the_ema_of_the_online_one", "lae_freezes_the_online_module_for_the_first_epochs_of_later_tasks",
+        "bad_config_is_a_config_error_naming_field_and_choices", "vit_backbone_runs_and_adapts_the_attention[lae-kw2]")] + [
+        "tests/test_reliability_state.py::test_every_strategy_resumes_bitwise_with_declared_state[lae]"]),
+    "ssiat": Module("strategies/ssiat.py", [f"tests/test_strategies2_mechanism.py::test_{t}" for t in (
+        "ssiat_drift_exact_for_translation", "ssiat_drift_matches_kernel_formula_for_linear_shift",
+        "ssiat_shifts_old_means_with_same_images_before_and_after", "ssiat_gaussian_samples_follow_class_statistics",
+        "ssiat_gradients_only_adapter_and_classifier")] + [
+        "tests/test_correctness_issue13.py::test_ssiat_session_epochs_and_cosine_schedule",
+        "tests/test_strategies2_engine.py::test_smoke_vit[ssiat]", "tests/test_strategies2_engine.py::test_smoke_minilm[ssiat]",
+        "tests/test_reliability_state.py::test_every_strategy_resumes_bitwise_with_declared_state[ssiat]"]),
     # color: test_mutation_color.py alone (tiny backbones, peft on a 2-layer MLP); the ViT / EfficientNet / engine
     # cases of test_strategies2_{mechanism,engine}.py cost their files' collection (timm, every issue-6 strategy)
     "color": Module("strategies/color.py", []),
@@ -341,8 +357,9 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("l2p", "l2p"), ("sprompts", "sprompts"), ("_boundaries", "boundaries"),
                       ("recency", "recency"), ("joint", "joint"), ("linear_probe", "linear_probe"),
                       ("center_loss", "center_loss"), ("_kalman_filter", "kalman_filter"), ("kalman", "kalman"),
-                      ("_exemplars", "exemplars"), ("podnet", "podnet"),
-                      ("color", "color")):  # the tests written from their first
+                      ("_exemplars", "exemplars"), ("podnet", "podnet"), ("color", "color"), ("slca", "slca"),
+                      ("inflora", "inflora"), ("lae", "lae"),
+                      ("ssiat", "ssiat")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -1238,6 +1255,135 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceTrueWithFalse$", "opt.zero_grad(set_to_none=True) in PODNet.finetune", "",
          "zeroed or dropped, backward then fills the proxies' gradient with the same values: the same SGD step"),
     ],
+    "slca": [
+        (r"core/NumberReplacer$", "self._done, self._n_train = 0, 1 in SLCA.setup", "",
+         "before_experience sets _done and _n_train before any train_step reads them"),
+        (r"core/NumberReplacer$", "self._done, self._n_train = 0, max(len(exp.train_y), 1)", "max(len(exp.train_y), 0)",
+         "the two differ only for an experience without training samples, which has no train_step to divide by it"),
+        (r"core/ReplaceBinaryOperator_FloorDiv_Div$", "epoch = self._done // self._n_train", "",
+         "milestones are whole numbers, and for a whole m, done / n >= m exactly when done // n >= m"),
+        (r"core/NumberReplacer$|core/ReplaceComparisonOperator_Gt_(NotEq|GtE)$", "if body and cfg.backbone_lr_scale > 0 else []",
+         "", "backbone_lr_scale is validated >= 0, and at 0 build_model freezes the backbone, so body is empty: the "
+         "scale test never decides"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.cfg.ca and self.cfg.ca_epochs > 0 and", "",
+         "ca_epochs is validated >= 0, so != 0 means > 0"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if cfg.backbone_lr_scale == 0:", "",
+         "backbone_lr_scale is validated >= 0 just before, so <= 0 means == 0"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(fc_) == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceTrueWithFalse$", "opt.zero_grad(set_to_none=True) in SLCA.align_classifier", "",
+         "zeroed instead of dropped gradients: backward then writes the same gradient and SGD takes the same step"),
+        (r"core/ReplaceUnaryOperator_(USub_|Delete_USub$)|core/NumberReplacer$", "pos = torch.full((self.info.n_classes,), -1",
+         "",
+         "pos is only read at the sampled labels, which are seen classes: the fill value of the others is never read"),
+        (r"core/ReplaceBinaryOperator_Add_Sub$|core/NumberReplacer$", "manual_seed(self.info.seed * 1000 + self.session)",
+         "", "accepted: another fixed seed per (run seed, task), distinct across the tasks and seeds of the test either "
+         "way (the collisions of seed * 1000 * task and seed - 1000 + task are tested); which fixed seed is a "
+         "convention"),
+    ],
+    "inflora": [
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'elif family == "bert" and name.split(".")[-1] in ("key", "value"):',
+         "", "family is vit, bert or mlp here: an mlp layer named key or value gets the bert branch's (name, layer, None), "
+         "the same as the mlp branch's, and timm ViTs (whose qkv the first branch took) have no layer named key or value"),
+        (r"core/NumberReplacer$", "r = int(((S1 ** 2).cumsum(0) / total < threshold).sum())", "cumsum( -1)",
+         "S1 is 1-D: dimension -1 is dimension 0"),
+        (r"core/NumberReplacer$", "return torch.cat([basis, U[:, :r]], 1)[:, :act.shape[0]]", "act.shape[ -1]]",
+         "act is a square (d x d) Gram matrix"),
+        (r"core/NumberReplacer$", "return torch.cat([basis, U[:, :r]], 1)[:, :act.shape[0]]", "act.shape[1]]",
+         "act is a square (d x d) Gram matrix"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if r == 0:", "", "r counts directions: never negative"),
+        (r"core/ReplaceFalseWithTrue$", "U, S, _ = torch.linalg.svd(hat, full_matrices=False)", "",
+         "hat (act less its projection on the memory) is square: the full and the reduced SVD are the same"),
+        (r"core/ReplaceBreakWithContinue$", "break in update_memory", "",
+         "once the captured share reaches the threshold nothing changes it again, so continue skips every later "
+         "direction too: the same r"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in InfLoRA._grams", "",
+         "the forward runs in eval_features, under torch.no_grad itself, and the Gram buffers hold no gradient"),
+        (r"core/ReplaceFalseWithTrue$", "U = torch.linalg.svd(C, full_matrices=False)[0][:, :m.A.shape[0]]", "",
+         "C is a square Gram matrix: the full and the reduced SVD are the same"),
+        (r"core/NumberReplacer$", 'setattr(parent, name.rsplit(".", 1)[-1], layer)', 'rsplit(".", 2)',
+         "the last item of a right split is the last dotted name whatever the maximum number of splits"),
+        (r"core/NumberReplacer$", "n = max(self.info.n_experiences, 1)", "max(self.info.n_experiences, 2)",
+         "a session t is below n_experiences: with n_experiences <= 1 the only session is 0, whose threshold is lamb "
+         "whatever n"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if family == "vit" and name.endswith("attn.qkv"):', "",
+         "family is vit, bert or mlp here, and only 'vit' sorts at or after 'vit'"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'elif family == "bert" and name.split(".")[-1] in ("key", "value"):',
+         "", "family is vit, bert or mlp here, and only 'bert' sorts at or before 'bert'"),
+        (r"core/ReplaceFalseWithTrue$", "U1, S1, _ = torch.linalg.svd(act, full_matrices=False)", "",
+         "act is square: the full and the reduced SVD are the same"),
+        (r"core/NumberReplacer$", "A[:U.shape[1]] = U.t() / math.sqrt(3)", "U.shape[ 0]",
+         "U is d x min(d, rank) and A has rank rows: A[:d] and A[:min(d, rank)] are the same rows"),
+        (r"core/ReplaceComparisonOperator_Eq_(LtE|GtE)$", "if m.out_features == 3 * d else None", "",
+         "a timm ViT's fused qkv has exactly 3 x in_features outputs, so <= and >= hold exactly when == does"),
+    ],
+    "lae": [
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'self.cfg.ensemble == "online":', "",
+         "ensemble is validated to be max_prob, online or offline, and only 'online' sorts at or after 'online'"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if self.cfg.ensemble == "offline":', "",
+         "ensemble is max_prob or offline here ('online' returned just before), and 'max_prob' sorts before 'offline'"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if family == "vit" and cfg.blocks is not None:', "",
+         "detect_family gives vit, bert, cnn or mlp, and only 'vit' sorts at or after 'vit'"),
+        (r"core/NumberReplacer$", "self._done, self._n_train = 0, 1 in LAE.setup", "",
+         "before_experience sets _done and _n_train before any train_step reads them"),
+        (r"core/NumberReplacer$", "self._done, self._n_train = 0, max(len(exp.train_y), 1)", "max(len(exp.train_y), 0)",
+         "the two differ only for an experience without training samples, which has no train_step to divide by it"),
+        (r"core/ReplaceBinaryOperator_FloorDiv_Div$", "self._done // self._n_train < self.cfg.freeze_epochs", "",
+         "freeze_epochs is a whole number, and for a whole k, done / n < k exactly when done // n < k"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "self.session > 0", "",
+         "train_step runs after before_experience, so the session is >= 0 and != 0 means > 0"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if self.session == 1:", "",
+         "a copy at the first task too is overwritten by the copy at the second, and the offline module is not used "
+         "before it (the first task predicts with the online one alone, and no EMA step runs on it)"),
+    ],
+    "ssiat": [
+        (r"core/RemoveDecorator$", "@torch.no_grad() in SSIATModel.observe", "",
+         "seen is a bool buffer: writing into it records no graph either way"),
+        (r"core/NumberReplacer$", "else torch.zeros(f.shape[1], f.shape[1], dtype=f.dtype,", "f.shape[ 0], dtype",
+         "a single sample's f is 1 x d: zeros(d, 1) broadcasts to the same d x d matrix when eps I is added"),
+        (r"core/NumberReplacer$", "sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))", "max( 2,",
+         "alignment runs from the second session, with classes of at least two sessions seen: steps = ca_epochs x "
+         "seen is >= 2 whenever a batch runs"),
+        (r"core/ReplaceTrueWithFalse$", "opt.zero_grad(set_to_none=True) in SSIAT.align_classifier", "",
+         "zeroed instead of dropped gradients: backward then writes the same gradient and SGD takes the same step"),
+        (r"core/ReplaceOrWithAnd$", "if not self.cfg.session_epochs or self._repeat <= 1:", "",
+         "_repeat stays 1 unless session_epochs is set, and repeating the data once gives the data itself"),
+        (r"core/NumberReplacer$", "if not self.cfg.session_epochs or self._repeat <= 1:", "self._repeat <= 0",
+         "session_epochs entries are validated >= 1, so _repeat >= 1: repeating the data once gives the data itself"),
+        (r"core/NumberReplacer$", "sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, steps))", "max( 0,",
+         "steps is 0 only with ca_epochs = 0, when no batch runs: the scheduler with T_max 0 is built (no division: "
+         "checked) and never stepped"),
+        (r"core/ReplaceComparisonOperator_GtE_Eq$", "old = self.class_session >= 0 in SSIAT.before_experience", "",
+         "only old.any() is read: from the second session on the first session's classes are old, so some class has "
+         "class_session 0 exactly when some has class_session >= 0"),
+        (r"core/ExceptionReplacer$", "except ValueError: in make_adapter", "",
+         "the caught ValueError (no LoRA family) leads to LoraSet, whose detect_family raises the same ValueError: "
+         "the same error either way"),
+        (r"core/ReplaceComparisonOperator_LtE_Eq$", "if not self.cfg.session_epochs or self._repeat <= 1:", "",
+         "session_epochs entries are validated >= 1 (build_model), so _repeat >= 1 and <= 1 means == 1"),
+        (r"core/NumberReplacer$", "else torch.zeros(f.shape[1], f.shape[1], dtype=f.dtype,", "zeros(f.shape[ 0],",
+         "a single sample's f is 1 x d: zeros(1, d) broadcasts to the same d x d matrix when eps I is added"),
+        (r"core/ReplaceComparisonOperator_LtE_Lt$", "if not self.cfg.session_epochs or self._repeat <= 1:", "",
+         "repeating the data once gives the data itself"),
+        (r"core/RemoveDecorator$", "@torch.no_grad() in SSIAT.extract", "",
+         "the features come from cl.models.task_keys.batched, which runs under torch.no_grad itself"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if cfg.cov == "diag":', "",
+         "cov is validated to be full or diag (build_model), and 'full' <= 'diag' is False: the same branch"),
+        (r"core/NumberReplacer$", "else torch.zeros_like(f[0])", "f[ -1]", "every row of f has the same shape"),
+        (r"core/NumberReplacer$", "z = torch.randn(n, mu.shape[0], device=self.device)", "mu.shape[ -1]",
+         "mu is 1-D: dimension -1 is dimension 0"),
+        (r"core/NumberReplacer$", "sigma: float = 4.0) -> torch.Tensor:", "",
+         "the default of semantic_drift's sigma: its caller passes strategy.sigma (whose default is tested)"),
+        (r"core/NumberReplacer$", "self._session_done, self._session_total, self._repeat = 0, 0, 1 in SSIAT.setup", "",
+         "before_experience sets _session_done and _session_total, and _repeat whenever session_epochs is set, "
+         "before train_data or train_step read them (train_data reads _repeat only with session_epochs)"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "first if self.session == 0 else later", "",
+         "before_experience has just incremented the session from -1: it is >= 0, so <= 0 means == 0"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(f) == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if len(f) > 1 else", "",
+         "a class without samples was skipped just before: len(f) >= 1, so != 1 means > 1"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if L.dim() == 1 else z @ L.t()", "",
+         "the stored factor is 1-D (diag variances) or 2-D (Cholesky factor), so <= 1 means == 1"),
+    ],
 }
 
 
@@ -1434,7 +1580,9 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
 # torch._dynamo (imported by the first torch.func vmap / grad call, e.g. the per-sample gradients of EWC and MAS)
 # costs ~6 s more; imported here once, not in every mutant's child
 # timm (~15 s here) and peft (with transformers, ~19 s) likewise: the ViT / LoRA strategies' tests import them
-SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml", "timm", "peft", "scipy.stats")
+SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml",
+                  "timm", "peft", "transformers",  # timm, peft: ~4 s and ~13 s a child on a loaded machine (LoRA, ViT tests)
+                  "scipy.stats")  # ~6 s a child for the Kalman tests
 
 
 def serve(sock_path: str) -> None:
@@ -1448,6 +1596,9 @@ def serve(sock_path: str) -> None:
         except ImportError:
             pass
     assert not any(k == "cl" or k.startswith(("cl.", "strategies")) for k in sys.modules), "server imported the project"
+    import gc
+
+    gc.freeze()  # the libraries' objects are never collected: a child's gc.collect() (pytest runs two) skips them
     srv = so.socket(so.AF_UNIX, so.SOCK_STREAM)
     Path(sock_path).unlink(missing_ok=True)
     srv.bind(sock_path)
@@ -1536,6 +1687,10 @@ def run_module(name: str, args) -> dict:
     work = out / "work" / name
     db = out / f"{name}.sqlite"
     fresh_copy(work)  # always refreshed: current tests, and a clean module even after a hard kill
+    # bytecode for every module but the mutated one, so that a mutant's test run does not compile the whole project
+    # again (the fork server's children never write bytecode; the mutated module has none: always read from source)
+    subprocess.run([args.python, "-m", "compileall", "-q", "-x", rf"(/tests/|/{re.escape(m.path)}$)", str(work)],
+                   cwd=work, capture_output=True)
     source = (work / m.path).read_text()
     digest = hashlib.sha256((source + json.dumps(m.functions) + json.dumps(EXCLUDE_OPERATORS)).encode()).hexdigest()
     stamp = out / f"{name}.source-sha256"

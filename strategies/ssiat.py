@@ -40,8 +40,12 @@ import torch.nn.functional as F
 
 from cl.models.heads import cosine_logits
 from cl.models.petl import ParallelAdapter, attach_adaptformer  # noqa: F401 (moved there; re-exported)
+from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.task_keys import batched, by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
+
+
+COVS = ("full", "diag")
 
 
 @dataclass
@@ -120,9 +124,7 @@ def make_adapter(backbone, kind: str, cfg):
         lora = LoraSet(backbone, r=cfg.lora_r, alpha=cfg.lora_alpha)
         lora.add("shared")
         return None
-    from cl.core.registry import unknown
-
-    raise unknown("ssiat adapter", kind, ("auto", "adaptformer", "lora"))
+    raise unknown("strategy.adapter", kind, ("auto", "adaptformer", "lora"))
 
 
 @register("ssiat", SSIATConfig)
@@ -133,6 +135,15 @@ class SSIAT(Strategy):
 
     @classmethod
     def build_model(cls, cfg: SSIATConfig, backbone, scenario):
+        if cfg.cov not in COVS:
+            raise unknown("strategy.cov", cfg.cov, COVS)
+        se = cfg.session_epochs
+        if se is not None and (not 1 <= len(se) <= 2 or any(int(e) < 1 for e in se)):
+            raise ConfigError(f"strategy.session_epochs must be [first, later] or [every] session's epochs, each >= 1 "
+                              f"(or null: protocol.epochs), got {se}")
+        if cfg.ca_samples < 1 or cfg.sigma <= 0:
+            raise ConfigError(f"strategy.ca_samples must be >= 1 and strategy.sigma > 0, got ca_samples={cfg.ca_samples}, "
+                              f"sigma={cfg.sigma}")
         adapters = make_adapter(backbone, cfg.adapter, cfg)
         model = SSIATModel(backbone, scenario.n_classes, cfg.scale, adapters)
         remember_preprocess(model, scenario)
