@@ -62,6 +62,22 @@ ONLINE_TESTS = ["tests/test_mutation_lifecycle.py", "tests/test_mutation_engine.
                 "tests/test_engine.py"]
 
 _RP, _RG, _RI = "tests/test_baselines_replay.py", "tests/test_baselines_reg.py", "tests/test_baselines_isolation.py"
+# the tests of test_ptm2.py / test_ptm3.py that run each of mut-ptm2's modules (fast ones first)
+_APER = ("bad_config_names_the_field_and_the_choices",
+         "aper_tunes_only_the_first_session_and_classifies_by_concatenated_prototypes",
+         "aper_finetune_keeps_a_frozen_pretrained_branch", "a_backbone_without_transformer_blocks_is_an_error_naming_those_that_work",
+         "vpt_on_minilm_is_an_error_naming_the_vit", "aper_finetune_runs_on_a_cnn_free_mlp")
+_EASE = ("ease_logits_hand_computed", "ease_prototype_complement_hand_computed",
+         "ease_adds_one_adapter_per_task_and_freezes_the_earlier_ones", "ease_resumes_exactly_from_a_later_boundary",
+         "ease_on_minilm_trains_one_adapter_set_per_task")
+_RANPAC = ("ranpac_ridge_equals_least_squares_on_the_augmented_system",
+           "ranpac_lambda_is_the_grid_value_with_the_smallest_held_out_mse",
+           "ranpac_accumulates_over_tasks_and_resolves_old_classes", "bad_config_is_a_config_error_naming_field_and_choices",
+           "task_free_runs_are_refused_with_the_field_named", "ranpac_with_first_task_lora_resumes_exactly",
+           "vit_backbone_runs_and_adapts_the_attention")
+_FECAM = ("fecam_distance_is_the_hand_computed_shrunk_normalised_mahalanobis",
+          "fecam_skips_tukey_on_signed_features_and_masks_unseen_classes",
+          "bad_config_is_a_config_error_naming_field_and_choices", "task_free_runs_are_refused_with_the_field_named")
 
 MODULES: dict[str, Module] = {
     # -- numbers: metrics and the shared pieces strategies hold
@@ -212,13 +228,19 @@ MODULES: dict[str, Module] = {
     "l2p": Module("strategies/l2p.py", ["tests/test_strategies2_mechanism.py", "tests/test_correctness_issue13.py",
                                         "tests/test_strategies2_engine.py"]),
     "sprompts": Module("strategies/sprompts.py", ["tests/test_strategies2_mechanism.py", "tests/test_strategies2_engine.py"]),
-    "aper": Module("strategies/aper.py", ["tests/test_ptm2.py"]),
-    "ease": Module("strategies/ease.py", ["tests/test_ptm2.py"]),
-    "simplecil": Module("strategies/simplecil.py", ["tests/test_ptm2.py"]),
-    "_sessions": Module("strategies/_sessions.py", ["tests/test_ptm2.py"]),
-    "ranpac": Module("strategies/ranpac.py", ["tests/test_ptm3.py"]),
-    "fecam": Module("strategies/fecam.py", ["tests/test_ptm3.py"]),
-    "_closed_form": Module("strategies/_closed_form.py", ["tests/test_ptm3.py"]),
+    # aper / ease / _sessions / ranpac / fecam / _closed_form: test_ptm2.py's and test_ptm3.py's tests of the module
+    # (not the PETL-module tests of cl/models/petl.py: 19 s, nor the other strategies')
+    "aper": Module("strategies/aper.py", [f"tests/test_ptm2.py::test_{t}" for t in _APER]),
+    "ease": Module("strategies/ease.py", [f"tests/test_ptm2.py::test_{t}" for t in _EASE]),
+    "simplecil": Module("strategies/simplecil.py", [f"tests/test_ptm2.py::test_simplecil_{t}" for t in (
+        "is_ncm_with_simplecil_defaults", "and_ncm_runs_give_the_same_R")]),
+    "_sessions": Module("strategies/_sessions.py", [f"tests/test_ptm2.py::test_{t}" for t in _APER + _EASE]),
+    "ranpac": Module("strategies/ranpac.py", [f"tests/test_ptm3.py::test_{t}" for t in _RANPAC]),
+    "fecam": Module("strategies/fecam.py", [f"tests/test_ptm3.py::test_{t}" for t in _FECAM]),
+    "_closed_form": Module("strategies/_closed_form.py", [f"tests/test_ptm3.py::test_{t}" for t in _RANPAC + _FECAM + (
+        "slca_backbone_moves_at_a_hundredth_of_the_head_lr_and_old_rows_stay",
+        "slca_alignment_trains_only_the_head_on_class_gaussian_samples",
+        "inflora_update_lies_orthogonal_to_earlier_tasks_inputs", "inflora_trains_only_b_and_the_head")]),
     "slca": Module("strategies/slca.py", ["tests/test_ptm3.py"]),
     "inflora": Module("strategies/inflora.py", ["tests/test_ptm3.py"]),
     "lae": Module("strategies/lae.py", ["tests/test_ptm3.py"]),
@@ -239,7 +261,7 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("online", "online"), ("prd", "prd"), ("pec", "pec"),
                       ("_reg", "reg"), ("ewc", "ewc"), ("si", "si"), ("mas", "mas"), ("rwalk", "rwalk"), ("lwf", "lwf"),
                       ("lwf_mc", "lwf"), ("icarl", "icarl"), ("bic", "bic"), ("lucir", "lucir"),
-                      ("xder", "xder")):  # the tests written from their first
+                      ("xder", "xder"), ("aper", "aper"), ("_sessions", "sessions")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -901,7 +923,10 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
 # exactly as with a fresh interpreter.
 # torch._dynamo (imported by the first torch.func vmap / grad call, e.g. the per-sample gradients of EWC and MAS)
 # costs ~6 s more; imported here once, not in every mutant's child
-SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml")
+# timm, transformers' BERT, peft and sklearn (the pretrained-model strategies' tests: ~5 s of CPU a child, 30 s
+# and more on the loaded machine) likewise; none imports the project, and none leaves a thread running (checked)
+SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml",
+                  "torchvision", "timm", "transformers", "transformers.models.bert.modeling_bert", "peft", "sklearn")
 
 
 def serve(sock_path: str) -> None:
