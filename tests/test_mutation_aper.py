@@ -139,6 +139,9 @@ def test_features_are_the_pretrained_then_the_adapted_branch(petl):
         assert torch.equal(m.adapted(x), ad)  # plain() switched the module back on
         assert torch.equal(m.features(x), torch.cat([pre, ad], 1))
         assert torch.equal(m.plain(x), pre)
+    # only finetune keeps a second backbone; the PETL modules switch theirs off (no copy in the checkpoint)
+    assert (m.pretrained is None) is (petl != "finetune")
+    assert any(k.startswith("pretrained.") for k in m.state_dict()) is (petl == "finetune")
 
 
 def test_tuned_parameters_are_the_module_and_the_tuning_head():
@@ -234,3 +237,18 @@ def test_prototypes_are_raw_means_of_both_branches_in_eval_mode():
         out = s.predict(x)
         assert torch.allclose(out[:, :2], cosine_logits(m.features(x), want), atol=1e-5)
         assert torch.isinf(out[:, 2:]).all()
+
+
+def test_vpt_needs_a_vit_and_adapter_ssf_take_a_bert_encoder():
+    from transformers import BertConfig, BertModel
+
+    def bert():
+        torch.manual_seed(0)
+        return BertModel(BertConfig(vocab_size=20, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                                    intermediate_size=16, max_position_embeddings=16))
+
+    with pytest.raises(ConfigError, match=r"^aper petl=vpt needs a timm ViT \(vit-tiny, timm:vit_\*\); BertModel is "
+                                          r"a bert encoder: use petl=adapter or ssf$"):
+        petl_module("vpt", bert(), APERConfig(), "aper")
+    assert isinstance(petl_module("adapter", bert(), APERConfig(bottleneck=2), "aper"), AdapterBank)
+    assert isinstance(petl_module("ssf", bert(), APERConfig(), "aper"), SSF)

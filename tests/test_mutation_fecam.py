@@ -74,6 +74,11 @@ def test_a_one_sample_class_has_a_zero_covariance_and_a_finite_score():
     s = make("fecam", backbone(shape=(3,)), sc, normalize_cov=False)
     train(s, sc[0])
     assert torch.equal(s.model.head.precision[0], torch.zeros(3, 3))  # pinv of the zero matrix
+    cov = torch.cov(x[1:].double().t())  # two samples: a rank-one covariance, shrunk twice
+    for _ in range(2):
+        v1, v2 = cov.diagonal().mean(), (cov - torch.diag(cov.diagonal())).sum() / 6
+        cov = cov + v1 * torch.eye(3, dtype=cov.dtype) + v2 * (1 - torch.eye(3, dtype=cov.dtype))
+    assert torch.allclose(s.model.head.precision[1].double(), torch.linalg.pinv(cov), atol=1e-4)
     out = s.predict(torch.randn(4, 3))
     assert torch.equal(out[:, 0], torch.zeros(4)) and torch.isfinite(out).all()
 
@@ -125,3 +130,16 @@ def test_nothing_trains_and_an_empty_task_changes_nothing():
     s.before_experience(sc[2])
     s.after_experience(sc[2])
     assert all(torch.equal(v, s.model.head.state_dict()[k]) for k, v in state.items())
+
+
+def test_a_class_of_the_experience_without_samples_keeps_empty_statistics():
+    from types import SimpleNamespace
+
+    tasks, C = gaussian_tasks(d=3, per=6)
+    sc = scenario(tasks, C, (3,))
+    s = make("fecam", backbone(shape=(3,)), sc)
+    x, y = tasks[0]
+    s.before_experience(sc[0])
+    s.after_experience(SimpleNamespace(train_x=x, train_y=y, classes=[0, 1, 2], index=0))
+    assert torch.equal(s.model.head.means[2], torch.zeros(3)) and torch.equal(s.model.head.precision[2], torch.zeros(3, 3))
+    assert torch.isfinite(s.model.head.means).all() and torch.isfinite(s.model.head.precision).all()

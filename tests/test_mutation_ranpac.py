@@ -165,3 +165,11 @@ def test_phase_one_trains_the_lora_and_probe_on_the_first_task_then_freezes():
     assert s.tuned and not any(p.requires_grad for p in m.backbone.parameters())
     s.before_experience(sc[1])
     assert len(s.train_data(sc[1])[1]) == 1 and s.train_step(x, y).item() == 0.0
+
+
+def test_a_two_sample_task_chooses_lambda_on_its_split(monkeypatch):
+    monkeypatch.setattr(ranpac, "select_ridge", lambda H, Y, grid, fit: (100.0, []))
+    sc = scenario([(torch.randn(2, 8), torch.tensor([0, 1]))], 2, (8,))
+    s = make("ranpac", backbone(), sc, rp_dim=6)
+    train(s, sc[0])
+    assert s.lambdas == [100.0]
