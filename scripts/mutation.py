@@ -733,6 +733,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "!= 0 means > 0"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if self.session == 0: in APER.before_experience", "",
          "session >= 0 after the increment of start_session just above: <= 0 means == 0"),
+        (r"core/ReplaceComparisonOperator_Eq_Lt$", "if self.session == 0: in APER.before_experience", "",
+         "the optimiser made there at session 0 equals the one Strategy.__init__ made (make_optimizer over the same "
+         "tuned parameters with the same settings, no step in between), which the mutant keeps"),
+        (r"core/NumberReplacer$", "if self.session == 0: in APER.before_experience", "self.session==-1",
+         "the optimiser made there at session 0 equals the one Strategy.__init__ made (make_optimizer over the same "
+         "tuned parameters with the same settings, no step in between), which the mutant keeps"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'deep=cfg.vpt_type == "deep"', "",
          "vpt_type is validated deep or shallow, and 'shallow' <= 'deep' is False"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if kind == "adapter":', "",
@@ -743,6 +749,32 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "kind is adapter, ssf or vpt there, and only 'vpt' >= 'vpt'"),
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if kind == "vpt" and fam != "vit":', 'fam<"vit"',
          "fam is vit or bert there (None raised just above), and 'bert' < 'vit'"),
+    ],
+    "ease": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if S == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "alpha / (S - 1) if S > 1 else 0.0", "",
+         "S == 0 returned above, so S != 1 means S > 1"),
+        (r"core/NumberReplacer$", "alpha / (S - 1) if S > 1 else 0.0", "else 1.0",
+         "with one subspace (1 - own) is all zeros: the weight of the other subspaces multiplies nothing"),
+        (r"core/NumberReplacer$", "alpha / (S - 1) if S > 1 else 0.0", "else -1.0",
+         "with one subspace (1 - own) is all zeros: the weight of the other subspaces multiplies nothing"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(old) == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Eq_Lt$|core/NumberReplacer$", "if len(old) == 0:", "",
+         "the shortcut only skips an empty set of old classes, which indexes no rows: nothing is written either way"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(new) == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if self.bank.n_sets == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if self.session < 0 or len(se) == 1 else se[1]", "len(se)<=1",
+         "session_epochs is validated to have 1 or 2 values: <= 1 means == 1"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "while bank.n_sets < n:", "",
+         "_grow_to is called with n = session + 1, which never falls below the number of sets: != means <"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", "bank.set_trainable(s, s == n - 1)", "",
+         "s runs over range(n_sets) and n_sets == n after the loop above: s >= n - 1 means s == n - 1"),
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if n > 0:", "",
+         "n is session + 1 >= 0; at n == 0 (a checkpoint from before the first task) _grow_to(0) adds and changes "
+         "nothing and the optimiser rebuilt over the same parameters is then loaded from the checkpoint"),
+        (r"core/NumberReplacer$", "if n > 0:", "n>-1",
+         "n is session + 1 >= 0; at n == 0 (a checkpoint from before the first task) _grow_to(0) adds and changes "
+         "nothing and the optimiser rebuilt over the same parameters is then loaded from the checkpoint"),
     ],
 }
 

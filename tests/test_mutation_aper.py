@@ -77,7 +77,7 @@ def test_defaults_are_pilots():
 
 
 def test_validation_bounds():
-    for ok in ({"tune_epochs": 1}, {"tune_epochs": None}, {"vpt_length": 1, "bottleneck": 1}):
+    for ok in ({"tune_epochs": 1}, {"tune_epochs": 3}, {"tune_epochs": None}, {"vpt_length": 1, "bottleneck": 1}):
         APERConfig(**ok).validate()
     with pytest.raises(ConfigError, match=r"strategy\.tune_epochs=0: give a number of epochs >= 1, or null"):
         APERConfig(tune_epochs=0).validate()
@@ -136,7 +136,9 @@ def test_features_are_the_pretrained_then_the_adapted_branch(petl):
         pre, ad = ref(x), m.adapted(x)
         assert not torch.allclose(ad, pre, atol=1e-3)
         assert torch.equal(m.plain(x), pre)
-        assert torch.equal(m.adapted(x), ad)  # plain() switched the module back on
+        m.plain(x)
+        assert torch.equal(m.backbone(x), ad)  # plain() switched the module back on
+        assert torch.equal(m.adapted(x), ad)
         assert torch.equal(m.features(x), torch.cat([pre, ad], 1))
         assert torch.equal(m.plain(x), pre)
     # only finetune keeps a second backbone; the PETL modules switch theirs off (no copy in the checkpoint)

@@ -226,6 +226,12 @@ def test_load_state_rebuilds_the_adapter_sets_with_only_the_last_trainable():
     assert all(p.requires_grad for p in r.model.bank.set_parameters(1))
     for a, b in zip(r.model.state_dict().values(), s.model.state_dict().values()):
         assert torch.equal(a, b)
+    one, _ = make(sc=sc)  # after the first task: one set, trainable
+    s1, _ = make(sc=sc)
+    s1.before_experience(sc[0])
+    s1.after_experience(sc[0])
+    one.load_state_dict(s1.state_dict())
+    assert one.model.bank.n_sets == 1 and all(p.requires_grad for p in one.model.bank.set_parameters(0))
     fresh, _ = make(sc=sc)
     fresh.load_state_dict(make(sc=sc)[0].state_dict())  # before any task: nothing to rebuild
     assert fresh.model.bank.n_sets == 0
