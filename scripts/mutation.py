@@ -776,6 +776,30 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "n is session + 1 >= 0; at n == 0 (a checkpoint from before the first task) _grow_to(0) adds and changes "
          "nothing and the optimiser rebuilt over the same parameters is then loaded from the checkpoint"),
     ],
+    "ranpac": [
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "dim = m if m > 0 else in_dim", "",
+         "rp_dim is validated >= 0 (build_model): != 0 means > 0"),
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "torch.zeros(in_dim, m, dtype=dtype) if m > 0 else", "",
+         "rp_dim >= 0; at 0 the mutant's W_rand is zeros(in_dim, 0) instead of zeros(0): neither holds an entry, and "
+         "W_rand is read only through numel() there (hidden, setup)"),
+        (r"core/NumberReplacer$", "torch.zeros(in_dim, m, dtype=dtype) if m > 0 else", "m>-1",
+         "rp_dim >= 0; at 0 the mutant's W_rand is zeros(in_dim, 0) instead of zeros(0): neither holds an entry, and "
+         "W_rand is read only through numel() there (hidden, setup)"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if cfg.petl == "lora":', "",
+         "petl is validated none or lora just above, and 'none' <= 'lora' is False"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(y) == 0:", "", _NEVER_NEG),
+    ],
+    "fecam": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.session == 0 and self.cfg.tukey != "off":', "",
+         "session >= 0 in after_experience (before_experience raised it from -1): <= 0 means == 0"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'self.cfg.tukey == "on" or', "",
+         "tukey is auto or on there (off excluded just above), and 'auto' >= 'on' is False"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if len(f) > 1 else", "",
+         "class_precision gets a class's features only when it has samples (empty classes are skipped): != 1 "
+         "means > 1"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(fc) == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(exp.train_y) == 0:", "", _NEVER_NEG),
+    ],
 }
 
 

@@ -143,3 +143,11 @@ def test_a_class_of_the_experience_without_samples_keeps_empty_statistics():
     s.after_experience(SimpleNamespace(train_x=x, train_y=y, classes=[0, 1, 2], index=0))
     assert torch.equal(s.model.head.means[2], torch.zeros(3)) and torch.equal(s.model.head.precision[2], torch.zeros(3, 3))
     assert torch.isfinite(s.model.head.means).all() and torch.isfinite(s.model.head.precision).all()
+
+
+def test_a_one_sample_task_is_learnt():
+    x = torch.tensor([[1.0, -2.0, 0.5]])
+    sc = scenario([(x, torch.tensor([1]))], 2, (3,))
+    s = make("fecam", backbone(shape=(3,)), sc, normalize_cov=False)  # (a zero covariance has no correlation)
+    train(s, sc[0])
+    assert torch.equal(s.model.head.means[1], x[0]) and s.model.head.seen.tolist() == [False, True]

@@ -173,3 +173,21 @@ def test_a_two_sample_task_chooses_lambda_on_its_split(monkeypatch):
     s = make("ranpac", backbone(), sc, rp_dim=6)
     train(s, sc[0])
     assert s.lambdas == [100.0]
+
+
+def test_one_random_feature_and_float32_logits_without_autocast():
+    tasks, C = gaussian_tasks()
+    sc = scenario(tasks, C, (8,))
+    s = make("ranpac", backbone(), sc, rp_dim=1, ridge=1.0)
+    h = s.model.head
+    assert h.w_rand.shape == (8, 1) and h.G.shape == (1, 1) and h.weight.shape == (C, 1)
+    train(s, sc[0])
+    s = make("ranpac", backbone(), sc, rp_dim=16, ridge=0.1)  # float32 throughout
+    for exp in sc:
+        train(s, exp)
+    h = s.model.head
+    x = torch.randn(5, 8)
+    want = torch.relu(x @ h.w_rand) @ h.weight.t()
+    with torch.autocast("cpu", enabled=True):  # a bf16 autocast region around it changes nothing
+        got = s.predict(x)
+    assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-6, rtol=1e-6)
