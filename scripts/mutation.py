@@ -280,6 +280,10 @@ _CUDA_ONLY = ("accepted: the CUDA RNG branch; on a machine without CUDA (where t
               "False whatever the operator, so no CPU test can tell (it needs a run on a GPU)")
 _TOGETHER = ("the teacher and old_classes are set together (after_experience, load_extra_state): both empty before "
              "the first boundary, both set after it (as in lwf)")
+_ONE_SUBSPACE = "with one subspace (1 - own) is all zeros: the weight of the other subspaces multiplies nothing"
+_NO_OLD = "the shortcut only skips an empty set of old classes, which indexes no rows: nothing is written either way"
+_EMPTY_W = ("rp_dim >= 0; at 0 the mutant's W_rand is zeros(in_dim, 0) instead of zeros(0): neither holds an entry, "
+            "and W_rand is read only through numel() there (hidden, setup)")
 EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "metrics": [
         (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "c.size == 0", "", _NEVER_NEG),
@@ -754,13 +758,11 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if S == 0:", "", _NEVER_NEG),
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "alpha / (S - 1) if S > 1 else 0.0", "",
          "S == 0 returned above, so S != 1 means S > 1"),
-        (r"core/NumberReplacer$", "alpha / (S - 1) if S > 1 else 0.0", "else 1.0",
-         "with one subspace (1 - own) is all zeros: the weight of the other subspaces multiplies nothing"),
-        (r"core/NumberReplacer$", "alpha / (S - 1) if S > 1 else 0.0", "else -1.0",
-         "with one subspace (1 - own) is all zeros: the weight of the other subspaces multiplies nothing"),
+        (r"core/NumberReplacer$", "alpha / (S - 1) if S > 1 else 0.0", "else 1.0", _ONE_SUBSPACE),
+        (r"core/NumberReplacer$", "alpha / (S - 1) if S > 1 else 0.0", "else -1.0", _ONE_SUBSPACE),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(old) == 0:", "", _NEVER_NEG),
-        (r"core/ReplaceComparisonOperator_Eq_Lt$|core/NumberReplacer$", "if len(old) == 0:", "",
-         "the shortcut only skips an empty set of old classes, which indexes no rows: nothing is written either way"),
+        (r"core/ReplaceComparisonOperator_Eq_Lt$", "if len(old) == 0:", "", _NO_OLD),
+        (r"core/NumberReplacer$", "if len(old) == 0:", "len(old)==-1", _NO_OLD),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(new) == 0:", "", _NEVER_NEG),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if self.bank.n_sets == 0:", "", _NEVER_NEG),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if self.session < 0 or len(se) == 1 else se[1]", "len(se)<=1",
@@ -776,15 +778,17 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "n is session + 1 >= 0; at n == 0 (a checkpoint from before the first task) _grow_to(0) adds and changes "
          "nothing and the optimiser rebuilt over the same parameters is then loaded from the checkpoint"),
     ],
+    "_sessions": [
+        (r"core/RemoveDecorator$", "@torch.no_grad()", "",
+         "featurise (the module's one decorated function) computes nothing outside cl.models.task_keys.batched, "
+         "which runs under its own torch.no_grad()"),
+    ],
     "ranpac": [
         (r"core/ReplaceComparisonOperator_Gt_NotEq$", "dim = m if m > 0 else in_dim", "",
          "rp_dim is validated >= 0 (build_model): != 0 means > 0"),
         (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "torch.zeros(in_dim, m, dtype=dtype) if m > 0 else", "",
-         "rp_dim >= 0; at 0 the mutant's W_rand is zeros(in_dim, 0) instead of zeros(0): neither holds an entry, and "
-         "W_rand is read only through numel() there (hidden, setup)"),
-        (r"core/NumberReplacer$", "torch.zeros(in_dim, m, dtype=dtype) if m > 0 else", "m>-1",
-         "rp_dim >= 0; at 0 the mutant's W_rand is zeros(in_dim, 0) instead of zeros(0): neither holds an entry, and "
-         "W_rand is read only through numel() there (hidden, setup)"),
+         _EMPTY_W),
+        (r"core/NumberReplacer$", "torch.zeros(in_dim, m, dtype=dtype) if m > 0 else", "m>-1", _EMPTY_W),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if cfg.petl == "lora":', "",
          "petl is validated none or lora just above, and 'none' <= 'lora' is False"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(y) == 0:", "", _NEVER_NEG),
