@@ -151,3 +151,13 @@ def test_a_one_sample_task_is_learnt():
     s = make("fecam", backbone(shape=(3,)), sc, normalize_cov=False)  # (a zero covariance has no correlation)
     train(s, sc[0])
     assert torch.equal(s.model.head.means[1], x[0]) and s.model.head.seen.tolist() == [False, True]
+
+
+def test_the_backbone_is_frozen_and_tukey_clamps_negative_features_to_zero():
+    tasks, C = gaussian_tasks(d=4)
+    s = make("fecam", backbone("mlp", shape=(4,)), scenario(tasks, C, (4,)), tukey="on")
+    assert not any(p.requires_grad for p in s.model.backbone.parameters())
+    head = s.model.head
+    head.use_tukey.fill_(True)
+    got = head.transform(torch.tensor([[-0.5, 4.0, -3.0, 0.0]]))
+    assert torch.allclose(got, torch.tensor([[0.0, 1.0, 0.0, 0.0]]))  # sqrt(clamp(x, 0)), normalised
