@@ -794,7 +794,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(y) == 0:", "", _NEVER_NEG),
     ],
     "fecam": [
-        (r"core/ReplaceUnaryOperator_USub_UAdd$", "return F.normalize(x, dim=-1)", "",
+        (r"core/ReplaceUnaryOperator_(USub_UAdd|Delete_USub)$", "return F.normalize(x, dim=-1)", "",
          "x is flatten(1)-ed to 2-D just above: dimension +1 is dimension -1"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.session == 0 and self.cfg.tukey != "off":', "",
          "session >= 0 in after_experience (before_experience raised it from -1): <= 0 means == 0"),

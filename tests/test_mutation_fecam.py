@@ -161,3 +161,12 @@ def test_the_backbone_is_frozen_and_tukey_clamps_negative_features_to_zero():
     head.use_tukey.fill_(True)
     got = head.transform(torch.tensor([[-0.5, 4.0, -3.0, 0.0]]))
     assert torch.allclose(got, torch.tensor([[0.0, 1.0, 0.0, 0.0]]))  # sqrt(clamp(x, 0)), normalised
+
+
+def test_auto_tukey_needs_every_feature_non_negative():
+    tasks, C = gaussian_tasks(d=4, per=10, positive=True)
+    tasks[0][0][3, 2] = -0.5  # one slightly negative feature
+    sc = scenario(tasks, C, (4,))
+    s = make("fecam", backbone(shape=(4,)), sc)
+    train(s, sc[0])
+    assert not bool(s.model.head.use_tukey)
