@@ -794,6 +794,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(y) == 0:", "", _NEVER_NEG),
     ],
     "fecam": [
+        (r"core/RemoveDecorator$", "@torch.no_grad()", "",
+         "after_experience (the one decorated method) computes on eval_features' output, made under batched's own "
+         "torch.no_grad() from a frozen backbone, and on buffers: nothing records a gradient either way"),
         (r"core/ReplaceUnaryOperator_(USub_UAdd|Delete_USub)$", "return F.normalize(x, dim=-1)", "",
          "x is flatten(1)-ed to 2-D just above: dimension +1 is dimension -1"),
         (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.session == 0 and self.cfg.tukey != "off":', "",
