@@ -140,7 +140,8 @@ def test_a_class_of_the_experience_without_samples_keeps_empty_statistics():
     s = make("fecam", backbone(shape=(3,)), sc)
     x, y = tasks[0]
     s.before_experience(sc[0])
-    s.after_experience(SimpleNamespace(train_x=x, train_y=y, classes=[0, 1, 2], index=0))
+    s.after_experience(SimpleNamespace(train_x=x, train_y=y, classes=[2, 0, 1], index=0))  # the empty one first
+    assert torch.allclose(s.model.head.means[1], x[y == 1].mean(0))  # the classes after it are learnt
     assert torch.equal(s.model.head.means[2], torch.zeros(3)) and torch.equal(s.model.head.precision[2], torch.zeros(3, 3))
     assert torch.isfinite(s.model.head.means).all() and torch.isfinite(s.model.head.precision).all()
 
