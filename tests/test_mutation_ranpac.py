@@ -191,3 +191,9 @@ def test_one_random_feature_and_float32_logits_without_autocast():
     with torch.autocast("cpu", enabled=True):  # a bf16 autocast region around it changes nothing
         got = s.predict(x)
     assert got.dtype == torch.float32 and torch.allclose(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_phase_two_only_freezes_the_backbone():
+    tasks, C = gaussian_tasks()
+    s = make("ranpac", backbone("mlp", shape=(8,)), scenario(tasks, C, (8,)), rp_dim=4)
+    assert not any(p.requires_grad for p in s.model.backbone.parameters())
