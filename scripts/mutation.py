@@ -280,6 +280,8 @@ _CUDA_ONLY = ("accepted: the CUDA RNG branch; on a machine without CUDA (where t
               "False whatever the operator, so no CPU test can tell (it needs a run on a GPU)")
 _TOGETHER = ("the teacher and old_classes are set together (after_experience, load_extra_state): both empty before "
              "the first boundary, both set after it (as in lwf)")
+_SESSION_SAVED = ("the default is never read: the strategy's extra state always holds session (state_attrs of "
+                  "SessionMixin), and the engine loads only states the strategy saved")
 _ONE_SUBSPACE = "with one subspace (1 - own) is all zeros: the weight of the other subspaces multiplies nothing"
 _NO_OLD = "the shortcut only skips an empty set of old classes, which indexes no rows: nothing is written either way"
 _EMPTY_W = ("rp_dim >= 0; at 0 the mutant's W_rand is zeros(in_dim, 0) instead of zeros(0): neither holds an entry, "
@@ -771,6 +773,9 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "_grow_to is called with n = session + 1, which never falls below the number of sets: != means <"),
         (r"core/ReplaceComparisonOperator_Eq_GtE$", "bank.set_trainable(s, s == n - 1)", "",
          "s runs over range(n_sets) and n_sets == n after the loop above: s >= n - 1 means s == n - 1"),
+        (r"core/ReplaceUnaryOperator_Delete_USub$", 'get("session", -1)) + 1', '"session",1))', _SESSION_SAVED),
+        (r"core/NumberReplacer$", 'get("session", -1)) + 1', '"session",0))', _SESSION_SAVED),
+        (r"core/NumberReplacer$", 'get("session", -1)) + 1', '"session",-2))', _SESSION_SAVED),
         (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if n > 0:", "",
          "n is session + 1 >= 0; at n == 0 (a checkpoint from before the first task) _grow_to(0) adds and changes "
          "nothing and the optimiser rebuilt over the same parameters is then loaded from the checkpoint"),
