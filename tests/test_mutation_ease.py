@@ -41,7 +41,7 @@ def test_defaults_are_the_released_ones():
 
 
 def test_validation_bounds():
-    for ok in ({"session_epochs": [1]}, {"session_epochs": [1, 1]}, {"session_epochs": None}, {"bottleneck": 1}):
+    for ok in ({"session_epochs": [1]}, {"session_epochs": [1, 1]}, {"session_epochs": [20, 3]}, {"session_epochs": None}, {"bottleneck": 1}):
         EASEConfig(**ok).validate()
     for bad in ([], [1, 1, 1], [0], [2, 0], [0, 2]):
         with pytest.raises(ConfigError, match=r"strategy\.session_epochs=.*give \[first, later\] epochs"):
