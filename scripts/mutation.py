@@ -775,6 +775,7 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "s runs over range(n_sets) and n_sets == n after the loop above: s >= n - 1 means s == n - 1"),
         (r"core/ReplaceUnaryOperator_Delete_USub$", 'get("session", -1)) + 1', '"session",1))', _SESSION_SAVED),
         (r"core/ReplaceUnaryOperator_USub_Not$", 'get("session", -1)) + 1', '"session",not1))', _SESSION_SAVED),
+        (r"core/ReplaceUnaryOperator_USub_UAdd$", 'get("session", -1)) + 1', '"session",+1))', _SESSION_SAVED),
         (r"core/NumberReplacer$", 'get("session", -1)) + 1', '"session",0))', _SESSION_SAVED),
         (r"core/NumberReplacer$", 'get("session", -1)) + 1', '"session",-2))', _SESSION_SAVED),
         (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if n > 0:", "",

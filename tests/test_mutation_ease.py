@@ -235,3 +235,11 @@ def test_load_state_rebuilds_the_adapter_sets_with_only_the_last_trainable():
     fresh, _ = make(sc=sc)
     fresh.load_state_dict(make(sc=sc)[0].state_dict())  # before any task: nothing to rebuild
     assert fresh.model.bank.n_sets == 0
+
+
+def test_complement_of_a_one_class_task():
+    P = torch.randn(3, 3, 4)
+    Q = P.clone()
+    complement(Q, torch.tensor([0, 1, 2]), t=2)
+    assert torch.allclose(Q[0, 2], P[2, 2])  # one class of tasks >= 2: softmax weight 1
+    assert torch.allclose(Q[1, 2], P[2, 2])
