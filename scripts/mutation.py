@@ -76,6 +76,15 @@ _KFAST = [f"{_K}::test_{t}" for t in (  # ~4 s; test_test_then_train_prediction_
     "prediction_and_training_see_the_same_features")]
 _TF = "tests/test_task_free_contract.py::test_every_strategy_on_a_hidden_stream_runs_without_boundaries_or_refuses"
 _TFB = "tests/test_task_free_contract.py::test_boundary_options_refuse_task_free_streams_and_name_the_alternative"
+# the tests of test_ptm2.py / test_ptm3.py that run each of mut-ptm2's modules (fast ones first)
+_RANPAC = ("ranpac_ridge_equals_least_squares_on_the_augmented_system",
+           "ranpac_lambda_is_the_grid_value_with_the_smallest_held_out_mse",
+           "ranpac_accumulates_over_tasks_and_resolves_old_classes", "bad_config_is_a_config_error_naming_field_and_choices",
+           "task_free_runs_are_refused_with_the_field_named", "ranpac_with_first_task_lora_resumes_exactly",
+           "vit_backbone_runs_and_adapts_the_attention")
+_FECAM = ("fecam_distance_is_the_hand_computed_shrunk_normalised_mahalanobis",
+          "fecam_skips_tukey_on_signed_features_and_masks_unseen_classes",
+          "bad_config_is_a_config_error_naming_field_and_choices", "task_free_runs_are_refused_with_the_field_named")
 
 MODULES: dict[str, Module] = {
     # -- numbers: metrics and the shared pieces strategies hold
@@ -290,13 +299,20 @@ MODULES: dict[str, Module] = {
     "sprompts": Module("strategies/sprompts.py", [f"{_S2M}::test_{t}" for t in (
         "sprompts_gradients_only_current_prompt_and_head", "prompts_leave_frozen_model_unchanged")] + [
         "tests/test_strategies2_engine.py::test_smoke_vit[sprompts]"]),
-    "aper": Module("strategies/aper.py", ["tests/test_ptm2.py"]),
-    "ease": Module("strategies/ease.py", ["tests/test_ptm2.py"]),
-    "simplecil": Module("strategies/simplecil.py", ["tests/test_ptm2.py"]),
-    "_sessions": Module("strategies/_sessions.py", ["tests/test_ptm2.py"]),
-    "ranpac": Module("strategies/ranpac.py", ["tests/test_ptm3.py"]),
-    "fecam": Module("strategies/fecam.py", ["tests/test_ptm3.py"]),
-    "_closed_form": Module("strategies/_closed_form.py", ["tests/test_ptm3.py"]),
+    # aper / ease / _sessions / _closed_form: the constructed cases of their test_mutation_*.py files only (added in
+    # the loop below); those of test_ptm2.py are covered there and its collection alone (it imports the issue-6
+    # test modules) doubles a mutant's cost on the shared machine.  ranpac / fecam: test_ptm3.py's tests after theirs
+    "aper": Module("strategies/aper.py", []),
+    "ease": Module("strategies/ease.py", []),
+    "simplecil": Module("strategies/simplecil.py", [f"tests/test_ptm2.py::test_simplecil_{t}" for t in (
+        "is_ncm_with_simplecil_defaults", "and_ncm_runs_give_the_same_R")]),
+    "_sessions": Module("strategies/_sessions.py", ["tests/test_mutation_aper.py", "tests/test_mutation_ease.py"]),  # + its own
+    "ranpac": Module("strategies/ranpac.py", [f"tests/test_ptm3.py::test_{t}" for t in _RANPAC]),
+    "fecam": Module("strategies/fecam.py", [f"tests/test_ptm3.py::test_{t}" for t in _FECAM]),
+    "_closed_form": Module("strategies/_closed_form.py", [f"tests/test_ptm3.py::test_{t}" for t in _RANPAC + _FECAM[:2] + (
+        "slca_backbone_moves_at_a_hundredth_of_the_head_lr_and_old_rows_stay",
+        "slca_alignment_trains_only_the_head_on_class_gaussian_samples",
+        "inflora_update_lies_orthogonal_to_earlier_tasks_inputs", "inflora_trains_only_b_and_the_head")]),
     "slca": Module("strategies/slca.py", [f"tests/test_ptm3.py::test_{t}" for t in (
         "slca_backbone_moves_at_a_hundredth_of_the_head_lr_and_old_rows_stay",
         "slca_alignment_trains_only_the_head_on_class_gaussian_samples", "bad_config_is_a_config_error_naming_field_and_choices",
@@ -358,8 +374,9 @@ for _name, _file in (("der", "der"), ("derpp", "der"), ("gem", "gem"), ("agem", 
                       ("recency", "recency"), ("joint", "joint"), ("linear_probe", "linear_probe"),
                       ("center_loss", "center_loss"), ("_kalman_filter", "kalman_filter"), ("kalman", "kalman"),
                       ("_exemplars", "exemplars"), ("podnet", "podnet"), ("color", "color"), ("slca", "slca"),
-                      ("inflora", "inflora"), ("lae", "lae"),
-                      ("ssiat", "ssiat")):  # the tests written from their first
+                      ("inflora", "inflora"), ("lae", "lae"), ("ssiat", "ssiat"), ("aper", "aper"),
+                      ("_sessions", "sessions"), ("ease", "ease"), ("ranpac", "ranpac"), ("fecam", "fecam"),
+                      ("_closed_form", "closed_form")):  # the tests written from their first
     MODULES[_name].tests.insert(0, f"tests/test_mutation_{_file}.py")  # mutation run come first (fast, by hand)
 
 # Operator names (regular expressions, matched from the start) left out of every run: replacements of an
@@ -392,6 +409,12 @@ _EMPTY_PAIR = ("accepted: a pair with count 0 then appends empty tensors (0 rows
                "advances by a few more draws (the same distribution)")
 _NO_CORRECTION = ("accepted: reached with diff == 0, the branch changes counts[...[:0]], no element: the same counts; "
                   "the generator only advances by one randperm (the same distribution)")
+_SESSION_SAVED = ("the default is never read: the strategy's extra state always holds session (state_attrs of "
+                  "SessionMixin), and the engine loads only states the strategy saved")
+_ONE_SUBSPACE = "with one subspace (1 - own) is all zeros: the weight of the other subspaces multiplies nothing"
+_NO_OLD = "the shortcut only skips an empty set of old classes, which indexes no rows: nothing is written either way"
+_EMPTY_W = ("rp_dim >= 0; at 0 the mutant's W_rand is zeros(in_dim, 0) instead of zeros(0): neither holds an entry, "
+            "and W_rand is read only through numel() there (hidden, setup)")
 EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     "metrics": [
         (r"core/ReplaceComparisonOperator_Eq_(Lt|LtE)$", "c.size == 0", "", _NEVER_NEG),
@@ -1384,6 +1407,90 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if L.dim() == 1 else z @ L.t()", "",
          "the stored factor is 1-D (diag variances) or 2-D (Cholesky factor), so <= 1 means == 1"),
     ],
+    # -- mut-ptm2's modules (aper, ease, _sessions, ranpac, fecam, _closed_form, simplecil)
+    "aper": [
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.session > 0:", "",
+         "session starts at -1 and before_experience raises it to >= 0 before train_data / train_step run: "
+         "!= 0 means > 0"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if self.session == 0: in APER.before_experience", "",
+         "session >= 0 after the increment of start_session just above: <= 0 means == 0"),
+        (r"core/ReplaceComparisonOperator_Eq_Lt$", "if self.session == 0: in APER.before_experience", "",
+         "the optimiser made there at session 0 equals the one Strategy.__init__ made (make_optimizer over the same "
+         "tuned parameters with the same settings, no step in between), which the mutant keeps"),
+        (r"core/NumberReplacer$", "if self.session == 0: in APER.before_experience", "self.session==-1",
+         "the optimiser made there at session 0 equals the one Strategy.__init__ made (make_optimizer over the same "
+         "tuned parameters with the same settings, no step in between), which the mutant keeps"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'deep=cfg.vpt_type == "deep"', "",
+         "vpt_type is validated deep or shallow, and 'shallow' <= 'deep' is False"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if kind == "adapter":', "",
+         "kind is adapter, ssf or vpt there (finetune returned above, petl validated), none sorts before 'adapter'"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if kind == "ssf":', "",
+         "kind is ssf or vpt there (adapter returned above), and 'vpt' <= 'ssf' is False"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'if kind == "vpt" and fam != "vit":', 'kind>="vpt"',
+         "kind is adapter, ssf or vpt there, and only 'vpt' >= 'vpt'"),
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if kind == "vpt" and fam != "vit":', 'fam<"vit"',
+         "fam is vit or bert there (None raised just above), and 'bert' < 'vit'"),
+    ],
+    "ease": [
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if S == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "alpha / (S - 1) if S > 1 else 0.0", "",
+         "S == 0 returned above, so S != 1 means S > 1"),
+        (r"core/NumberReplacer$", "alpha / (S - 1) if S > 1 else 0.0", "else 1.0", _ONE_SUBSPACE),
+        (r"core/NumberReplacer$", "alpha / (S - 1) if S > 1 else 0.0", "else -1.0", _ONE_SUBSPACE),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(old) == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Eq_Lt$", "if len(old) == 0:", "", _NO_OLD),
+        (r"core/NumberReplacer$", "if len(old) == 0:", "len(old)==-1", _NO_OLD),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(new) == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if self.bank.n_sets == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if self.session < 0 or len(se) == 1 else se[1]", "len(se)<=1",
+         "session_epochs is validated to have 1 or 2 values: <= 1 means == 1"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "while bank.n_sets < n:", "",
+         "_grow_to is called with n = session + 1, which never falls below the number of sets: != means <"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", "bank.set_trainable(s, s == n - 1)", "",
+         "s runs over range(n_sets) and n_sets == n after the loop above: s >= n - 1 means s == n - 1"),
+        (r"core/ReplaceUnaryOperator_Delete_USub$", 'get("session", -1)) + 1', '"session",1))', _SESSION_SAVED),
+        (r"core/ReplaceUnaryOperator_USub_Not$", 'get("session", -1)) + 1', '"session",not1))', _SESSION_SAVED),
+        (r"core/ReplaceUnaryOperator_USub_UAdd$", 'get("session", -1)) + 1', '"session",+1))', _SESSION_SAVED),
+        (r"core/NumberReplacer$", 'get("session", -1)) + 1', '"session",0))', _SESSION_SAVED),
+        (r"core/NumberReplacer$", 'get("session", -1)) + 1', '"session",-2))', _SESSION_SAVED),
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "if n > 0:", "",
+         "n is session + 1 >= 0; at n == 0 (a checkpoint from before the first task) _grow_to(0) adds and changes "
+         "nothing and the optimiser rebuilt over the same parameters is then loaded from the checkpoint"),
+        (r"core/NumberReplacer$", "if n > 0:", "n>-1",
+         "n is session + 1 >= 0; at n == 0 (a checkpoint from before the first task) _grow_to(0) adds and changes "
+         "nothing and the optimiser rebuilt over the same parameters is then loaded from the checkpoint"),
+    ],
+    "_sessions": [
+        (r"core/RemoveDecorator$", "@torch.no_grad()", "",
+         "featurise (the module's one decorated function) computes nothing outside cl.models.task_keys.batched, "
+         "which runs under its own torch.no_grad()"),
+    ],
+    "ranpac": [
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "dim = m if m > 0 else in_dim", "",
+         "rp_dim is validated >= 0 (build_model): != 0 means > 0"),
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "torch.zeros(in_dim, m, dtype=dtype) if m > 0 else", "",
+         _EMPTY_W),
+        (r"core/NumberReplacer$", "torch.zeros(in_dim, m, dtype=dtype) if m > 0 else", "m>-1", _EMPTY_W),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if cfg.petl == "lora":', "",
+         "petl is validated none or lora just above, and 'none' <= 'lora' is False"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(y) == 0:", "", _NEVER_NEG),
+    ],
+    "fecam": [
+        (r"core/RemoveDecorator$", "@torch.no_grad()", "",
+         "after_experience (the one decorated method) computes on eval_features' output, made under batched's own "
+         "torch.no_grad() from a frozen backbone, and on buffers: nothing records a gradient either way"),
+        (r"core/ReplaceUnaryOperator_(USub_UAdd|Delete_USub)$", "return F.normalize(x, dim=-1)", "",
+         "x is flatten(1)-ed to 2-D just above: dimension +1 is dimension -1"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", 'if self.session == 0 and self.cfg.tukey != "off":', "",
+         "session >= 0 in after_experience (before_experience raised it from -1): <= 0 means == 0"),
+        (r"core/ReplaceComparisonOperator_Eq_GtE$", 'self.cfg.tukey == "on" or', "",
+         "tukey is auto or on there (off excluded just above), and 'auto' >= 'on' is False"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if len(f) > 1 else", "",
+         "class_precision gets a class's features only when it has samples (empty classes are skipped): != 1 "
+         "means > 1"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(fc) == 0:", "", _NEVER_NEG),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(exp.train_y) == 0:", "", _NEVER_NEG),
+    ],
 }
 
 
@@ -1579,10 +1686,12 @@ def collect(db: Path, m: Module, name: str, source: str) -> dict:
 # exactly as with a fresh interpreter.
 # torch._dynamo (imported by the first torch.func vmap / grad call, e.g. the per-sample gradients of EWC and MAS)
 # costs ~6 s more; imported here once, not in every mutant's child
-# timm (~15 s here) and peft (with transformers, ~19 s) likewise: the ViT / LoRA strategies' tests import them
+# timm, transformers' BERT, peft and sklearn (the pretrained-model strategies' tests: ~5 s of CPU a child, 30 s
+# and more on the loaded machine; peft alone ~13 s) likewise, and scipy.stats (~6 s a child for the Kalman tests);
+# none imports the project, and none leaves a thread running (checked)
 SERVER_IMPORTS = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch._dynamo", "pytest", "yaml",
-                  "timm", "peft", "transformers",  # timm, peft: ~4 s and ~13 s a child on a loaded machine (LoRA, ViT tests)
-                  "scipy.stats")  # ~6 s a child for the Kalman tests
+                  "torchvision", "timm", "transformers", "transformers.models.bert.modeling_bert", "peft", "sklearn",
+                  "scipy.stats")
 
 
 def serve(sock_path: str) -> None:

@@ -141,9 +141,9 @@ class FeCAM(Strategy):
     @torch.no_grad()
     def after_experience(self, exp):
         head = self.model.head
-        f = self.features(exp.train_x)
-        if len(f) == 0:
+        if len(exp.train_y) == 0:  # nothing to featurise (the feature batches of no rows are not (0, d))
             return
+        f = self.features(exp.train_x)
         y = exp.train_y.to(f.device)
         if self.session == 0 and self.cfg.tukey != "off":
             head.use_tukey.fill_(self.cfg.tukey == "on" or bool((f >= 0).all()))
