@@ -1074,6 +1074,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/NumberReplacer$", "lam = self.cfg.fd_weight * math.sqrt(self.n_new / max(1, self.n_old))", "max( 0,",
          "the memory (and so this branch) exists only after a boundary, which adds the experience's classes (at "
          "least one) to n_old: n_old >= 1"),
+        (r"core/ReplaceComparisonOperator_Lt_NotEq$", "if 0 < n < len(y): in CL2R.setup", "0 != n",
+         "compat_samples is validated >= 0 a few lines above (a negative value is a ConfigError), so 0 != n means 0 < n"),
     ],
     "dualprompt": [
         (r"core/NumberReplacer$", 'return make_optimizer(self.trained_parameters(max(getattr(self, "task", 0), 0)), self.cfg)',

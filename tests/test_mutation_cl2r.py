@@ -154,11 +154,12 @@ def test_first_experience_loss_is_plain_cross_entropy_of_the_augmented_batch():
     assert s.loss(x, y).item() == pytest.approx(F.cross_entropy(s.model(2.0 * x), y).item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("n_new,n_y", [(3, 5), (2, 2)])
-def test_loss_with_memory_is_ce_plus_lambda_times_the_cosine_distance_on_memory(n_new, n_y):
+@pytest.mark.parametrize("n_new,n_y,n_old", [(3, 5, 1), (2, 2, 1), (1, 2, 2)])  # 1 / 2: a true division
+def test_loss_with_memory_is_ce_plus_lambda_times_the_cosine_distance_on_memory(n_new, n_y, n_old):
     s = _cl2r(fd_weight=2.0, mem_per_class=2)
     e0 = _exp([0], 3, 0)  # one old class: n_old = 1
     s.after_experience(e0)
+    s.n_old = n_old
     s.mem_x = (torch.arange(12).view(4, 3) * 20).to(torch.uint8)  # uint8 memory: preprocessed (/ 255)
     s.mem_y = torch.tensor([0, 0, 0, 0])
     s.n_new = n_new
@@ -176,7 +177,7 @@ def test_loss_with_memory_is_ce_plus_lambda_times_the_cosine_distance_on_memory(
     ce = F.cross_entropy(s.model(both), torch.cat([s.mem_y[idx], y]))
     new = F.normalize(s.model.features(both[:k]), dim=1)
     old = F.normalize(s._old_features(both[:k]), dim=1)
-    lam = 2.0 * math.sqrt(n_new / 1)
+    lam = 2.0 * math.sqrt(n_new / n_old)
     assert loss.item() == pytest.approx((ce + lam * (1 - (new * old).sum(1)).mean()).item(), rel=1e-5)
 
 
