@@ -1026,6 +1026,12 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "into boolean tensors: nothing there records a graph"),
     ],
     "packnet": [
+        (r"core/ReplaceComparisonOperator_GtE_Eq$", "last = self.task + 1 >= self.info.n_experiences", "",
+         "task indices run 0 .. n_experiences - 1, so task + 1 never exceeds n_experiences: >= means =="),
+        (r"core/NumberReplacer$", "ratio = 0.0 if last and not self.cfg.prune_last else self.cfg.prune_ratio", "-1.0",
+         "a ratio of -1 makes k = round(-count) <= 0, and k > 0 just below then prunes nothing, as ratio 0 does"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if k > 0: in PackNet.prune", "",
+         "k = round(ratio * count) with ratio 0 or prune_ratio, validated in [0, 1): k is never negative, so != 0 means > 0"),
         *[(r"core/ReplaceComparisonOperator_Eq_LtE$|core/ReplaceComparisonOperator_Gt_NotEq$", a, "",
            "owner holds 0 (free) or the number of the task that owns the weight (task + 1 >= 1), never a negative "
            "value: <= 0 means == 0 and != 0 means > 0") for a in ("self.owner[n] == 0", "(o > 0).float().mean()",

@@ -137,8 +137,9 @@ def test_the_batch_size_is_the_largest_seen_and_a_boundary_resets_it():
     assert s.batch_size == 1 and s.packed is False
 
 
-def test_retraining_runs_epochs_over_the_data_in_batches_at_a_tenth_of_the_lr():
-    s = build_iso("packnet", n_tasks=3, retrain_epochs=2, lr=0.2, momentum=0.5, retrain_lr_factor=0.25)
+@pytest.mark.parametrize("epochs", [1, 2])  # 1: the default, the smallest count that retrains
+def test_retraining_runs_epochs_over_the_data_in_batches_at_a_tenth_of_the_lr(epochs):
+    s = build_iso("packnet", n_tasks=3, retrain_epochs=epochs, lr=0.2, momentum=0.5, retrain_lr_factor=0.25)
     _randomise(s)
     n = 7
     x = (torch.arange(n * 3).view(n, 3) * 10).to(torch.uint8)
@@ -157,9 +158,9 @@ def test_retraining_runs_epochs_over_the_data_in_batches_at_a_tenth_of_the_lr():
     before = {n_: p.detach().clone() for n_, p in s.model.named_parameters()}
     s.after_experience(e)
     assert s.packed
-    assert [len(c[1]) for c in calls] == [3, 3, 1, 3, 3, 1]  # 2 epochs of ceil(7 / 3) batches
+    assert [len(c[1]) for c in calls] == [3, 3, 1] * epochs  # epochs of ceil(7 / 3) batches
     assert all(c[2] == 0 for c in calls)
-    for ep in (calls[:3], calls[3:]):  # every sample once per epoch, preprocessed (uint8 -> [0, 1])
+    for ep in (calls[3 * i:3 * i + 3] for i in range(epochs)):  # every sample once per epoch, preprocessed
         xs, ys = torch.cat([c[0] for c in ep]), torch.cat([c[1] for c in ep])
         order = xs[:, 0].argsort()
         assert torch.allclose(xs[order], x.float() / 255) and torch.equal(ys[order], y)
