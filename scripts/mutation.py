@@ -1085,6 +1085,10 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
     ],
     "dualprompt": [
         (r"core/NumberReplacer$", 'return make_optimizer(self.trained_parameters(max(getattr(self, "task", 0), 0)), self.cfg)',
+         '"task", -1)', "max(-1, 0) is max(0, 0): the default task of getattr is clamped to 0 either way"),
+        (r"core/ReplaceComparisonOperator_Gt_NotEq$", "if self.cfg.clip_grad > 0:", "",
+         "clip_grad is validated >= 0 in build_model, so != 0 means > 0"),
+        (r"core/NumberReplacer$", 'return make_optimizer(self.trained_parameters(max(getattr(self, "task", 0), 0)), self.cfg)',
          "), -1)", "make_optimizer runs in Strategy.__init__ (no task attribute yet: getattr gives 0) and in "
          "before_experience after task += 1 (task >= 0); task is -1 only between setup and the first "
          "before_experience, when nothing makes an optimiser"),

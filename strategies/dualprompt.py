@@ -146,6 +146,8 @@ class DualPrompt(Strategy):
         for f in ("g_length", "e_length"):
             if getattr(cfg, f) < 1:
                 raise ConfigError(f"dualprompt {f}={getattr(cfg, f)}: valid values are >= 1")
+        if cfg.clip_grad < 0:
+            raise ConfigError(f"dualprompt clip_grad={cfg.clip_grad}: valid values are >= 0 (0: no clipping)")
         return DualPromptModel(backbone, IncrementalLinear(backbone.prompt_dim, scenario.n_classes), g, e,
                                cfg.g_length, cfg.e_length, cfg.pool_size, resolve_readout(cfg.readout, backbone))
 

@@ -47,6 +47,9 @@ def test_validation_bounds():
     for f in ("g_length", "e_length"):
         with pytest.raises(ConfigError, match=rf"dualprompt {f}=0: valid values are >= 1"):
             strategy(**{f: 0})
+    strategy(clip_grad=0.0)  # off
+    with pytest.raises(ConfigError, match=r"dualprompt clip_grad=-1.0: valid values are >= 0 \(0: no clipping\)"):
+        strategy(clip_grad=-1.0)  # was silently "off"
 
 
 def test_test_time_matching_before_any_task_and_after_each():
@@ -96,6 +99,10 @@ def test_a_layer_with_both_prompts_gets_the_e_prefix_then_the_g_prefix():
     s = strategy(depth=2, g_length=2, e_length=3)
     m = s.model
     assert (m.g_layers, m.e_layers) == ([0, 1], [1])
+    from cl.models.prompts import attention_layers
+
+    # every layer with a G- or an E-prompt takes a prefix: layer 1 (both) too, not only the layers with one kind
+    assert all("_cl_prefix" in vars(a) for a in attention_layers(m.backbone))
     idx = torch.tensor([1, 0])
     out = m.per_layer(idx)
     assert set(out) == {0, 1}
