@@ -405,24 +405,25 @@ class _Loader:
     @staticmethod
     def excluded(resolved, rules) -> bool:
         for rule in rules:
-            ok = True
-            for sec, fld, vals, _ in rule["conds"]:
-                if sec == "run":
-                    have = resolved.get(fld)
-                elif fld is None:
-                    have = resolved[sec]["name"]
-                else:
-                    if fld not in resolved[sec]:
-                        ok = False
-                        break
-                    have = resolved[sec][fld]
-                if have not in vals:
-                    ok = False
-                    break
-            if ok:
+            if all(_matches(resolved, sec, fld, vals) for sec, fld, vals, _ in rule["conds"]):
                 rule["hits"] += 1
                 return True
         return False
+
+
+def _value(resolved: dict, sec: str, fld: str | None) -> tuple[bool, Any]:
+    """(present, value) of a key of a resolved run: a run key (``sec`` "run"), a section's name (``fld`` None) or a
+    section's field (absent from a strategy that has no such field)."""
+    if sec == "run":
+        return True, resolved.get(fld)
+    if fld is None:
+        return True, resolved[sec]["name"]
+    return fld in resolved[sec], resolved[sec].get(fld)
+
+
+def _matches(resolved: dict, sec: str, fld: str | None, vals) -> bool:
+    present, have = _value(resolved, sec, fld)
+    return present and have in vals
 
 
 def select_runs(sweep: Sweep, exprs) -> list[RunSpec]:
@@ -450,25 +451,11 @@ def select_runs(sweep: Sweep, exprs) -> list[RunSpec]:
                 want.append(yaml.safe_load(v.strip()))
             except yaml.YAMLError:
                 want.append(v.strip())
-        conds.append((key, sec, fld or None, want))
+        conds.append((key, sec if sec in SECTIONS else "run", fld or (None if sec in SECTIONS else sec), want))
 
-    def value(cfg, sec, fld):
-        if sec not in SECTIONS:
-            return cfg.get(sec), True
-        if fld is None:
-            return cfg[sec]["name"], True
-        return cfg[sec].get(fld), fld in cfg[sec]
-
-    def matches(cfg):
-        for _, sec, fld, want in conds:
-            have, present = value(cfg, sec, fld)
-            if not present or have not in want:
-                return False
-        return True
-
-    picked = [r for r in sweep.runs if matches(r.config)]
+    picked = [r for r in sweep.runs if all(_matches(r.config, sec, fld, want) for _, sec, fld, want in conds)]
     if not picked:
-        seen = {key: sorted({repr(value(r.config, sec, fld)[0]) for r in sweep.runs if value(r.config, sec, fld)[1]})
+        seen = {key: sorted({repr(v) for present, v in (_value(r.config, sec, fld) for r in sweep.runs) if present})
                 for key, sec, fld, _ in conds}
         raise ConfigError("no run of sweep " + repr(sweep.name) + " matches --only " + " --only ".join(exprs) +
                           "; values in this sweep: " + "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in seen.items()))
