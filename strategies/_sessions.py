@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 import torch
+from cl.models.multihead import class_mask
 
 
 def repeated(x: torch.Tensor, y: torch.Tensor, times: int):
@@ -63,8 +64,7 @@ class SessionMixin:
         """Next session: its class mask, ``epochs`` repetitions of its data with a cosine lr (None: once,
         constant lr)."""
         self.session += 1
-        self.current.zero_()
-        self.current[torch.as_tensor(exp.classes, device=self.device)] = True
+        self.current.copy_(class_mask(exp.classes, self.info.n_classes, self.device))
         self._repeat = int(epochs or 1)
         self.schedule.start(self._repeat * len(exp.train_y) if epochs else 0)
 

@@ -53,6 +53,7 @@ from cl.models.heads import IncrementalLinear
 from cl.models.prompts import (PrefixModel, check_layers, default_layers, depth, gram_schmidt_rows, ortho_penalty,
                                resolve_readout)
 from cl.models.task_keys import by_length, trim_padding
+from cl.models.multihead import class_mask
 from strategies._boundaries import require_boundaries
 
 LAYERS = (0, 1, 2, 3, 4)
@@ -169,8 +170,7 @@ class CodaPrompt(Strategy):
 
     def before_experience(self, exp):
         self.task += 1
-        self.current.zero_()
-        self.current[torch.as_tensor(exp.classes, device=self.device)] = True
+        self.current.copy_(class_mask(exp.classes, self.info.n_classes, self.device))
         g = torch.Generator().manual_seed(int(self.info.seed) * 1009 + self.task)
         self.model.init_task(self.task, g)
         self.model.n_used.fill_(self.task + 1)

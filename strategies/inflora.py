@@ -49,6 +49,7 @@ from cl.models.heads import IncrementalLinear
 from cl.models.model import Model
 from cl.models.analytic import eval_features
 from cl.models.task_keys import by_length, model_preprocess, remember_preprocess
+from cl.models.multihead import class_mask
 from strategies._boundaries import require_boundaries
 from strategies._closed_form import current_task_ce
 
@@ -218,8 +219,7 @@ class InfLoRA(Strategy):
 
     def before_experience(self, exp):
         self.session += 1
-        self.current.zero_()
-        self.current[torch.as_tensor(exp.classes, device=self.device)] = True
+        self.current.copy_(class_mask(exp.classes, self.info.n_classes, self.device))
         with torch.no_grad():
             for m, C, M in zip(self.layers, self._grams(exp.train_x), self.bases):
                 if M is not None:

@@ -46,6 +46,7 @@ from cl.models.heads import IncrementalLinear
 from cl.core.registry import ConfigError
 from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
 from cl.models.task_keys import by_length, freeze_batchnorm, grouped_apply, trim_padding
+from cl.models.multihead import class_mask
 
 
 @dataclass
@@ -228,8 +229,7 @@ class L2P(Strategy):
         return opt
 
     def before_experience(self, exp):
-        self.current.zero_()
-        self.current[torch.as_tensor(exp.classes, device=self.device)] = True
+        self.current.copy_(class_mask(exp.classes, self.info.n_classes, self.device))
         if self.cfg.reset_optimizer:
             self.optimizer = self.make_optimizer()
 

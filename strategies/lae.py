@@ -40,6 +40,7 @@ from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
 from cl.models.model import Model, build_head
 from cl.models.task_keys import by_length, freeze_batchnorm, remember_preprocess, trim_padding
+from cl.models.multihead import class_mask
 from strategies._boundaries import require_boundaries
 
 ENSEMBLES = ("max_prob", "online", "offline")
@@ -113,8 +114,7 @@ class LAE(Strategy):
 
     def before_experience(self, exp):
         self.session += 1
-        self.current.zero_()
-        self.current[torch.as_tensor(exp.classes, device=self.device)] = True
+        self.current.copy_(class_mask(exp.classes, self.info.n_classes, self.device))
         if self.session == 1:  # the offline module starts as a copy of the online one (ModelEmaV2(pets))
             with torch.no_grad():
                 for on, off in self._pairs():

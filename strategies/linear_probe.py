@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cl.models.multihead import class_mask
 from cl.models.model import Model, build_head
 from cl.core.strategy import Strategy, StrategyConfig, register
 
@@ -58,8 +59,7 @@ class LinearProbe(Strategy):
         self.current = torch.zeros(self.info.n_classes, dtype=torch.bool, device=self.device)
 
     def before_experience(self, exp):
-        self.current.zero_()
-        self.current[torch.as_tensor(exp.classes, device=self.device)] = True
+        self.current.copy_(class_mask(exp.classes, self.info.n_classes, self.device))
         if self.cfg.reset_optimizer:
             self.optimizer = self.make_optimizer()
 

@@ -43,6 +43,7 @@ from cl.models.petl import ParallelAdapter, attach_adaptformer  # noqa: F401 (mo
 from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.models.task_keys import batched, by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
+from cl.models.multihead import class_mask
 
 
 COVS = ("full", "diag")
@@ -171,8 +172,7 @@ class SSIAT(Strategy):
 
     def before_experience(self, exp):
         self.session += 1
-        self.current.zero_()
-        self.current[torch.as_tensor(exp.classes, device=self.device)] = True
+        self.current.copy_(class_mask(exp.classes, len(self.current), self.device))
         self.optimizer = self.make_optimizer()  # re-initialised per session (momentum state restarts)
         self._session_done, self._session_total = 0, 0
         if self.cfg.session_epochs:

@@ -148,3 +148,10 @@ def assert_batchnorm_trained_on_the_first_task_only(s, bn, x):
     s.train_step(x, y + 2, 1)
     assert torch.equal(bn.running_mean, stats) and torch.equal(bn.weight, w) and bn.weight.grad is None
     assert s.model.training and not bn.training
+
+
+def test_class_mask_is_true_on_the_classes_and_takes_an_empty_list():
+    from cl.models.multihead import class_mask
+
+    assert class_mask([3, 1], 5, torch.device("cpu")).tolist() == [False, True, False, True, False]
+    assert class_mask((), 3, torch.device("cpu")).tolist() == [False, False, False]  # no float index tensor
