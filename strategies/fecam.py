@@ -27,6 +27,12 @@ Choices left open / deviations:
   here the Mahalanobis score is used from the first task (the frozen-ViT scripts do that too).
 * The first-session-trained backbone variant of the paper (ResNet-18 trained on 50 classes) is not
   implemented: run FeCAM on a frozen pretrained backbone (``finetune`` then FeCAM is not wired).
+* A class with one training sample (or only identical ones) has no covariance: the official code's
+  ``torch.cov`` gives NaN there, and the pseudo-inverse of a zero matrix would be 0, a distance of 0 to every
+  input (the class would win every prediction).  Its covariance is the identity instead, so its score is the
+  squared Euclidean distance of the normalised features (NCM's).  A feature that is constant within a class
+  has correlation 0 with the others and 1 with itself (``cl.models.analytic.correlation``), where the
+  official normalisation divides by zero.
 * Precision matrices are stored (C x d x d, float32): 236 MB for ViT-B on 100 classes.
 
 Backbones: any (a feature vector is all it needs); task-free streams are not supported (statistics are
@@ -134,6 +140,8 @@ class FeCAM(Strategy):
         cov = torch.cov(f.t()).reshape(d, d) if len(f) > 1 else torch.zeros(d, d, dtype=f.dtype, device=f.device)
         for _ in range(cfg.shrink_repeats):
             cov = shrink_cov(cov, cfg.gamma1, cfg.gamma2)
+        if not bool(cov.any()):  # one sample (or identical ones): no covariance; the identity, not pinv(0) = 0
+            cov = torch.eye(d, dtype=f.dtype, device=f.device)
         if cfg.normalize_cov:
             cov = correlation(cov)
         return torch.linalg.pinv(cov)

@@ -68,19 +68,40 @@ def test_distance_by_hand_with_other_settings(repeats, normalize):
         assert torch.allclose(got[:, c].double(), want, atol=1e-4, rtol=1e-4), c
 
 
-def test_a_one_sample_class_has_a_zero_covariance_and_a_finite_score():
+@pytest.mark.parametrize("normalize", [False, True])
+def test_a_one_sample_class_scores_by_euclidean_distance_and_does_not_win_everything(normalize):
+    x = torch.tensor([[1.0, -2.0, 0.5], [0.2, 0.1, -0.3], [0.0, 1.0, 1.0]])
+    sc = scenario([(x, torch.tensor([0, 1, 1]))], 2, (3,))
+    s = make("fecam", backbone(shape=(3,)), sc, normalize_cov=normalize)
+    train(s, sc[0])
+    assert torch.equal(s.model.head.precision[0], torch.eye(3))  # no covariance: the identity, not pinv(0) = 0
+    q = torch.tensor([[0.2, 0.1, -0.3], [1.0, -2.0, 0.5]])
+    out = s.predict(q)
+    assert torch.isfinite(out).all()
+    mu = x[0] / x[0].norm()
+    assert torch.allclose(out[:, 0], -((q / q.norm(dim=1, keepdim=True) - mu) ** 2).sum(1), atol=1e-5)
+    assert out[1].argmax() == 0 and out[0, 0] < 0  # its own sample is closest to it; others are not at 0
+
+
+def test_a_one_sample_class_with_raw_covariance_keeps_the_other_class_exact():
     x = torch.tensor([[1.0, -2.0, 0.5], [0.2, 0.1, -0.3], [0.0, 1.0, 1.0]])
     sc = scenario([(x, torch.tensor([0, 1, 1]))], 2, (3,))
     s = make("fecam", backbone(shape=(3,)), sc, normalize_cov=False)
     train(s, sc[0])
-    assert torch.equal(s.model.head.precision[0], torch.zeros(3, 3))  # pinv of the zero matrix
     cov = torch.cov(x[1:].double().t())  # two samples: a rank-one covariance, shrunk twice
     for _ in range(2):
         v1, v2 = cov.diagonal().mean(), (cov - torch.diag(cov.diagonal())).sum() / 6
         cov = cov + v1 * torch.eye(3, dtype=cov.dtype) + v2 * (1 - torch.eye(3, dtype=cov.dtype))
     assert torch.allclose(s.model.head.precision[1].double(), torch.linalg.pinv(cov), atol=1e-4)
-    out = s.predict(torch.randn(4, 3))
-    assert torch.equal(out[:, 0], torch.zeros(4)) and torch.isfinite(out).all()
+    assert torch.isfinite(s.predict(torch.randn(4, 3))).all()
+
+
+def test_correlation_of_a_constant_feature_is_zero_off_the_diagonal_and_one_on_it():
+    from cl.models.analytic import correlation
+    cov = torch.tensor([[4.0, 0.0, 2.0], [0.0, 0.0, 0.0], [2.0, 0.0, 9.0]], dtype=torch.float64)
+    want = torch.tensor([[1.0, 0.0, 2.0 / 6.0], [0.0, 1.0, 0.0], [2.0 / 6.0, 0.0, 1.0]], dtype=torch.float64)
+    assert torch.allclose(correlation(cov), want, atol=1e-12)
+    assert torch.equal(correlation(torch.zeros(2, 2)), torch.eye(2))
 
 
 @pytest.mark.parametrize("tukey,positive,want", [("auto", True, True), ("auto", False, False), ("on", False, True),
@@ -149,7 +170,7 @@ def test_a_class_of_the_experience_without_samples_keeps_empty_statistics():
 def test_a_one_sample_task_is_learnt():
     x = torch.tensor([[1.0, -2.0, 0.5]])
     sc = scenario([(x, torch.tensor([1]))], 2, (3,))
-    s = make("fecam", backbone(shape=(3,)), sc, normalize_cov=False)  # (a zero covariance has no correlation)
+    s = make("fecam", backbone(shape=(3,)), sc)
     train(s, sc[0])
     assert torch.equal(s.model.head.means[1], x[0]) and s.model.head.seen.tolist() == [False, True]
 

@@ -94,9 +94,14 @@ def shrink_cov(cov: torch.Tensor, gamma1: float = 1.0, gamma2: float = 1.0) -> t
 
 
 def correlation(cov: torch.Tensor) -> torch.Tensor:
-    """cov / (sd sd^T), sd = sqrt(diag(cov)) (FeCAM's ``normalize_cov``)."""
+    """cov / (sd sd^T), sd = sqrt(diag(cov)) (FeCAM's ``normalize_cov``).  A feature of zero variance is
+    constant: its correlation is 0 with every other feature and 1 with itself (not 0 / 0)."""
     sd = torch.diagonal(cov).clamp_min(0).sqrt()
-    return cov / (sd[:, None] * sd[None, :])
+    const = sd == 0
+    sd = torch.where(const, 1.0, sd)
+    out = cov / (sd[:, None] * sd[None, :])
+    out = out.masked_fill(const[:, None] | const[None, :], 0.0)
+    return out + torch.diag(const.to(cov.dtype))
 
 
 def tukey(x: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
