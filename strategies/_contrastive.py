@@ -57,9 +57,10 @@ class ContrastiveReplay(Strategy):
 
     def make_optimizer(self):
         beta2 = getattr(self.cfg, "adam_beta2", None)
-        if self.cfg.optimizer == "adam" and beta2 is not None:
+        adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(self.cfg.optimizer)
+        if adam is not None and beta2 is not None:  # the authors' beta2 for AdamW too, not torch's 0.999
             params = [p for p in self.model.parameters() if p.requires_grad]
-            return torch.optim.Adam(params, lr=self.cfg.lr, betas=(0.9, beta2), weight_decay=self.cfg.weight_decay)
+            return adam(params, lr=self.cfg.lr, betas=(0.9, beta2), weight_decay=self.cfg.weight_decay)
         return make_optimizer(self.model.parameters(), self.cfg)
 
     def after_step(self, x, y, t=None):

@@ -119,6 +119,9 @@ def test_adam_with_the_authors_beta2_over_trainable_parameters_only():
         with pytest.raises(ConfigError, match=r"optimizer.*adam"):
             make(OCM, OCMConfig(optimizer=bad), Ident(4), 3, (4,))
     assert onpro.param_groups[0]["betas"] == (0.9, 0.99) and onpro.param_groups[0]["lr"] == 5e-4
+    adamw = make(OnPro, OnProConfig(optimizer="adamw", adam_beta2=0.95), Ident(4), 3, (4,)).optimizer
+    assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["betas"] == (0.9, 0.95)
+    assert adamw.param_groups[0]["weight_decay"] == 1e-4
 
 
 def test_buffer_is_filled_after_the_step_and_round_trips():
