@@ -16,6 +16,9 @@
 * Classification: the cosine classifier (the paper's "CNN" result); ``nme=true`` uses iCaRL's NME instead.
 
 Deviations: the backbone's last ReLU is kept (LUCIR removes it); no class-balanced finetuning stage.
+Left open by the paper: an experience that brings no new class (a class seen before comes back) has no
+adaptive weight (lambda = lambda_base sqrt(|old| / |new|) with |new| = 0), so it trains on the cross-entropy
+over new data and exemplars alone, without the less-forget and margin terms (as after the first experience).
 """
 from __future__ import annotations
 

@@ -32,6 +32,9 @@ fixed), with these pieces in place of LUCIR's losses and classifier:
   multi_class_diff: kmeans``): k-means (``cl.models.task_keys.kmeans``, seeded) of the class's L2-normalised
   features into K centres, times the mean norm of the old proxies. Old classes' proxies are not trained (the
   code's ``groupwise_factors: old_weights: 0``; kept fixed as LUCIR keeps its old weights).
+* An experience with no new class (one seen before comes back) has no scheduled factor
+  (sqrt(|seen| / |new|), |new| = 0): it trains on the NCA loss alone, without the POD terms, and its
+  proxies are not imprinted again (as LUCIR here).
 * Memory: herding (``strategies._exemplars``), 20 per class (the paper's CIFAR setting) or a total
   ``buffer_size`` split over the seen classes.
 * Class-balanced finetuning (the code's ``finetuning_config`` in ``options/podnet/podnet_cnn_cifar100.yaml``:
