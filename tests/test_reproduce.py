@@ -242,6 +242,39 @@ def test_budget_and_hardware_selection(tmp_path, capsys):
     assert "unknown entry 'nope'" in capsys.readouterr().err
 
 
+def test_where_runs_a_part_of_an_entry_and_the_budget_counts_that_part(tmp_path, capsys):
+    d = make(tmp_path)
+    (d / "sweeps" / "other.yaml").write_text(SWEEP.replace("tiny-sweep", "other-sweep").replace("[er, finetune]", "[er]"))
+    other = ENTRY.replace("name: tiny", "name: other").replace("[er, finetune]", "[er]").replace("sweep.yaml", "other.yaml")
+    (d / "other.yaml").write_text(other.split("  - id: ft")[0])
+    res = str(tmp_path / "res")
+    # 9 runs (finetune's buffer axis merged) at 1.5 h: 2 of them (er at 20, seeds 0 and 1) cost 0.33 h, inside a
+    # budget that the whole entry is not
+    args = ["reproduce", "run", "--entries", str(d), "--results", res, "--entry", "tiny", "--budget", "0.4",
+            "--where", "seed=0,1", "--where", "strategy=er", "--where", "strategy.buffer_size=20"]
+    assert main(args + ["-n"]) == 0
+    out = capsys.readouterr().out
+    assert "0.33 device-hours (estimated) left to run: tiny" in out and "2 runs selected by --where" in out
+    assert "9 runs (2 selected by --where)" in out
+    assert main(args[:-6] + ["-n"]) == 0 and "skip tiny: 1.50 device-hours" in capsys.readouterr().out
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    done = sorted(p.parent.name for p in (Path(res) / "tiny-sweep").glob("*/result.json"))
+    assert len(done) == 2 and all(n.startswith("er-") for n in done), done
+    seeds = sorted(json.loads((Path(res) / "tiny-sweep" / n / "result.json").read_text())["config"]["seed"] for n in done)
+    assert seeds == [0, 1]
+    side = json.loads((Path(res) / "tiny-sweep" / "reproduce.json").read_text())["runs"]
+    assert sorted(side) == done and all(v["entry"] == "tiny" for v in side.values())
+    assert main(args + ["-n"]) == 0  # finished: nothing of the part is left
+    assert "0.00 device-hours" in capsys.readouterr().out
+    # an entry the selection does not reach is skipped in one line; a bad key is a one-line error
+    assert main(["reproduce", "run", "--entries", str(d), "--results", res, "--where", "strategy=finetune", "-n"]) == 0
+    out = capsys.readouterr().out
+    assert "matches no run of 1 entries: other" in out and "entry tiny (cpu" in out
+    assert main(["reproduce", "run", "--entries", str(d), "--results", res, "--where", "sed=0", "-n"]) == 2
+    assert "unknown --where key 'sed'. Did you mean 'seed'?" in capsys.readouterr().err
+
+
 def test_repository_entries_validate():
     """Every entry in runs/reproduce/ parses; entries with a registered strategy also expand their sweep."""
     entries = load_entries(ROOT / "runs" / "reproduce")

@@ -455,7 +455,14 @@ def entry_status(e: Entry) -> dict:
     return {"state": state, "finished": fin, "total": n, "last": last, "text": text}
 
 
-def remaining_cost(e: Entry) -> float:
+def remaining_cost(e: Entry, runs=None) -> float:
+    """Estimated device-hours of the unfinished runs: of the whole sweep, or of ``runs`` (a --where part),
+    at the entry's cost per run."""
+    if runs is not None:
+        from cl.sweeps.status import run_status
+
+        total = len(e.sweep.runs) or 1
+        return e.cost_hours * sum(run_status(e.out, r.id) != "finished" for r in runs) / total
     st = entry_status(e)
     return e.cost_hours * (st["total"] - st["finished"]) / st["total"] if st["total"] else e.cost_hours
 
@@ -525,15 +532,16 @@ def cmd_list(args) -> int:
     return 0
 
 
-def select_entries(entries, only=None, names=None, budget=None, log=print):
-    """The entries to run: by hardware class, name and a budget of device-hours (remaining cost, in order)."""
+def select_entries(entries, only=None, names=None, budget=None, log=print, selected=None):
+    """The entries to run: by hardware class, name and a budget of device-hours (remaining cost, in order).
+    ``selected``: {entry name: its runs chosen by --where}; the budget then counts those runs' cost only."""
     chosen = [e for e in entries if (not only or e.hardware in only)]
     out, spent = [], 0.0
     for e in chosen:
         if not e.available:
             log(f"skip {e.name}: strategy not available ({', '.join(e.missing)})")
             continue
-        cost = remaining_cost(e)
+        cost = remaining_cost(e, (selected or {}).get(e.name))
         if budget is not None and spent + cost > budget + 1e-9:
             log(f"skip {e.name}: {cost:.2f} device-hours left to run, over the budget "
                 f"({budget - spent:.2f} of {budget:.2f} left)")
@@ -546,10 +554,24 @@ def select_entries(entries, only=None, names=None, budget=None, log=print):
 def cmd_run(args) -> int:
     from cl.sweeps.executors import make_executor
     from cl.sweeps.runner import run_sweep
+    from cl.sweeps.spec import select_runs
     from cl.sweeps.status import print_dry_run
 
     entries = load_entries(args.entries, args.results, names=args.entry or None)
-    todo, spent = select_entries(entries, args.only, args.entry, args.budget)
+    picks, unmatched = {}, []
+    if args.where:  # a part of each entry's sweep (e.g. 3 of its 10 seeds); an entry with no match is skipped
+        for e in entries:
+            try:
+                picks[e.name] = select_runs(e.sweep, args.where, "--where")
+            except ConfigError as err:
+                if not str(err).startswith("no run of sweep"):  # a malformed expression or an unknown key
+                    raise
+                unmatched.append(e.name)
+        if unmatched:
+            print(f"--where {' --where '.join(args.where)} matches no run of {len(unmatched)} entries: "
+                  + ", ".join(unmatched))
+        entries = [e for e in entries if e.name in picks]
+    todo, spent = select_entries(entries, args.only, args.entry, args.budget, selected=picks if args.where else None)
     if not todo:
         print("nothing to run")
         return 0
@@ -557,8 +579,10 @@ def cmd_run(args) -> int:
           + ", ".join(e.name for e in todo))
     if args.dry_run:
         for e in todo:
-            print(f"\nentry {e.name} ({e.hardware}, {e.cost_hours:g} h in all, {remaining_cost(e):.2f} h left)")
-            print_dry_run(e.sweep)
+            part = f", {len(picks[e.name])} runs selected by --where" if e.name in picks else ""
+            left = remaining_cost(e, picks.get(e.name))
+            print(f"\nentry {e.name} ({e.hardware}, {e.cost_hours:g} h in all, {left:.2f} h left{part})")
+            print_dry_run(e.sweep, only=picks.get(e.name), flag="--where")
         return 0
     commit = _git_commit()  # the code that runs (cl.train.engine.code_commit), not the entries' folder
     rc, done = 0, set()
@@ -577,7 +601,8 @@ def cmd_run(args) -> int:
         ex.pop("kind", None)
         executor = make_executor(kind, plugins=list(e.sweep.plugins), **ex)
         print(f"\nentry {e.name}: sweep {e.sweep_path}")
-        summary = run_sweep(e.sweep, executor, log=lambda s: print(s, flush=True))
+        summary = run_sweep(e.sweep, executor, log=lambda s: print(s, flush=True), only=picks.get(e.name),
+                            only_flag="--where")
         now = [rid for rid, s in summary["statuses"].items() if s == "finished"]
         if now:
             record_side(e, now, commit)
@@ -615,6 +640,9 @@ def add_cli(sub) -> None:
     q.add_argument("--workers", "-j", type=int, help="local worker processes (as in cl sweep)")
     q.add_argument("--executor", "-e", choices=("local", "ray"))
     q.add_argument("--address", help="ray: address of an existing cluster")
+    q.add_argument("--where", action="append", default=[], metavar="KEY=V[,V...]",
+                   help="run only the runs of each entry's sweep whose KEY is one of the values (as cl sweep --only: "
+                        "seed=0,1,2, strategy.buffer_size=200); repeat to combine; the board counts the seeds that ran")
     q.add_argument("--dry-run", "-n", action="store_true", help="print what would run, run nothing")
     q.set_defaults(func=cmd_run)
     q = ps.add_parser("report", help="write the board (docs/reproduction.md) and its PNG from the result files")

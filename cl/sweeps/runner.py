@@ -8,7 +8,7 @@ from cl.sweeps.status import run_status, write_manifest
 
 
 def run_sweep(sweep: Sweep, executor=None, retry_failed: bool = True, log=print, wandb: bool | None = None,
-              only: list[RunSpec] | None = None) -> dict:
+              only: list[RunSpec] | None = None, only_flag: str = "--only") -> dict:
     """Run every unfinished run of the sweep (of ``only``, a selection of its runs) on the executor; returns
     counts and per-run statuses.  The manifest always lists the whole sweep, so its report shows what is missing."""
     from cl.sweeps.executors import make_executor
@@ -31,7 +31,7 @@ def run_sweep(sweep: Sweep, executor=None, retry_failed: bool = True, log=print,
         Path(sweep.out).mkdir(parents=True, exist_ok=True)
     write_manifest(sweep)
     n_skip = sum(1 for s in statuses.values() if s == "skipped")
-    picked = "" if only is None else f" ({len(chosen)} selected by --only)"
+    picked = "" if only is None else f" ({len(chosen)} selected by {only_flag})"
     log(f"sweep {sweep.name!r}: {len(sweep.runs)} runs{picked}, {n_skip} already finished, {len(todo)} to run "
         f"on {executor.describe()} -> {sweep.out}/")
     t0 = time.perf_counter()

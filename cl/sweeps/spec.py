@@ -426,12 +426,13 @@ def _matches(resolved: dict, sec: str, fld: str | None, vals) -> bool:
     return present and have in vals
 
 
-def select_runs(sweep: Sweep, exprs) -> list[RunSpec]:
+def select_runs(sweep: Sweep, exprs, flag: str = "--only") -> list[RunSpec]:
     """The runs of ``sweep`` that match every ``KEY=V1,V2`` of ``exprs`` (one of the values, for each key).
 
     KEY is ``strategy`` / ``scenario`` / ``backbone`` / ``protocol`` (a name), ``seed`` or another run key, or
     ``SECTION.FIELD`` (``strategy.buffer_size``); a run without that field does not match.  Values are read as
-    YAML scalars (``500``, ``true``, ``er-ace``).  Raises ConfigError for a bad expression or an empty selection.
+    YAML scalars (``500``, ``true``, ``er-ace``).  Raises ConfigError for a bad expression or an empty selection
+    (naming ``flag``, the command-line option the expressions came from).
     """
     import yaml
 
@@ -440,11 +441,11 @@ def select_runs(sweep: Sweep, exprs) -> list[RunSpec]:
         key, eq, vals = str(e).partition("=")
         key = key.strip()
         if not eq or not key or not vals.strip():
-            raise ConfigError(f"--only {e!r}: expected KEY=VALUE[,VALUE...], e.g. --only strategy=er,er-ace "
-                              f"or --only strategy.buffer_size=500")
+            raise ConfigError(f"{flag} {e!r}: expected KEY=VALUE[,VALUE...], e.g. {flag} strategy=er,er-ace "
+                              f"or {flag} strategy.buffer_size=500")
         sec, _, fld = key.partition(".")
         if sec not in SECTIONS and (fld or sec not in RUN_KEYS):
-            raise unknown("--only key", key, [*SECTIONS, *RUN_KEYS, "SECTION.FIELD"])
+            raise unknown(f"{flag} key", key, [*SECTIONS, *RUN_KEYS, "SECTION.FIELD"])
         want = []
         for v in vals.split(","):
             try:
@@ -457,7 +458,7 @@ def select_runs(sweep: Sweep, exprs) -> list[RunSpec]:
     if not picked:
         seen = {key: sorted({repr(v) for present, v in (_value(r.config, sec, fld) for r in sweep.runs) if present})
                 for key, sec, fld, _ in conds}
-        raise ConfigError("no run of sweep " + repr(sweep.name) + " matches --only " + " --only ".join(exprs) +
+        raise ConfigError(f"no run of sweep {sweep.name!r} matches {flag} " + f" {flag} ".join(exprs) +
                           "; values in this sweep: " + "; ".join(f"{k}: {', '.join(v) or 'none'}" for k, v in seen.items()))
     return picked
 

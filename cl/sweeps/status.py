@@ -33,10 +33,10 @@ def _write_manifest(sweep: Sweep, atomic_write_json) -> None:
                  for r in sweep.runs]})
 
 
-def print_dry_run(sweep: Sweep, file=None, only=None) -> None:
+def print_dry_run(sweep: Sweep, file=None, only=None, flag: str = "--only") -> None:
     file = file or sys.stdout
     runs = sweep.runs if only is None else only
-    picked = "" if only is None else f" ({len(runs)} selected by --only)"
+    picked = "" if only is None else f" ({len(runs)} selected by {flag})"
     print(f"sweep {sweep.name!r} from {sweep.path}: {len(sweep.runs)} runs{picked} -> {sweep.out}/ "
           f"(W&B group {sweep.group!r}, tags {sweep.tags})", file=file)
     if sweep.excluded or sweep.merged:
