@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cl.core.registry import ConfigError
-from cl.core.strategy import Strategy, StrategyConfig, register
+from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
 from cl.models.heads import IncrementalLinear
 from cl.models.model import model_preprocess
 from cl.models.prompts import PrefixModel, check_layers, default_layers, depth, resolve_readout
@@ -206,15 +206,7 @@ class HiDePrompt(Strategy):
         groups = [{"params": [m.e[t]], "lr": cfg.lr},
                   {"params": list(m.head.parameters()), "lr": cfg.lr * cfg.head_lr_scale},
                   {"params": [*m.tii_mlp.parameters(), *m.tii_head.parameters()], "lr": cfg.tii_lr}]
-        if cfg.optimizer == "adam":
-            return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "adamw":
-            return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        from cl.core.registry import unknown
-
-        raise unknown("optimizer", cfg.optimizer, ("adam", "adamw", "sgd"))
+        return make_optimizer(groups, cfg)
 
     def before_experience(self, exp):
         self.task += 1

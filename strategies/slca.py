@@ -39,7 +39,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cl.core.registry import ConfigError
-from cl.core.strategy import Strategy, StrategyConfig, register
+from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
 from cl.models.analytic import cholesky_factor, class_gaussian, eval_features, sample_gaussian
 from cl.models.heads import IncrementalLinear
 from cl.models.model import Model
@@ -95,7 +95,7 @@ class SLCA(Strategy):
         groups = [{"params": body, "lr": cfg.lr * cfg.backbone_lr_scale, "base_lr": cfg.lr * cfg.backbone_lr_scale}] \
             if body and cfg.backbone_lr_scale > 0 else []
         groups.append({"params": list(self.model.head.parameters()), "lr": cfg.lr, "base_lr": cfg.lr})
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return make_optimizer(groups, cfg)  # SGD by default (the code's); optimizer=adam / adamw are honoured
 
     def setup(self):
         require_boundaries(self, "fits class statistics and aligns the classifier per task")

@@ -390,3 +390,18 @@ def test_bf16_autocast_and_the_gpu_name_on_cuda_only(tmp_path, monkeypatch, kind
         assert entered == [("cuda", torch.bfloat16)] and res["error"] == "RuntimeError: stopped at autocast"
     else:  # no autocast: the run goes on to experience 0, where the strategy interrupts it
         assert entered == [] and res["status"] == "interrupted"
+
+
+def test_make_optimizer_takes_param_groups_and_drops_frozen_parameters():
+    from types import SimpleNamespace
+
+    from cl.core.strategy import make_optimizer
+
+    a, b, frozen = (torch.nn.Parameter(torch.zeros(2)) for _ in range(3))
+    frozen.requires_grad_(False)
+    cfg = SimpleNamespace(optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=0.01)
+    opt = make_optimizer([{"params": [a, frozen], "lr": 0.5, "tag": "x"}, {"params": [frozen]}, {"params": [b]}], cfg)
+    g = opt.param_groups
+    assert len(g) == 2 and g[0]["params"] == [a] and g[0]["lr"] == 0.5 and g[0]["tag"] == "x"
+    assert g[1]["params"] == [b] and g[1]["lr"] == 0.1 and g[1]["momentum"] == 0.9 and g[1]["weight_decay"] == 0.01
+    assert make_optimizer([a, frozen, b], cfg).param_groups[0]["params"] == [a, b]

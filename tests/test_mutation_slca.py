@@ -71,6 +71,11 @@ def test_slca_optimiser_groups_hold_their_rates():
     # a backbone with no parameters (identity): the head group alone
     s = make("slca", backbone("identity"), sc)
     assert [g["lr"] for g in s.make_optimizer().param_groups] == [0.01]
+    # the run's optimizer choice is honoured (it was SGD whatever the config said), with the same groups
+    s = make("slca", backbone("mlp", hidden=4), sc, lr=0.2, backbone_lr_scale=0.5, optimizer="adam", weight_decay=0.01)
+    opt = s.make_optimizer()
+    assert type(opt) is torch.optim.Adam
+    assert [(g["lr"], g["base_lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.1, 0.1, 0.01), (0.2, 0.2, 0.01)]
 
 
 def test_slca_lr_drops_at_each_milestone_epoch():

@@ -68,7 +68,15 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def make_optimizer(params, cfg: StrategyConfig) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
+    """The run's optimiser (``cfg.optimizer``: sgd | adam | adamw, with ``cfg.lr`` / momentum / weight decay) over
+    ``params``: parameters, or param groups (dicts with their own ``lr`` and other keys, kept as given); only
+    parameters that require grad, and a group left empty is dropped."""
+    params = list(params)
+    if params and isinstance(params[0], dict):
+        groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
+        params = [g for g in groups if g["params"]]
+    else:
+        params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":
