@@ -139,12 +139,22 @@ class PerClassOptimizer:
                       "m": [torch.zeros_like(p) for p in self.params], "v": [torch.zeros_like(p) for p in self.params]}
 
     @torch.no_grad()
-    def step(self, upd, lr_scale):
-        """Update the classes where ``upd`` (n,) is True, with per-class lr ``self.lr * lr_scale``."""
+    def step(self, upd, lr_scale, indexed: bool | None = None):
+        """Update the classes where ``upd`` (n,) is True, with per-class lr ``self.lr * lr_scale``.
+
+        Two paths with the same arithmetic per element: ``indexed`` (the default off CUDA) gathers the updated
+        classes' rows and writes them back, so a batch-1 step touches one student's state instead of all n;
+        the masked path (CUDA) updates every row through ``torch.where``, with no host read of ``upd``, so the
+        step can be captured in a CUDA graph."""
         st, b1, b2 = self.state, *self.betas
         st["step"] += upd.float()
         k = st["step"].clamp_min(1)
         lr = self.lr * lr_scale
+        if indexed is None:
+            indexed = upd.device.type != "cuda"
+        if indexed:
+            self._step_rows(upd.nonzero().flatten(), k, lr, b1, b2)
+            return
         for p, m, v in zip(self.params, st["m"], st["v"]):
             if p.grad is None:
                 continue
@@ -158,6 +168,25 @@ class PerClassOptimizer:
             mh = m / (1 - b1 ** k).view(shape)
             vh = v / (1 - b2 ** k).view(shape)
             p.sub_(torch.where(u, lr.view(shape) * mh / (vh.sqrt() + self.eps), 0.0))
+
+    def _step_rows(self, idx, k, lr, b1, b2):
+        if not len(idx):
+            return
+        k, lr = k[idx], lr[idx]
+        for p, m, v in zip(self.params, self.state["m"], self.state["v"]):
+            if p.grad is None:
+                continue
+            shape = (-1,) + (1,) * (p.dim() - 1)
+            g = p.grad[idx]
+            if self.kind == "sgd":
+                p[idx] = p[idx] - lr.view(shape) * g
+                continue
+            mi = b1 * m[idx] + (1 - b1) * g
+            vi = b2 * v[idx] + (1 - b2) * g * g
+            m[idx], v[idx] = mi, vi
+            mh = mi / (1 - b1 ** k).view(shape)
+            vh = vi / (1 - b2 ** k).view(shape)
+            p[idx] = p[idx] - lr.view(shape) * mh / (vh.sqrt() + self.eps)
 
     def zero_grad(self, set_to_none=True):
         for p in self.params:

@@ -201,6 +201,36 @@ def test_pec_per_class_optimizer_is_adam_or_sgd_on_one_class(kind):
     assert s.optimizer.state["step"].tolist() == [0.0, 3.0, 0.0]
 
 
+@pytest.mark.parametrize("kind", ["adam", "sgd"])
+def test_pec_indexed_and_masked_optimizer_steps_are_bitwise_equal(kind):
+    """The CPU path (only the updated classes' rows) and the CUDA-graph path (torch.where over every row) give
+    the same parameters and Adam state, with per-class learning rates and a class that is not updated."""
+    torch.manual_seed(0)
+    params = [torch.randn(4, 3, 2), torch.randn(4, 5)]
+    opts, copies = [], []
+    for _ in range(2):
+        ps = [torch.nn.Parameter(p.clone()) for p in params]
+        copies.append(ps)
+        opts.append(PerClassOptimizer(ps, 4, 0.01, kind))
+    scale = torch.tensor([1.0, 0.5, 0.25, 0.0])
+    for upd in ([True, False, True, False], [False, False, True, True], [True, True, True, True]):
+        grads = [torch.randn_like(p) for p in params]
+        for ps, opt, indexed in zip(copies, opts, (True, False)):
+            for p, g in zip(ps, grads):
+                p.grad = g.clone()
+            opt.step(torch.tensor(upd), scale, indexed=indexed)
+        for a, b in zip(*copies):
+            assert torch.equal(a, b)
+        assert torch.equal(opts[0].state["step"], opts[1].state["step"])
+        for key in ("m", "v"):
+            assert all(torch.equal(a, b) for a, b in zip(opts[0].state[key], opts[1].state[key]))
+    assert not torch.equal(copies[0][0][1], params[0][1])  # class 1 moved at the last step
+    none = PerClassOptimizer([torch.nn.Parameter(torch.ones(2, 2))], 2, 0.1, kind)
+    none.params[0].grad = torch.ones(2, 2)
+    none.step(torch.tensor([False, False]), torch.ones(2), indexed=True)  # no class to update: nothing moves
+    assert torch.equal(none.params[0], torch.ones(2, 2))
+
+
 def test_pec_adam_state_round_trip_continues_the_same_steps():
     torch.manual_seed(0)
     a = _pec(lr=0.02, width=3, d_out=4, teacher_mult=2, lr_decay=True)
