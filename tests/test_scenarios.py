@@ -112,6 +112,34 @@ def test_cifar10_jpeg_tarball_layout(tmp_path):
     assert ytr.tolist() == [0, 0, 1, 1]
 
 
+def test_scenario_mean_and_std_override_the_datasets_normalisation(tmp_path):
+    d = tmp_path / "cifar-100-python"
+    d.mkdir()
+    y = list(range(100)) * 2
+    data = np.full((200, 3072), 255, dtype=np.uint8)
+    for split, n in (("train", 200), ("test", 100)):
+        pickle.dump({b"data": data[:n], b"fine_labels": y[:n], b"coarse_labels": [0] * n}, open(d / split, "wb"))
+    pickle.dump({b"fine_label_names": [f"k{i}".encode() for i in range(100)],
+                 b"coarse_label_names": [f"s{i}".encode() for i in range(20)]}, open(d / "meta", "wb"))
+    sc = build("split-cifar100/10", root=str(tmp_path), mean=[0.5, 0.5, 0.5], std=[2, 2, 2])  # Mammoth's ER-ACE
+    assert sc.mean == (0.5, 0.5, 0.5) and sc.std == (2.0, 2.0, 2.0)
+    x = sc.preprocess_fn("cpu")(sc[0].train_x[:2])
+    assert torch.allclose(x, torch.full_like(x, 0.25))  # a white pixel: (1 - 0.5) / 2
+    sc = build("split-cifar100/10", root=str(tmp_path), std=[0.5, 0.25, 1.0])  # the dataset's mean kept
+    assert sc.mean == (0.5071, 0.4865, 0.4409) and sc.std == (0.5, 0.25, 1.0)
+    for kw, msg in (({"mean": [0.5, 0.5]}, r"scenario.mean=\[0.5, 0.5\] must be 3 finite numbers, one per channel"),
+                    ({"std": [1.0, 0.0, 1.0]}, r"scenario.std=\[1.0, 0.0, 1.0\] must be > 0 in every channel"),
+                    ({"mean": [0.5, float("nan"), 0.5]}, "mean=nan is out of range")):
+        with pytest.raises(ConfigError, match=msg):
+            build("split-cifar100/10", root=str(tmp_path), **kw)
+    from cl.core.config import run_id
+    plain = resolve({"strategy": "er", "scenario": "split-cifar10"})
+    set_ = resolve({"strategy": "er", "scenario": {"name": "split-cifar10", "mean": [0.5, 0.5, 0.5]}})
+    assert plain["scenario"]["mean"] is None and run_id(plain) != run_id(set_)
+    del plain["scenario"]["mean"], plain["scenario"]["std"]  # a config from before the fields: the same run id
+    assert run_id(plain) == run_id(resolve({"strategy": "er", "scenario": "split-cifar10"}))
+
+
 def test_cifar100_pickles(tmp_path):
     d = tmp_path / "cifar-100-python"
     d.mkdir()

@@ -28,6 +28,8 @@ class order, ``train_t`` / ``test_t`` hold per-sample task ids where the setting
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, make_dataclass
 from typing import Callable, Sequence
 
@@ -75,6 +77,8 @@ class SettingConfig:
     test_per_class: int = 0  # and test images per class (0: all)
     augment: str = "none"  # on-device augmentation: none | crop_flip | crop_flip_jitter | pcr
     input_size: int = 0  # resize images on the device to this size (0: keep)
+    mean: list[float] | None = None  # per-channel input normalisation (default: the dataset's statistics),
+    std: list[float] | None = None  # e.g. mean [0.5, 0.5, 0.5], std [2, 2, 2] of Mammoth's / AML's ER-ACE
 
 
 def named_class_order(name: str, classes: Sequence[int], seed: int | None) -> list[int]:
@@ -156,6 +160,31 @@ def _meta(cfg: SettingConfig, extra=None) -> dict:
     return m
 
 
+def normalisation(name: str, cfg: SettingConfig, xtr: torch.Tensor, mean, std):
+    """The per-channel (mean, std) of the inputs: the dataset's, or ``cfg.mean`` / ``cfg.std`` where given (one
+    value per channel of an image dataset; std > 0).  A dataset without statistics keeps the identity for the
+    one not given."""
+    if cfg.mean is None and cfg.std is None:
+        return mean, std
+    if mean is None and xtr.dim() != 4:
+        raise ConfigError(f"{name}: scenario.mean / scenario.std normalise image channels; this dataset's inputs "
+                          f"have shape {tuple(xtr.shape[1:])}")
+    ch = len(mean) if mean is not None else xtr.shape[1]
+    out = []
+    for field, given, default, fill in (("mean", cfg.mean, mean, 0.0), ("std", cfg.std, std, 1.0)):
+        if given is None:
+            out.append(default if default is not None else tuple([fill] * ch))
+            continue
+        vals = list(given) if isinstance(given, (list, tuple)) else [given]
+        if len(vals) != ch or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                                      for v in vals):
+            raise ConfigError(f"{name}: scenario.{field}={given!r} must be {ch} finite numbers, one per channel")
+        if field == "std" and min(vals) <= 0:
+            raise ConfigError(f"{name}: scenario.std={given!r} must be > 0 in every channel")
+        out.append(tuple(float(v) for v in vals))
+    return out[0], out[1]
+
+
 def build_setting(name: str, xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Tensor, yte: torch.Tensor,
                   cfg: SettingConfig, seed: int, class_names: Sequence[str] | None = None, mean=None, std=None,
                   modality: str = "image") -> Scenario:
@@ -196,6 +225,7 @@ def build_setting(name: str, xtr: torch.Tensor, ytr: torch.Tensor, xte: torch.Te
                 e.test_t = torch.full((len(e.test_y),), e.task_id, dtype=torch.long)
     if class_names is not None:
         sc.class_names = [class_names[c] for c in sc.class_order]
+    mean, std = normalisation(name, cfg, xtr, mean, std)
     sc.mean, sc.std, sc.modality = mean, std, modality
     sc.meta.update(_meta(cfg, extra))
     if cfg.input_size and modality == "image":
