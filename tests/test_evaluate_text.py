@@ -94,7 +94,8 @@ def test_cpu_bf16_evaluation_runs_under_autocast_only_when_asked():
 
 
 # every field added after results were recorded, at its default, leaves the run ids of older configs as they were
-IMPLICIT_CASES = [("protocol", "eval_amp", "er", True), ("strategy", "prompt_lr", "l2p", 1e-4)]
+IMPLICIT_CASES = [("protocol", "eval_amp", "er", True), ("strategy", "prompt_lr", "l2p", 1e-4),
+                  ("scenario", "mean", "er", [0.5] * 3), ("scenario", "std", "er", [2.0] * 3)]
 
 
 def test_every_implicit_field_is_covered():
@@ -111,10 +112,13 @@ def test_a_later_field_at_its_default_keeps_run_ids_and_a_change_changes_them(se
     base = {"strategy": strategy, "scenario": "split-mnist", "backbone": "mlp", "seed": 0}
     if strategy == "l2p":
         base.update(scenario="clinc150", backbone="minilm")
+    if section == "scenario":  # the normalisation fields of the image datasets (split-mnist's config has none)
+        base.update(scenario="split-cifar10", backbone="resnet18r")
     default = resolve(base)
     assert default[section][field] == ID_IMPLICIT_FIELDS[section][field]
     legacy = {k: (dict(v) if isinstance(v, dict) else v) for k, v in default.items()}
     del legacy[section][field]  # a config from before the field existed
     assert run_id(default) == run_id(legacy)
-    changed = {**base, section: {**({"name": strategy} if section == "strategy" else {}), field: other}}
+    name = {"strategy": {"name": strategy}, "scenario": {"name": base["scenario"]}}.get(section, {})
+    changed = {**base, section: {**name, field: other}}
     assert run_id(resolve(changed)) != run_id(default)
