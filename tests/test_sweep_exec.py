@@ -230,6 +230,25 @@ def test_ray_executor_matches_local(tmp_path):
         assert got[rid]["R"] == ref[rid]["R"]
 
 
+def test_workers_get_the_drivers_environment_of_now_not_the_fork_servers(tmp_path, monkeypatch):
+    """A first sweep starts the process's fork server; a variable set after that must reach the workers of the
+    next sweep (a forkserver child inherits the server's environment, frozen when it started)."""
+    from cl.sweeps.executors import LocalExecutor
+    from cl.core.registry import load_plugin_file
+
+    f, plugin = sweep_file(tmp_path, tmp_path / "out0", strategies="[finetune]", seeds="[0]")
+    load_plugin_file(plugin)
+    monkeypatch.delenv("CL_TEST_DIE_MARKER", raising=False)
+    first = run_sweep(load_sweep(f), LocalExecutor(workers=1, threads=1, plugins=[plugin]), log=lambda s: None)
+    assert not first["failed"]
+    g = tmp_path / "again"
+    g.mkdir()
+    f2, _ = sweep_file(g, tmp_path / "out1", strategies="[test-die-once]", seeds="[0]")
+    monkeypatch.setenv("CL_TEST_DIE_MARKER", str(tmp_path / "marker"))  # read by the worker (KeyError without)
+    second = run_sweep(load_sweep(f2), LocalExecutor(workers=1, threads=1, plugins=[plugin]), log=lambda s: None)
+    assert not second["failed"] and (tmp_path / "marker").read_text() == "died"
+
+
 def test_lost_local_worker_is_replaced_and_its_run_resumes(tmp_path, monkeypatch, capsys):
     from cl.sweeps.executors import LocalExecutor
     from cl.core.registry import load_plugin_file

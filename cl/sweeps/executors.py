@@ -93,8 +93,15 @@ def _die_with_parent() -> None:
         pass
 
 
-def _worker_main(conn, gpu, threads, plugins):
-    """Body of a local worker process: pin the device, then run what the parent sends until None."""
+def _worker_main(conn, gpu, threads, plugins, env=None):
+    """Body of a local worker process: pin the device, then run what the parent sends until None.
+
+    ``env``: the driver's environment when it started this worker.  A forkserver child inherits the fork
+    server's environment, frozen when the first sweep of the process started it, so variables set later (a
+    data root, W&B mode, anything a plugin reads) would not reach the workers of a later sweep."""
+    if env is not None:
+        os.environ.clear()
+        os.environ.update(env)
     _die_with_parent()
     from cl.core.signals import sigterm_as_interrupt
 
@@ -189,7 +196,8 @@ class LocalExecutor:
 
     def _start(self, slot: int):
         parent, child = self.ctx.Pipe()
-        p = self.ctx.Process(target=_worker_main, args=(child, self._device(slot), self.threads, self.plugins),
+        p = self.ctx.Process(target=_worker_main, args=(child, self._device(slot), self.threads, self.plugins,
+                                                        dict(os.environ)),
                              daemon=False, name=f"cl-worker-{slot}")  # a run may start DataLoader workers
         p.start()
         child.close()
