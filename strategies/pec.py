@@ -146,47 +146,41 @@ class PerClassOptimizer:
         classes' rows and writes them back, so a batch-1 step touches one student's state instead of all n;
         the masked path (CUDA) updates every row through ``torch.where``, with no host read of ``upd``, so the
         step can be captured in a CUDA graph."""
-        st, b1, b2 = self.state, *self.betas
+        st = self.state
         st["step"] += upd.float()
         k = st["step"].clamp_min(1)
         lr = self.lr * lr_scale
         if indexed is None:
             indexed = upd.device.type != "cuda"
-        if indexed:
-            self._step_rows(upd.nonzero().flatten(), k, lr, b1, b2)
-            return
+        if indexed:  # the updated classes' rows only, gathered and written back
+            idx = upd.nonzero().flatten()
+            if not len(idx):
+                return
+            k, lr = k[idx], lr[idx]
         for p, m, v in zip(self.params, st["m"], st["v"]):
             if p.grad is None:
                 continue
             shape = (-1,) + (1,) * (p.dim() - 1)
-            u = upd.view(shape)
-            if self.kind == "sgd":
-                p.sub_(torch.where(u, lr.view(shape) * p.grad, 0.0))
+            if indexed:
+                p[idx], m[idx], v[idx] = self._update(p[idx], p.grad[idx], m[idx], v[idx], k, lr, shape)
                 continue
-            m.copy_(torch.where(u, b1 * m + (1 - b1) * p.grad, m))
-            v.copy_(torch.where(u, b2 * v + (1 - b2) * p.grad * p.grad, v))
-            mh = m / (1 - b1 ** k).view(shape)
-            vh = v / (1 - b2 ** k).view(shape)
-            p.sub_(torch.where(u, lr.view(shape) * mh / (vh.sqrt() + self.eps), 0.0))
+            u = upd.view(shape)  # every row, kept where the class is not updated
+            pn, mn, vn = self._update(p, p.grad, m, v, k, lr, shape)
+            p.copy_(torch.where(u, pn, p))
+            m.copy_(torch.where(u, mn, m))
+            v.copy_(torch.where(u, vn, v))
 
-    def _step_rows(self, idx, k, lr, b1, b2):
-        if not len(idx):
-            return
-        k, lr = k[idx], lr[idx]
-        for p, m, v in zip(self.params, self.state["m"], self.state["v"]):
-            if p.grad is None:
-                continue
-            shape = (-1,) + (1,) * (p.dim() - 1)
-            g = p.grad[idx]
-            if self.kind == "sgd":
-                p[idx] = p[idx] - lr.view(shape) * g
-                continue
-            mi = b1 * m[idx] + (1 - b1) * g
-            vi = b2 * v[idx] + (1 - b2) * g * g
-            m[idx], v[idx] = mi, vi
-            mh = mi / (1 - b1 ** k).view(shape)
-            vh = vi / (1 - b2 ** k).view(shape)
-            p[idx] = p[idx] - lr.view(shape) * mh / (vh.sqrt() + self.eps)
+    def _update(self, p, g, m, v, k, lr, shape):
+        """One Adam (or SGD) step of rows ``p`` with gradient ``g``, state ``m``, ``v``, per-row step count ``k``
+        and learning rate ``lr``: the new (p, m, v)."""
+        if self.kind == "sgd":
+            return p - lr.view(shape) * g, m, v
+        b1, b2 = self.betas
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        mh = m / (1 - b1 ** k).view(shape)
+        vh = v / (1 - b2 ** k).view(shape)
+        return p - lr.view(shape) * mh / (vh.sqrt() + self.eps), m, v
 
     def zero_grad(self, set_to_none=True):
         for p in self.params:
