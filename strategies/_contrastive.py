@@ -56,12 +56,8 @@ class ContrastiveReplay(Strategy):
         self.views = ViewAugment(self.cfg.view_augment, mean, std)
 
     def make_optimizer(self):
-        beta2 = getattr(self.cfg, "adam_beta2", None)
-        adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(self.cfg.optimizer)
-        if adam is not None and beta2 is not None:  # the authors' beta2 for AdamW too, not torch's 0.999
-            params = [p for p in self.model.parameters() if p.requires_grad]
-            return adam(params, lr=self.cfg.lr, betas=(0.9, beta2), weight_decay=self.cfg.weight_decay)
-        return make_optimizer(self.model.parameters(), self.cfg)
+        beta2 = getattr(self.cfg, "adam_beta2", None)  # the authors' beta2, for AdamW too (not torch's 0.999)
+        return make_optimizer(self.model.parameters(), self.cfg, betas=None if beta2 is None else (0.9, beta2))
 
     def after_step(self, x, y, t=None):
         self.buffer.add(x=x, y=y)

@@ -32,7 +32,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cl.models.heads import cosine_logits
-from cl.core.strategy import Strategy, StrategyConfig, register
+from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
 from cl.models.task_keys import by_length, freeze_batchnorm, trim_padding
 
 
@@ -138,16 +138,10 @@ class PRD(Strategy):
         enc = [p for n, p in self.model.named_parameters() if p.requires_grad and n != "prototypes"]
         groups = [{"params": enc, "lr": cfg.lr, "momentum": cfg.momentum, "weight_decay": cfg.weight_decay},
                   {"params": [self.model.prototypes], "lr": cfg.proto_lr, "momentum": 0.0, "weight_decay": 0.0}]
-        if cfg.optimizer == "sgd":
-            return torch.optim.SGD(groups, lr=cfg.lr)
-        for g in groups:
-            g.pop("momentum")
-        opt = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.optimizer)
-        if opt is None:
-            from cl.core.registry import unknown
-
-            raise unknown("optimizer", cfg.optimizer, ("sgd", "adam", "adamw"))
-        return opt(groups, lr=cfg.lr)
+        if cfg.optimizer != "sgd":  # Adam's settings only
+            for g in groups:
+                g.pop("momentum")
+        return make_optimizer(groups, cfg)  # each group's own lr, momentum and weight decay
 
     def setup(self):
         self.old_backbone = None

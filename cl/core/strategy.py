@@ -67,10 +67,11 @@ def register(name: str, config=None, description: str | None = None, override: b
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
-def make_optimizer(params, cfg: StrategyConfig) -> torch.optim.Optimizer:
+def make_optimizer(params, cfg: StrategyConfig, betas: tuple[float, float] | None = None) -> torch.optim.Optimizer:
     """The run's optimiser (``cfg.optimizer``: sgd | adam | adamw, with ``cfg.lr`` / momentum / weight decay) over
     ``params``: parameters, or param groups (dicts with their own ``lr`` and other keys, kept as given); only
-    parameters that require grad, and a group left empty is dropped."""
+    parameters that require grad, and a group left empty is dropped.  ``betas``: Adam's / AdamW's (a method's
+    own, e.g. OCM's (0.9, 0.99)); torch's default when None; unused by SGD."""
     params = list(params)
     if params and isinstance(params[0], dict):
         groups = [{**g, "params": [p for p in g["params"] if p.requires_grad]} for g in params]
@@ -79,10 +80,9 @@ def make_optimizer(params, cfg: StrategyConfig) -> torch.optim.Optimizer:
         params = [p for p in params if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    adam = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(cfg.optimizer)
+    if adam is not None:
+        return adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **({"betas": betas} if betas else {}))
     raise unknown("optimizer", cfg.optimizer, OPTIMIZERS)
 
 
