@@ -571,7 +571,7 @@ def cmd_run(args) -> int:
             print(f"--where {' --where '.join(args.where)} matches no run of {len(unmatched)} entries: "
                   + ", ".join(unmatched))
         entries = [e for e in entries if e.name in picks]
-    todo, spent = select_entries(entries, args.only, args.entry, args.budget, selected=picks if args.where else None)
+    todo, spent = select_entries(entries, args.only, args.entry, args.budget, selected=picks)
     if not todo:
         print("nothing to run")
         return 0
