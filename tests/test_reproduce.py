@@ -316,3 +316,54 @@ def test_ci_entry_end_to_end(tmp_path, capsys):
     full = [x for x in text.splitlines() if x.startswith("| er-ace-online-cifar10 |")]
     assert full and all("| not run |" in x for x in full)
     assert board.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    # the run archived its records beside the entries; from them a fresh clone's board has the same numbers
+    recs = sorted((tmp_path / "runs" / "reproduce" / "records" / "er-ace-online-ci-tiny").glob("*.json"))
+    assert [p.stem for p in recs] == [p.name for p in runs]
+    assert all(json.loads(p.read_text())["reproduce"]["commit"] for p in recs)
+    ours = re.search(r"\| (\d+\.\d\d ± \d+\.\d\d \(n=2\)) \|", line).group(1)
+    fresh = ["--entries", str(tmp_path / "runs" / "reproduce"), "--results", str(tmp_path / "fresh")]
+    assert main(["reproduce", "report", *fresh, "-o", str(board)]) == 0
+    again = next(x for x in board.read_text().splitlines() if x.startswith("| er-ace-online-ci-tiny |"))
+    assert f"| {ours} |" in again
+
+
+def test_archived_records_survive_a_fresh_results_folder_and_edited_ones_are_refused(tmp_path, capsys):
+    """The board's evidence is committed: records archived from one results folder give the same board from an
+    empty one, and the sweep skips those runs; a record whose number or config was edited is not used."""
+    d = make(tmp_path)
+    res1, res2 = tmp_path / "res1", tmp_path / "res2"
+    tiny = load_entries(d, res1)[0]
+    _write_results(Path(tiny.out), tiny, {"er20": [0.49, 0.50, 0.54], "er40": [0.60, 0.64]})
+    args = ["--entries", str(d)]
+    assert main(["reproduce", "archive", *args, "--results", str(res1)]) == 0
+    assert "5 records written or updated" in capsys.readouterr().out
+    recs = sorted((d / "records" / "tiny-sweep").glob("*.json"))
+    assert len(recs) == 5
+    assert main(["reproduce", "archive", *args, "--results", str(res1)]) == 0  # identical: nothing rewritten
+    assert "0 records written or updated" in capsys.readouterr().out
+    ids = {r.id: sorted(r.run_ids, key=lambda i: next(s for s in tiny.sweep.runs if s.id == i).config["seed"])
+           for r in tiny.rows}
+    # er20 seed 2 (0.54): its number edited; er40 seed 1 (0.64): its config edited
+    p = d / "records" / "tiny-sweep" / f"{ids['er20'][2]}.json"
+    rec = json.loads(p.read_text())
+    rec["metrics"]["avg_acc"] = 0.99
+    p.write_text(json.dumps(rec))
+    p = d / "records" / "tiny-sweep" / f"{ids['er40'][1]}.json"
+    rec = json.loads(p.read_text())
+    rec["config"]["strategy"]["lr"] = 0.5
+    p.write_text(json.dumps(rec))
+    board = tmp_path / "docs" / "reproduction.md"
+    assert main(["reproduce", "report", *args, "--results", str(res2), "-o", str(board)]) == 0
+    cap = capsys.readouterr()
+    assert f"{ids['er20'][2]}.json is not used: its metric avg_acc = 0.99 is not that of its accuracy matrix" in cap.err
+    assert f"{ids['er40'][1]}.json is not used: its config hashes to" in cap.err
+    assert "entry tiny: 3 finished runs put back" in cap.out
+    text = board.read_text()
+    line = next(x for x in text.splitlines() if x.startswith("| tiny |") and "| er20 |" in x)
+    assert "| 49.50 ± 0.71 (n=2) of 3 |" in line and "| -0.50 |" in line  # (49 + 50) / 2, sd sqrt(0.5)
+    line = next(x for x in text.splitlines() if x.startswith("| tiny |") and "| er40 |" in x)
+    assert "| 60.00 (n=1) of 3 |" in line
+    # the sweep counts the restored runs as finished: only the refused and never-run ones are left
+    assert main(["reproduce", "run", *args, "--results", str(res2), "--entry", "tiny", "-n"]) == 0
+    out = capsys.readouterr().out
+    assert sum(1 for x in out.splitlines() if " finished " in f"{x} ") == 3, out

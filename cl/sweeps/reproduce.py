@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cl.core.registry import ConfigError, unknown
+from cl.sweeps.reproduce_records import archive, records_root, restore
 from cl.sweeps.yaml_lines import LDict, LList, SweepError, load_yaml_lines, plain
 
 ENTRY_KEYS = ("name", "method", "strategies", "benchmark", "sweep", "hardware", "cost_hours", "metric",
@@ -499,15 +500,23 @@ def _cpu_model() -> str:
 def record_side(e: Entry, run_ids: list[str], commit: str) -> None:
     """Record commit, host, CPU and date for runs finished now (result.json has its own commit and date since
     they were added to the result header; the side file also covers older result files)."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    merge_side(e, {rid: {"commit": commit, "host": socket.gethostname(), "cpu": _cpu_model(), "date": now,
+                         "entry": e.name} for rid in run_ids})
+
+
+def side_of(e: Entry) -> dict:
+    return _read_json(Path(e.out) / SIDE_FILE) or {}
+
+
+def merge_side(e: Entry, records: dict) -> None:
+    """Add {run id: side record} to the results folder's side file."""
     from cl.train.loggers import atomic_write_json
 
     path = Path(e.out) / SIDE_FILE
-    side = _read_json(path) or {}
+    side = side_of(e)
     runs = side.get("runs") if isinstance(side.get("runs"), dict) else {}
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    for rid in run_ids:
-        runs[rid] = {"commit": commit, "host": socket.gethostname(), "cpu": _cpu_model(), "date": now,
-                     "entry": e.name}
+    runs.update(records)
     try:
         atomic_write_json(path, {"runs": runs})
     except OSError as err:
@@ -585,12 +594,14 @@ def cmd_run(args) -> int:
             print_dry_run(e.sweep, only=picks.get(e.name), flag="--where")
         return 0
     commit = _git_commit()  # the code that runs (cl.train.engine.code_commit), not the entries' folder
+    root = records_root(args.entries, args.records)
     rc, done = 0, set()
     for e in todo:
         key = (e.sweep_path, e.out)
         if key in done:  # two entries on one sweep: run it once
             continue
         done.add(key)
+        _restore(e, root)
         ex = dict(e.sweep.executor)
         ex.pop("threads", None)
         for k in ("workers", "address"):
@@ -606,6 +617,7 @@ def cmd_run(args) -> int:
         now = [rid for rid, s in summary["statuses"].items() if s == "finished"]
         if now:
             record_side(e, now, commit)
+        _archive(e, root)
         if summary["failed"]:
             rc = 1
         from cl.sweeps.report import make_report
@@ -615,6 +627,36 @@ def cmd_run(args) -> int:
         except ConfigError as err:
             print(f"warning: no run report for {e.name}: {err}", file=sys.stderr)
     return rc
+
+
+def _restore(e: Entry, root: Path) -> None:
+    try:
+        back = restore(e, root)
+    except OSError as err:
+        print(f"warning: cannot put the archived records of {e.name} back into {e.out}: {err.strerror or err}",
+              file=sys.stderr)
+        return
+    if back:
+        print(f"entry {e.name}: {len(back)} finished runs put back from {root / e.sweep.name}")
+
+
+def _archive(e: Entry, root: Path) -> int:
+    try:
+        n = archive(e, root, side_of(e))
+    except OSError as err:
+        print(f"warning: cannot archive the records of {e.name} in {root}: {err.strerror or err}", file=sys.stderr)
+        return 0
+    if n:
+        print(f"entry {e.name}: {n} records written to {root / e.sweep.name} (commit them: the board's evidence)")
+    return n
+
+
+def cmd_archive(args) -> int:
+    entries = [e for e in load_entries(args.entries, args.results, names=args.entry or None) if e.available]
+    root = records_root(args.entries, args.records)
+    n = sum(_archive(e, root) for e in entries)
+    print(f"{n} records written or updated under {root}")
+    return 0
 
 
 def add_cli(sub) -> None:
@@ -627,6 +669,8 @@ def add_cli(sub) -> None:
         q.add_argument("--entries", default="runs/reproduce", help="folder of entry files (default runs/reproduce)")
         q.add_argument("--results", help="results root: each entry's sweep writes to RESULTS/<sweep name> "
                                          "(default: the sweep file's own `out`, results/<name>)")
+        q.add_argument("--records", help="folder of the archived result records, committed with the entries "
+                                         "(default ENTRIES/records)")
 
     q = ps.add_parser("list", help="the entries with hardware class, cost and status")
     common(q)
@@ -645,6 +689,10 @@ def add_cli(sub) -> None:
                         "seed=0,1,2, strategy.buffer_size=200); repeat to combine; the board counts the seeds that ran")
     q.add_argument("--dry-run", "-n", action="store_true", help="print what would run, run nothing")
     q.set_defaults(func=cmd_run)
+    q = ps.add_parser("archive", help="copy the entries' finished results to the records folder (to commit)")
+    common(q)
+    q.add_argument("--entry", action="append", metavar="NAME", help="entry to archive (repeatable; default all)")
+    q.set_defaults(func=cmd_archive)
     q = ps.add_parser("report", help="write the board (docs/reproduction.md) and its PNG from the result files")
     common(q)
     q.add_argument("--out", "-o", default="docs/reproduction.md", help="board file (default docs/reproduction.md)")
@@ -656,6 +704,10 @@ def cmd_board(args) -> int:
     from cl.sweeps.reproduce_board import write_board
 
     entries = load_entries(args.entries, args.results)
+    root = records_root(args.entries, args.records)
+    for e in entries:
+        if e.available:
+            _restore(e, root)
     got = write_board(entries, args.out, run_reports=not args.no_run_reports)
     print(f"board: {got['path']} ({len(got['rows'])} results, {got['counts']}); plot: {got['png']}")
     return 0
