@@ -458,3 +458,30 @@ def test_gem_step_satisfies_every_past_constraint():
     s.train_step(x, y)
     step = torch.cat([(a - p.detach()).reshape(-1) for a, p in zip(w0, params)])
     assert (G @ step >= -1e-5).all() and not torch.allclose(step, g)
+
+
+def test_gdumb_retrain_last_fits_only_after_the_last_experience():
+    from cl.core.streams import HiddenBoundary
+
+    x, y = torch.randn(8, 3) * 3, torch.tensor([0, 1, 2, 3] * 2)
+    every, last = (build("gdumb", buffer_size=8, fit_epochs=3, fit_batch_size=4, n_exp=3, retrain=r)
+                   for r in ("every", "last"))
+    init = last.model.head.fc.weight.detach().clone()
+    for s in (every, last):
+        s.model.observe(y)
+        s.buffer.add(x=x, y=y)
+    for i in (0, 1):  # not the last of 3: only `every` retrains
+        torch.manual_seed(i)
+        every.after_experience(HiddenBoundary(i))
+        torch.manual_seed(i)
+        last.after_experience(HiddenBoundary(i))
+        assert torch.equal(last.model.head.fc.weight, init)
+        assert not torch.equal(every.model.head.fc.weight, init)
+    torch.manual_seed(7)
+    every.after_experience(HiddenBoundary(2))
+    torch.manual_seed(7)
+    last.after_experience(HiddenBoundary(2))
+    # the last retraining starts from the initial weights either way: the final model is the same
+    assert torch.equal(last.model.head.fc.weight, every.model.head.fc.weight)
+    with pytest.raises(ConfigError, match="unknown strategy.retrain 'final'; valid: every, last"):
+        build("gdumb", retrain="final")
