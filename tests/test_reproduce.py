@@ -325,6 +325,8 @@ def test_ci_entry_end_to_end(tmp_path, capsys):
     assert main(["reproduce", "report", *fresh, "-o", str(board)]) == 0
     again = next(x for x in board.read_text().splitlines() if x.startswith("| er-ace-online-ci-tiny |"))
     assert f"| {ours} |" in again
+    assert again.endswith("[report](../fresh/er-ace-online-ci-tiny/report/report.md), "
+                          "[records](../runs/reproduce/records/er-ace-online-ci-tiny) |"), again
 
 
 def test_archived_records_survive_a_fresh_results_folder_and_edited_ones_are_refused(tmp_path, capsys):

@@ -708,7 +708,7 @@ def cmd_board(args) -> int:
     for e in entries:
         if e.available:
             _restore(e, root)
-    got = write_board(entries, args.out, run_reports=not args.no_run_reports)
+    got = write_board(entries, args.out, run_reports=not args.no_run_reports, records=root)
     print(f"board: {got['path']} ({len(got['rows'])} results, {got['counts']}); plot: {got['png']}")
     return 0
 
