@@ -16,12 +16,12 @@ import contextlib
 import torch
 
 from cl.core.strategy import Strategy
-from cl.models.model import Model, build_head
+from cl.models.model import Model, head_of
 from cl.models.task_keys import remember_preprocess
 
 
 def build_model(cfg, backbone, scenario):
-    model = Model(backbone, build_head(getattr(cfg, "head", "linear"), backbone.out_dim, scenario.n_classes))
+    model = Model(backbone, head_of(cfg, backbone.out_dim, scenario.n_classes))
     remember_preprocess(model, scenario)
     return model
 

@@ -332,11 +332,11 @@ class FinetuneLoRA(Strategy):
     @classmethod
     def build_model(cls, cfg, backbone, scenario):
         from cl.models.adapters import LoraSet
-        from cl.models.model import Model, build_head
+        from cl.models.model import Model, head_of
 
         lora = LoraSet(backbone, r=cfg.r, alpha=cfg.alpha, targets=cfg.targets)
         lora.add("shared")
-        model = Model(backbone, build_head(cfg.head, backbone.out_dim, scenario.n_classes))
+        model = Model(backbone, head_of(cfg, backbone.out_dim, scenario.n_classes))
         object.__setattr__(model, "lora", lora)
         return model
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
-from cl.models.model import Model, build_head
+from cl.models.model import Model, head_of
 from cl.models.task_keys import by_length, freeze_batchnorm, remember_preprocess, trim_padding
 from cl.models.multihead import class_mask
 from strategies._boundaries import require_boundaries
@@ -87,7 +87,7 @@ class LAE(Strategy):
         lora = LoraSet(backbone, r=cfg.r, alpha=cfg.alpha, targets=targets)
         lora.add("offline")
         lora.add("online")  # the active (trainable) one
-        model = Model(backbone, build_head(cfg.head, backbone.out_dim, scenario.n_classes))
+        model = Model(backbone, head_of(cfg, backbone.out_dim, scenario.n_classes))
         object.__setattr__(model, "lora", lora)  # a plain handle, not a submodule
         remember_preprocess(model, scenario)
         return model

@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cl.models.multihead import class_mask
-from cl.models.model import Model, build_head
+from cl.models.model import Model, head_of
 from cl.core.strategy import Strategy, StrategyConfig, register
 
 
@@ -53,7 +53,7 @@ class LinearProbe(Strategy):
     @classmethod
     def build_model(cls, cfg: LinearProbeConfig, backbone, scenario):
         body = _Normalize(backbone, cfg.scale) if cfg.normalize else backbone
-        return Model(body, build_head(cfg.head, body.out_dim, scenario.n_classes))
+        return Model(body, head_of(cfg, body.out_dim, scenario.n_classes))
 
     def setup(self):
         self.current = torch.zeros(self.info.n_classes, dtype=torch.bool, device=self.device)

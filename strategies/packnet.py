@@ -30,7 +30,7 @@ from torch.func import functional_call
 
 from cl.core.registry import ConfigError
 from cl.core.strategy import StrategyConfig, make_optimizer, register
-from cl.models.model import Model, build_head
+from cl.models.model import Model, head_of
 from cl.models.multihead import drop_shared_grads, freeze_batchnorm
 from strategies._task_il import TaskILStrategy
 
@@ -58,7 +58,7 @@ class PackNet(TaskILStrategy):
 
     @classmethod
     def build_model(cls, cfg, backbone, scenario):
-        model = Model(backbone, build_head(cfg.head, backbone.out_dim, scenario.n_classes))
+        model = Model(backbone, head_of(cfg, backbone.out_dim, scenario.n_classes))
         model.preprocess_fn = scenario.preprocess_fn  # for the retraining pass in after_experience
         return model
 

@@ -48,7 +48,7 @@ from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, StrategyConfig, make_optimizer, register
 from cl.models.analytic import RIDGE_GRID, eval_features, project, random_projection, ridge_solve, select_ridge
 from cl.models.heads import MaskedHead
-from cl.models.model import build_head
+from cl.models.model import head_of
 from cl.models.task_keys import by_length, freeze_batchnorm, model_preprocess, remember_preprocess, trim_padding
 from strategies._boundaries import require_boundaries
 from strategies._closed_form import inert_optimizer
@@ -140,7 +140,7 @@ class RanPAC(Strategy):
 
             lora = LoraSet(backbone, r=cfg.lora_r, alpha=cfg.lora_alpha)
             lora.add("petl")
-            probe = build_head(cfg.head, backbone.out_dim, scenario.n_classes)
+            probe = head_of(cfg, backbone.out_dim, scenario.n_classes)
         else:
             for p in backbone.parameters():
                 p.requires_grad_(False)

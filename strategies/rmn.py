@@ -32,7 +32,7 @@ from torch.func import functional_call
 
 from cl.core.registry import ConfigError
 from cl.core.strategy import StrategyConfig, register
-from cl.models.model import Model, build_head
+from cl.models.model import Model, head_of
 from cl.models.multihead import drop_shared_grads, freeze_batchnorm, restrict
 from strategies._task_il import TaskILStrategy
 from strategies.packnet import prunable_layers
@@ -81,7 +81,7 @@ class RMN(TaskILStrategy):
 
     @classmethod
     def build_model(cls, cfg, backbone, scenario):
-        net = Model(backbone, build_head(cfg.head, backbone.out_dim, scenario.n_classes))
+        net = Model(backbone, head_of(cfg, backbone.out_dim, scenario.n_classes))
         return RMNModel(net, len(scenario), cfg.map_init)
 
     def setup(self):

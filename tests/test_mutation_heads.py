@@ -79,6 +79,24 @@ def test_heads_registry():
     assert HEADS == {"linear": IncrementalLinear, "cosine": CosineHead}
 
 
+def test_strategy_head_tau_sets_the_cosine_temperature_and_is_refused_elsewhere():
+    from types import SimpleNamespace as NS
+
+    from cl.models.model import head_of
+
+    torch.manual_seed(0)
+    head = head_of(NS(head="cosine", head_tau=0.1), 3, 2)  # AML's distLinear: scale 10
+    head.observe(torch.tensor([0, 1]))
+    h = torch.randn(4, 3)
+    assert torch.allclose(head(h), 10.0 * cosine_logits(h, head.weight))
+    assert head_of(NS(head="cosine", head_tau=None), 3, 2).tau == 0.09  # unset: the head's default
+    assert isinstance(head_of(NS(head="linear"), 3, 2), IncrementalLinear)
+    with pytest.raises(ConfigError, match="head_tau=0.1 is the temperature of the cosine head: set strategy.head=cosine"):
+        head_of(NS(head="linear", head_tau=0.1), 3, 2)
+    with pytest.raises(ConfigError, match="head_tau must be > 0"):
+        head_of(NS(head="cosine", head_tau=0.0), 3, 2)
+
+
 def test_masked_cross_entropy_is_cross_entropy_over_the_seen_classes():
     logits = torch.tensor([[2.0, NEG_INF, 0.5], [0.1, NEG_INF, 1.0]], dtype=torch.bfloat16)
     y = torch.tensor([0, 2])

@@ -49,6 +49,7 @@ class StrategyConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     head: str = "linear"  # linear | cosine
+    head_tau: float | None = None  # the cosine head's temperature (logits cos / tau); None: its default 0.09
     frozen_backbone: bool = False  # train on cached features of the frozen backbone (any strategy)
 
 
@@ -172,9 +173,9 @@ class Strategy:
     @classmethod
     def build_model(cls, cfg, backbone: nn.Module, scenario) -> nn.Module:
         """The network this strategy trains, built before the strategy: backbone + ``cfg.head`` over all classes."""
-        from cl.models.model import Model, build_head
+        from cl.models.model import Model, head_of
 
-        return Model(backbone, build_head(getattr(cfg, "head", "linear"), backbone.out_dim, scenario.n_classes))
+        return Model(backbone, head_of(cfg, backbone.out_dim, scenario.n_classes))
 
     def make_optimizer(self) -> torch.optim.Optimizer:
         """The optimiser of the trainable parameters (``cfg.optimizer``, ``lr``, ``momentum``, ``weight_decay``)."""

@@ -38,6 +38,22 @@ def build_head(kind: str, in_dim: int, n_classes: int, **kw) -> nn.Module:
     return HEADS[kind](in_dim, n_classes, **kw)
 
 
+def head_of(cfg, in_dim: int, n_classes: int) -> nn.Module:
+    """The head a strategy config asks for: ``cfg.head`` (linear | cosine) and, for the cosine head, its
+    temperature ``cfg.head_tau`` (None: the head's default)."""
+    from cl.core.registry import ConfigError
+
+    kind, tau = getattr(cfg, "head", "linear"), getattr(cfg, "head_tau", None)
+    if tau is None:
+        return build_head(kind, in_dim, n_classes)
+    if kind != "cosine":
+        raise ConfigError(f"strategy.head_tau={tau!r} is the temperature of the cosine head: set strategy.head=cosine "
+                          f"or leave head_tau unset (strategy.head is {kind!r})")
+    if not tau > 0:
+        raise ConfigError(f"strategy.head_tau must be > 0 (logits are cos / tau); got {tau!r}")
+    return build_head(kind, in_dim, n_classes, tau=float(tau))
+
+
 def trainable_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
