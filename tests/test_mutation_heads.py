@@ -165,3 +165,47 @@ def test_prototype_update_keeps_no_autograd_graph():
     h = torch.randn(3, 2, requires_grad=True)
     head.update(h * 3, torch.tensor([0, 1, 1]))
     assert not head.sums.requires_grad and head.sums.grad_fn is None and not head.means.requires_grad
+
+
+def test_mask_unseen_false_scores_every_class_in_training_and_at_test():
+    from types import SimpleNamespace as NS
+
+    import torch.nn as nn
+
+    from cl.core.strategy import RunInfo
+    from cl.models.model import check_mask_unseen
+    from strategies.er import ER, ERConfig
+
+    class Body(nn.Identity):
+        out_dim = 3
+
+    grads = {}
+    for mask in (True, False):
+        cfg = ERConfig(mask_unseen=mask, buffer_size=4)
+        torch.manual_seed(0)
+        model = ER.build_model(cfg, Body(), NS(n_classes=4))
+        check_mask_unseen(model, cfg, "er")  # the linear head takes the setting: no error
+        s = ER(cfg, model, RunInfo(n_classes=4, input_shape=(3,), device=torch.device("cpu"), seed=0))
+        s.setup()
+        x, y = torch.randn(6, 3), torch.tensor([0, 1] * 3)
+        model.observe(y)
+        out = model(x)
+        assert torch.isinf(out[:, 2:]).all() == mask and torch.isfinite(out[:, :2]).all()
+        s.loss(x, y).backward()
+        grads[mask] = model.head.fc.weight.grad[2:].abs().sum().item()
+    # masked: the classes not seen get no gradient; a fixed head pushes their logits down
+    assert grads[True] == 0.0 and grads[False] > 0.0
+
+
+def test_mask_unseen_false_is_refused_for_a_strategy_with_its_own_head():
+    from types import SimpleNamespace as NS
+
+    import torch.nn as nn
+
+    from cl.models.model import check_mask_unseen
+
+    model = nn.Module()
+    model.head = PrototypeHead(3, 4)
+    with pytest.raises(ConfigError, match="strategy.mask_unseen=false: strategy 'ncm' scores classes with its own head"):
+        check_mask_unseen(model, NS(mask_unseen=False), "ncm")
+    check_mask_unseen(model, NS(mask_unseen=True), "ncm")  # the default: nothing to check

@@ -391,7 +391,7 @@ ID_EXCLUDE = ("out", "wandb", "project", "group", "tags", "name", "device")
 #: existed (one thread, built-in code) stay the same
 ID_IMPLICIT = {"threads": 1, CODE_KEY: None}
 #: section fields hashed only when they differ from these values (fields added after runs were made)
-ID_IMPLICIT_FIELDS = {"protocol": {"eval_amp": False}, "strategy": {"prompt_lr": None, "head_tau": None},  # fields added later,
+ID_IMPLICIT_FIELDS = {"protocol": {"eval_amp": False}, "strategy": {"prompt_lr": None, "head_tau": None, "mask_unseen": True},  # fields added later,
                       "scenario": {"mean": None, "std": None}}  # at their defaults: the run ids stay as they were
 
 

@@ -50,6 +50,7 @@ class StrategyConfig:
     weight_decay: float = 0.0
     head: str = "linear"  # linear | cosine
     head_tau: float | None = None  # the cosine head's temperature (logits cos / tau); None: its default 0.09
+    mask_unseen: bool = True  # False: every class is scored from the start, in training and at test (a fixed head)
     frozen_backbone: bool = False  # train on cached features of the frozen backbone (any strategy)
 
 

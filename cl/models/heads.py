@@ -5,7 +5,8 @@ logits are -inf, so the head grows with the classes seen while shapes stay stati
 
 ``head.raw(h)`` gives the logits before the unseen-class mask (every class, finite): DER-family
 strategies store and distil these, as mammoth's unmasked heads do; ``head(h)`` is ``mask(raw(h))``,
-bitwise the same as before ``raw`` existed."""
+bitwise the same as before ``raw`` existed.  With ``mask_unseen = False`` (``strategy.mask_unseen: false``)
+``mask`` is the identity: every class is scored in training and at test, as in a fixed head."""
 from __future__ import annotations
 
 import math
@@ -16,6 +17,10 @@ import torch.nn.functional as F
 
 
 class MaskedHead(nn.Module):
+    #: False: ``mask`` passes every class's logit (a fixed head over all classes from the start, as the MIR and
+    #: AML code train ER and MIR); ``seen`` is still kept. Set by ``head_of`` from ``strategy.mask_unseen``.
+    mask_unseen: bool = True
+
     def __init__(self, n_classes: int):
         super().__init__()
         self.n_classes = n_classes
@@ -26,6 +31,8 @@ class MaskedHead(nn.Module):
         self.seen[y] = True
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        if not self.mask_unseen:
+            return logits
         return logits.masked_fill(~self.seen, float("-inf"))
 
 

@@ -40,10 +40,31 @@ def build_head(kind: str, in_dim: int, n_classes: int, **kw) -> nn.Module:
 
 def head_of(cfg, in_dim: int, n_classes: int) -> nn.Module:
     """The head a strategy config asks for: ``cfg.head`` (linear | cosine) and, for the cosine head, its
-    temperature ``cfg.head_tau`` (None: the head's default)."""
+    temperature ``cfg.head_tau`` (None: the head's default), and whether it masks the classes not seen yet
+    (``cfg.mask_unseen``)."""
+    kind, tau = getattr(cfg, "head", "linear"), getattr(cfg, "head_tau", None)
+    head = _head_with_tau(kind, tau, in_dim, n_classes)
+    head.mask_unseen = bool(getattr(cfg, "mask_unseen", True))
+    return head
+
+
+def check_mask_unseen(model: nn.Module, cfg, strategy: str) -> None:
+    """``strategy.mask_unseen: false`` must reach the head that scores the classes (one built by ``head_of``);
+    a strategy whose own head ignores it gets an error instead of silently masked logits."""
     from cl.core.registry import ConfigError
 
-    kind, tau = getattr(cfg, "head", "linear"), getattr(cfg, "head_tau", None)
+    if getattr(cfg, "mask_unseen", True):
+        return
+    head = getattr(model, "head", None)
+    if head is None or head.__dict__.get("mask_unseen", True) is not False:
+        raise ConfigError(f"strategy.mask_unseen=false: strategy {strategy!r} scores classes with its own head, which "
+                          f"always masks the classes not seen yet; use it with a strategy built on the linear or "
+                          f"cosine head (strategy.head), or leave mask_unseen at true")
+
+
+def _head_with_tau(kind, tau, in_dim, n_classes):
+    from cl.core.registry import ConfigError
+
     if tau is None:
         return build_head(kind, in_dim, n_classes)
     if kind != "cosine":

@@ -35,7 +35,8 @@ from cl.core.registry import ConfigError, scenarios, strategies
 from cl.core.streams import HiddenBoundary
 from cl.core.strategy import RunInfo, uses_frozen_features
 from cl.models.backbones import backbone_spec, build_backbone
-from cl.models.model import attach_preprocess, model_preprocess, preprocess_factory, trainable_parameters
+from cl.models.model import (attach_preprocess, check_mask_unseen, model_preprocess, preprocess_factory,
+                            trainable_parameters)
 from cl.train import checkpoint
 from cl.train.evaluate import class_masks, evaluate
 from cl.train.loggers import Events, Progress, ResultFile, WandbLogger
@@ -113,6 +114,7 @@ def build_model(strategy_cls, scfg, resolved, scenario, device) -> torch.nn.Modu
         name, bcfg = "identity", None  # the frozen backbone already ran (cl.models.features.featurize)
     backbone = build_backbone(name, bcfg, scenario.input_shape)
     model = strategy_cls.build_model(scfg, backbone, scenario)
+    check_mask_unseen(model, scfg, resolved["strategy"]["name"])
     attach_preprocess(model, preprocess_factory(backbone, scenario))
     return model.to(device)
 
