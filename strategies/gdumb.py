@@ -23,7 +23,11 @@ Choices, from mammoth ``models/gdumb.py`` (``fit_buffer``) and its seq-CIFAR bes
   alone and every retraining starts from the same initial weights, at 1/T of the retraining cost; the earlier
   rows are then those of the untrained model, so forgetting and average incremental accuracy mean nothing.
 * Each stream sample is offered to the memory once: later epochs over an experience add nothing.
-* Deviation: mammoth's best config adds CutMix (alpha 1) during retraining; not implemented here.
+* CutMix and gradient clipping, from GDumb's own code (drimpossible/GDumb ``src/main.py`` and ``opts.py``, read
+  2026-12-02; its CIFAR-10 runs pass ``--regularization cutmix``): each retraining batch is cut-mixed with
+  probability ``cutmix_prob`` (the code's 0.5; default 0 here, mammoth's plain runs) with lambda ~
+  Beta(``cutmix_alpha``, same) (cl/data/mix.py), and the gradient norm is clipped at ``fit_clip`` (the code's 10;
+  default none) before each step. Images only: CutMix on feature vectors is a ConfigError.
 
 Online protocol (``protocol=online``): the single pass offers every stream sample once, so no experience
 length is read; task-free streams (``scenario.boundaries`` hidden, blurry, gradual) are allowed: GDumb uses
@@ -42,6 +46,7 @@ import torch.nn.functional as F
 
 from cl.core.registry import ConfigError
 from cl.core.strategy import Strategy, StrategyConfig, register
+from cl.data.mix import cutmix
 from cl.models.buffers import ClassBalancedBuffer
 
 
@@ -57,6 +62,9 @@ class GDumbConfig(StrategyConfig):
     min_lr: float = 5e-4
     fit_momentum: float = 0.9
     fit_weight_decay: float = 1e-6
+    cutmix_prob: float = 0.0  # GDumb's code: 0.5 (with --regularization cutmix)
+    cutmix_alpha: float = 1.0
+    fit_clip: float | None = None  # max gradient norm in retraining; GDumb's code: 10 (--clip)
     retrain: str = "every"  # every | last: retrain at every evaluation point, or only after the last experience
 
 
@@ -71,6 +79,12 @@ class GDumb(Strategy):
         if c.buffer_size < 1 or c.fit_epochs < 0 or c.fit_batch_size < 1:
             raise ConfigError(f"gdumb needs strategy.buffer_size >= 1, fit_epochs >= 0, fit_batch_size >= 1; got "
                               f"{c.buffer_size}, {c.fit_epochs}, {c.fit_batch_size}")
+        if not 0.0 <= c.cutmix_prob <= 1.0 or c.cutmix_alpha <= 0 or (c.fit_clip is not None and c.fit_clip <= 0):
+            raise ConfigError(f"gdumb needs 0 <= strategy.cutmix_prob <= 1, cutmix_alpha > 0 and fit_clip > 0 (or unset); "
+                              f"got {c.cutmix_prob}, {c.cutmix_alpha}, {c.fit_clip}")
+        if c.cutmix_prob > 0 and len(self.info.input_shape) != 3:
+            raise ConfigError(f"gdumb: strategy.cutmix_prob={c.cutmix_prob} mixes image boxes, but the inputs have shape "
+                              f"{tuple(self.info.input_shape)} (not C x H x W): set cutmix_prob=0")
         if c.retrain not in RETRAIN:
             raise ConfigError(f"gdumb: unknown strategy.retrain {c.retrain!r}; valid: {', '.join(RETRAIN)}")
         self.buffer = ClassBalancedBuffer(c.buffer_size, self.device)
@@ -116,8 +130,17 @@ class GDumb(Strategy):
                 idx = perm[i:i + c.fit_batch_size]
                 x = mem["x"][idx]
                 x = self.augment(x) if self.augment is not None else x
+                y = mem["y"][idx]
                 opt.zero_grad(set_to_none=True)
-                F.cross_entropy(self.model(x).float(), mem["y"][idx]).backward()
+                if c.cutmix_prob > 0 and float(torch.rand(())) < c.cutmix_prob:
+                    x, y2, lam = cutmix(x, y, c.cutmix_alpha)
+                    out = self.model(x).float()
+                    loss = lam * F.cross_entropy(out, y) + (1.0 - lam) * F.cross_entropy(out, y2)
+                else:
+                    loss = F.cross_entropy(self.model(x).float(), y)
+                loss.backward()
+                if c.fit_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(params, c.fit_clip)
                 opt.step()
         self.model.train(was_training)
 

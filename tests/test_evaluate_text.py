@@ -96,7 +96,9 @@ def test_cpu_bf16_evaluation_runs_under_autocast_only_when_asked():
 # every field added after results were recorded, at its default, leaves the run ids of older configs as they were
 IMPLICIT_CASES = [("protocol", "eval_amp", "er", True), ("strategy", "prompt_lr", "l2p", 1e-4),
                   ("scenario", "mean", "er", [0.5] * 3), ("scenario", "std", "er", [2.0] * 3),
-                  ("strategy", "head_tau", "er", 0.1), ("strategy", "mask_unseen", "er", False)]
+                  ("strategy", "head_tau", "er", 0.1), ("strategy", "mask_unseen", "er", False),
+                  ("strategy", "cutmix_prob", "gdumb", 0.5), ("strategy", "cutmix_alpha", "gdumb", 2.0),
+                  ("strategy", "fit_clip", "gdumb", 10.0)]
 
 
 def test_every_implicit_field_is_covered():

@@ -84,8 +84,10 @@ def line_of(text: str, needle: str) -> int:
     ("provenance: SEC-R}", "provenance: SEC}", "provenance: SEC}", ["unknown provenance 'SEC'", "SEC-R", "SEC-D"]),
     ("metric: {memory: {total: 20}}", "metric: {memory: {slots: 20}}", "slots: 20",
      ["unknown memory key 'slots'", "per_class", "total"]),
-    ("published: {value: 50.0, sd: 1.0, n: 10}", "published: {value: 50.0, spread: 1.0}", "spread: 1.0",
-     ["unknown published key 'spread'", "value", "sd"]),
+    ("published: {value: 50.0, sd: 1.0, n: 10}", "published: {value: 50.0, deviation: 1.0}", "deviation: 1.0",
+     ["unknown published key 'deviation'", "value", "sd", "spread"]),
+    ("published: {value: 50.0, sd: 1.0, n: 10}", "published: {value: 50.0, sd: 1.0, n: 10, spread: sem}", "spread: sem",
+     ["unknown spread 'sem'", "sd", "se", "2se", "unknown"]),
     ("select: {strategy: er, strategy.buffer_size: 20}", "select: {strategy: er, strategy.buffer_size: 30}",
      "buffer_size: 30", ["matches no run"]),
     ("select: {strategy: er, strategy.buffer_size: 20}", "select: {strategy: er}", "select: {strategy: er}\n",
@@ -369,3 +371,19 @@ def test_archived_records_survive_a_fresh_results_folder_and_edited_ones_are_ref
     assert main(["reproduce", "run", *args, "--results", str(res2), "--entry", "tiny", "-n"]) == 0
     out = capsys.readouterr().out
     assert sum(1 for x in out.splitlines() if " finished " in f"{x} ") == 3, out
+
+
+def test_published_spread_kinds_are_shown_and_converted_to_a_standard_deviation(tmp_path):
+    """ER-ACE prints mean ± standard error over 10 runs, MIR's code mean ± 2 std / sqrt(n): the board says which,
+    and its plot's error bar is the standard deviation they imply."""
+    from cl.sweeps.reproduce_board import sd_of
+
+    assert sd_of({"sd": 0.7, "n": 10, "spread": "se"}) == pytest.approx(0.7 * 10 ** 0.5)
+    assert sd_of({"sd": 1.2, "n": 15, "spread": "2se"}) == pytest.approx(0.6 * 15 ** 0.5)
+    assert sd_of({"sd": 1.2, "n": 15}) == 1.2 and sd_of({"sd": 1.2, "n": None, "spread": "se"}) == 1.2
+    assert sd_of({"sd": 2.0, "n": 3, "spread": "unknown"}) == 2.0 and sd_of({"sd": None, "n": 3, "spread": "se"}) is None
+    d = make(tmp_path, ENTRY.replace("published: {value: 50.0, sd: 1.0, n: 10}",
+                                     "published: {value: 50.0, sd: 1.0, n: 10, spread: se}"))
+    rows = {r["row"]: r for r in board_rows(load_entries(d, tmp_path / "res"))}
+    assert rows["er20"]["published"] == "50 ± 1 (se, n=10)" and rows["er20"]["ref_sd"] == pytest.approx(10 ** 0.5)
+    assert rows["er40"]["published"] == "60 (spread not printed) (n=n/s)"

@@ -391,8 +391,10 @@ ID_EXCLUDE = ("out", "wandb", "project", "group", "tags", "name", "device")
 #: existed (one thread, built-in code) stay the same
 ID_IMPLICIT = {"threads": 1, CODE_KEY: None}
 #: section fields hashed only when they differ from these values (fields added after runs were made)
-ID_IMPLICIT_FIELDS = {"protocol": {"eval_amp": False}, "strategy": {"prompt_lr": None, "head_tau": None, "mask_unseen": True},  # fields added later,
-                      "scenario": {"mean": None, "std": None}}  # at their defaults: the run ids stay as they were
+ID_IMPLICIT_FIELDS = {"protocol": {"eval_amp": False},  # fields added later, at their defaults: the run ids stay
+                      "strategy": {"prompt_lr": None, "head_tau": None, "mask_unseen": True,  # as they were
+                                   "cutmix_prob": 0.0, "cutmix_alpha": 1.0, "fit_clip": None},
+                      "scenario": {"mean": None, "std": None}}
 
 
 def run_id(resolved: dict) -> str:

@@ -37,7 +37,10 @@ MEMORY_KEYS = ("per_class", "total")
 HARDWARE = ("cpu", "gpu", "gpu+weights")
 PROVENANCE = ("PAPER", "CODE", "IMG", "3P", "SEC-R", "SEC-D", "NONE")
 SECONDARY = ("SEC-R", "SEC-D")
-PUBLISHED_KEYS = ("value", "sd", "n")
+PUBLISHED_KEYS = ("value", "sd", "n", "spread")
+# what the printed ± is: a standard deviation (the default), a standard error, two standard errors (MIR's code
+# prints mean ± 2 std / sqrt(n)), or not stated; `sd` holds the printed number whatever its kind
+SPREADS = ("sd", "se", "2se", "unknown")
 SOURCE_KEYS = ("ref", "provenance", "checked", "note")
 TOLERANCE_KEYS = ("points", "reason")
 NOT_VERIFIED = "not-verified"
@@ -264,7 +267,11 @@ class _EntryLoader:
             self.keys(pub, PUBLISHED_KEYS, "published key")
             published = {"value": float(self.number(pub, "value", f"{where}.published", minimum=-1e9)),
                          "sd": self.number(pub, "sd", f"{where}.published", required=False),
-                         "n": self.number(pub, "n", f"{where}.published", minimum=1, required=False, integer=True)}
+                         "n": self.number(pub, "n", f"{where}.published", minimum=1, required=False, integer=True),
+                         "spread": pub.get("spread", "sd")}
+            if published["spread"] not in SPREADS:
+                raise self.err(pub.lineof("spread"), f"{where}.published: "
+                                                     f"{unknown('spread', published['spread'], SPREADS)}")
         else:
             raise self.err(r.lineof("published"), f"{where}.published: expected {{value, sd, n}} or "
                                                   f"`{NOT_VERIFIED}`, got {plain(pub)!r}")

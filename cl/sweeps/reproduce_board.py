@@ -34,6 +34,15 @@ def _metric_values(records, metric_name):
     return out
 
 
+def sd_of(p: dict) -> float | None:
+    """The published spread as a standard deviation over runs (the plot's error bar): a standard error times
+    sqrt(n), two standard errors halved first; as printed when n or the kind is not stated."""
+    v, n, kind = p.get("sd"), p.get("n"), p.get("spread", "sd")
+    if v is None or kind in ("sd", "unknown") or n is None:
+        return v
+    return (v / 2.0 if kind == "2se" else v) * n ** 0.5
+
+
 def _fmt(m, s, n):
     return f"{m:.2f} ± {s:.2f}" if n > 1 else f"{m:.2f}"
 
@@ -99,9 +108,10 @@ def board_rows(entries: list[Entry]) -> list[dict]:
                     src_txt = f"{full.name} / {frow.id}"
             elif row.published is not None:
                 p = row.published
-                ref, ref_sd = p["value"], p["sd"]
+                ref, ref_sd = p["value"], sd_of(p)
+                kind = "" if p.get("spread", "sd") == "sd" else f"{p['spread']}, "
                 ref_txt = f"{p['value']:g}" + (f" ± {p['sd']:g}" if p["sd"] is not None else " (spread not printed)") \
-                          + f" (n={p['n'] if p['n'] is not None else 'n/s'})"
+                          + f" ({kind}n={p['n'] if p['n'] is not None else 'n/s'})"
             else:
                 ref_txt = "published value not verified"
             if row.source is not None:
