@@ -16,7 +16,7 @@ Choices, from mammoth ``models/gdumb.py`` (``fit_buffer``) and its seq-CIFAR bes
 * "From scratch" = the model's parameters and buffers as built at setup (saved then), except the head's
   seen-class mask, which keeps the classes seen so far. The paper re-initialises at each evaluation;
   mammoth retrains only after the last task (its intermediate accuracies are those of an untrained
-  model); here every boundary retrains, so every row of R is GDumb's.
+  model); here, by default (``retrain: every``), every boundary retrains, so every row of R is GDumb's.
 * ``retrain``: ``every`` (the default) retrains at every evaluation point, so every row of R is GDumb's;
   ``last`` retrains only after the last experience, as mammoth does: the final row (final average accuracy,
   the number the paper's tables report) has the same distribution, since the memory depends on the stream
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cl.core.registry import ConfigError
+from cl.core.registry import ConfigError, unknown
 from cl.core.strategy import Strategy, StrategyConfig, register
 from cl.data.mix import cutmix
 from cl.models.buffers import ClassBalancedBuffer
@@ -86,7 +86,7 @@ class GDumb(Strategy):
             raise ConfigError(f"gdumb: strategy.cutmix_prob={c.cutmix_prob} mixes image boxes, but the inputs have shape "
                               f"{tuple(self.info.input_shape)} (not C x H x W): set cutmix_prob=0")
         if c.retrain not in RETRAIN:
-            raise ConfigError(f"gdumb: unknown strategy.retrain {c.retrain!r}; valid: {', '.join(RETRAIN)}")
+            raise unknown("strategy.retrain", c.retrain, RETRAIN)
         self.buffer = ClassBalancedBuffer(c.buffer_size, self.device)
         self.init_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()
                            if not k.endswith("seen")}

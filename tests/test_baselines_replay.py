@@ -483,5 +483,5 @@ def test_gdumb_retrain_last_fits_only_after_the_last_experience():
     last.after_experience(HiddenBoundary(2))
     # the last retraining starts from the initial weights either way: the final model is the same
     assert torch.equal(last.model.head.fc.weight, every.model.head.fc.weight)
-    with pytest.raises(ConfigError, match="unknown strategy.retrain 'final'; valid: every, last"):
+    with pytest.raises(ConfigError, match="unknown strategy.retrain 'final'. Valid choices: every, last"):
         build("gdumb", retrain="final")
