@@ -356,6 +356,13 @@ def test_archived_records_survive_a_fresh_results_folder_and_edited_ones_are_ref
     rec = json.loads(p.read_text())
     rec["config"]["strategy"]["lr"] = 0.5
     p.write_text(json.dumps(rec))
+    # `list` and the budget of `run` count the 3 valid records as finished runs, reading, not restoring, them
+    res3 = tmp_path / "res3"
+    assert main(["reproduce", "list", *args, "--results", str(res3)]) == 0
+    assert re.search(r"^tiny +cpu +1\.5 +3  partial: 3/9 runs finished$", capsys.readouterr().out, re.M)
+    assert main(["reproduce", "run", *args, "--results", str(res3), "-n"]) == 0  # 1.5 h x 6 of 9 runs left
+    assert "1 entries, 1.00 device-hours (estimated) left to run: tiny" in capsys.readouterr().out
+    assert not res3.exists()
     board = tmp_path / "docs" / "reproduction.md"
     assert main(["reproduce", "report", *args, "--results", str(res2), "-o", str(board)]) == 0
     cap = capsys.readouterr()

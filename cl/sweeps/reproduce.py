@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cl.core.registry import ConfigError, unknown
-from cl.sweeps.reproduce_records import archive, records_root, restore
+from cl.sweeps.reproduce_records import archive, archived, records_root, restore
 from cl.sweeps.yaml_lines import LDict, LList, SweepError, load_yaml_lines, plain
 
 ENTRY_KEYS = ("name", "method", "strategies", "benchmark", "sweep", "hardware", "cost_hours", "metric",
@@ -433,14 +433,26 @@ def _read_json(path: Path):
         return None
 
 
-def entry_status(e: Entry) -> dict:
-    """{"state": ..., "finished": k, "total": n, "last": date or None} of the entry's sweep on disk."""
+def _states(e: Entry, records: Path | None = None, runs=None) -> list[str]:
+    """Each run's status in the results folder; a run not finished there but with a valid archived record
+    under ``records`` counts as finished (``cl reproduce run`` / ``report`` restore it before anything else)."""
+    from cl.sweeps.status import run_status
+
+    runs = e.sweep.runs if runs is None else runs
+    sts = [run_status(e.out, r.id) for r in runs]
+    if records is not None and any(s != "finished" for s in sts):
+        have = archived(e, records)
+        sts = ["finished" if s != "finished" and r.id in have else s for r, s in zip(runs, sts)]
+    return sts
+
+
+def entry_status(e: Entry, records: Path | None = None) -> dict:
+    """{"state": ..., "finished": k, "total": n, "last": date or None} of the entry's sweep on disk (with the
+    archived records under ``records`` counted as finished runs)."""
     if not e.available:
         return {"state": "strategy not available", "finished": 0, "total": 0, "last": None,
                 "text": f"strategy not available: {', '.join(e.missing)}"}
-    from cl.sweeps.status import run_status
-
-    sts = [run_status(e.out, r.id) for r in e.sweep.runs]
+    sts = _states(e, records)
     fin = sts.count("finished")
     last = None
     for r in e.sweep.runs:
@@ -463,15 +475,13 @@ def entry_status(e: Entry) -> dict:
     return {"state": state, "finished": fin, "total": n, "last": last, "text": text}
 
 
-def remaining_cost(e: Entry, runs=None) -> float:
+def remaining_cost(e: Entry, runs=None, records: Path | None = None) -> float:
     """Estimated device-hours of the unfinished runs: of the whole sweep, or of ``runs`` (a --where part),
-    at the entry's cost per run."""
+    at the entry's cost per run (a run with an archived record under ``records`` is not unfinished)."""
     if runs is not None:
-        from cl.sweeps.status import run_status
-
         total = len(e.sweep.runs) or 1
-        return e.cost_hours * sum(run_status(e.out, r.id) != "finished" for r in runs) / total
-    st = entry_status(e)
+        return e.cost_hours * sum(s != "finished" for s in _states(e, records, runs)) / total
+    st = entry_status(e, records)
     return e.cost_hours * (st["total"] - st["finished"]) / st["total"] if st["total"] else e.cost_hours
 
 
@@ -536,11 +546,12 @@ def merge_side(e: Entry, records: dict) -> None:
 
 def cmd_list(args) -> int:
     entries = load_entries(args.entries, args.results)
+    root = records_root(args.entries, args.records)
     hdr = f"{'entry':<34} {'hardware':<11} {'cost h':>7} {'results':>7}  status"
     print(hdr)
     print("-" * len(hdr))
     for e in entries:
-        st = entry_status(e)
+        st = entry_status(e, root)
         print(f"{e.name:<34} {e.hardware:<11} {e.cost_hours:>7.1f} {len(e.rows):>7}  {st['text']}")
     total = sum(e.cost_hours for e in entries)
     print(f"{len(entries)} entries, {total:.1f} device-hours in all "
@@ -548,7 +559,7 @@ def cmd_list(args) -> int:
     return 0
 
 
-def select_entries(entries, only=None, names=None, budget=None, log=print, selected=None):
+def select_entries(entries, only=None, names=None, budget=None, log=print, selected=None, records=None):
     """The entries to run: by hardware class, name and a budget of device-hours (remaining cost, in order).
     ``selected``: {entry name: its runs chosen by --where}; the budget then counts those runs' cost only."""
     chosen = [e for e in entries if (not only or e.hardware in only)]
@@ -557,7 +568,7 @@ def select_entries(entries, only=None, names=None, budget=None, log=print, selec
         if not e.available:
             log(f"skip {e.name}: strategy not available ({', '.join(e.missing)})")
             continue
-        cost = remaining_cost(e, (selected or {}).get(e.name))
+        cost = remaining_cost(e, (selected or {}).get(e.name), records)
         if budget is not None and spent + cost > budget + 1e-9:
             log(f"skip {e.name}: {cost:.2f} device-hours left to run, over the budget "
                 f"({budget - spent:.2f} of {budget:.2f} left)")
@@ -587,7 +598,8 @@ def cmd_run(args) -> int:
             print(f"--where {' --where '.join(args.where)} matches no run of {len(unmatched)} entries: "
                   + ", ".join(unmatched))
         entries = [e for e in entries if e.name in picks]
-    todo, spent = select_entries(entries, args.only, args.entry, args.budget, selected=picks)
+    root = records_root(args.entries, args.records)
+    todo, spent = select_entries(entries, args.only, args.entry, args.budget, selected=picks, records=root)
     if not todo:
         print("nothing to run")
         return 0
@@ -596,12 +608,11 @@ def cmd_run(args) -> int:
     if args.dry_run:
         for e in todo:
             part = f", {len(picks[e.name])} runs selected by --where" if e.name in picks else ""
-            left = remaining_cost(e, picks.get(e.name))
+            left = remaining_cost(e, picks.get(e.name), root)
             print(f"\nentry {e.name} ({e.hardware}, {e.cost_hours:g} h in all, {left:.2f} h left{part})")
             print_dry_run(e.sweep, only=picks.get(e.name), flag="--where")
         return 0
     commit = _git_commit()  # the code that runs (cl.train.engine.code_commit), not the entries' folder
-    root = records_root(args.entries, args.records)
     rc, done = 0, set()
     for e in todo:
         key = (e.sweep_path, e.out)

@@ -211,7 +211,7 @@ def render(entries: list[Entry], rows: list[dict], board: Path, png_name: str | 
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     lines += ["", "## Entries", ""]
     for e in entries:
-        st = entry_status(e)
+        st = entry_status(e, records)
         lines.append(f"### {e.name}")
         lines.append("")
         lines.append(f"- {e.method}: {e.benchmark}. Hardware `{e.hardware}`, about {e.cost_hours:g} device-hours; "

@@ -96,6 +96,19 @@ def archive(e, root: Path, side: dict | None = None) -> int:
     return n
 
 
+def archived(e, root: Path | None) -> set[str]:
+    """The run ids of ``e``'s sweep with a valid archived record under ``root`` (read only: nothing is
+    restored), so that ``cl reproduce list`` and the budget of ``cl reproduce run`` count them as run."""
+    if root is None or not _folder(root, e).is_dir():
+        return set()
+    out = set()
+    for spec in e.sweep.runs:
+        path = _folder(root, e) / f"{spec.id}.json"
+        if path.exists() and record_problem(_read(path), spec.id) is None:
+            out.add(spec.id)
+    return out
+
+
 def restore(e, root: Path, log=None) -> list[str]:
     """Put the archived records of ``e``'s sweep back as ``result.json`` of each run that has no finished
     result in the results folder (and is not running elsewhere); returns the run ids restored."""
