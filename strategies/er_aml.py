@@ -57,14 +57,8 @@ def aml_loss(anchor, contrast, anchor_y, contrast_y, temperature, base_temperatu
 class ERAML(ER):
     """ER with AML: metric-learning loss on incoming samples, CE on replay."""
 
-    task_free = True  # the boundary index only delays AML with visible boundaries (aml_phase)
-
-    def setup(self):
-        super().setup()
-        self.exp_index = 0
-
-    def before_experience(self, exp):
-        self.exp_index = exp.index
+    # task-free (ER's declaration): the boundary index (ER's exp_index) only delays AML with visible
+    # boundaries (aml_phase)
 
     def aml_phase(self) -> bool:
         if len(self.buffer) == 0:
@@ -105,10 +99,3 @@ class ERAML(ER):
             loss = aml_loss(h, hc, y[ok], yc, self.cfg.temperature, self.cfg.base_temperature)
         mem = self.buffer.sample(self.cfg.replay_batch_size)
         return loss + F.cross_entropy(self.model(self.aug(mem["x"])).float(), mem["y"])
-
-    def extra_state(self):
-        return {**super().extra_state(), "exp_index": self.exp_index}
-
-    def load_extra_state(self, state):
-        super().load_extra_state(state)
-        self.exp_index = state.get("exp_index", 0)

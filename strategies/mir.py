@@ -55,7 +55,6 @@ class MIRConfig(ERConfig):
     buffer_size: int = 500  # TOTAL samples; MIR's paper: 20 / 50 / 100 per class = 200 / 500 / 1000 on CIFAR-10
     replay_batch_size: int = field(default=10, metadata={"min": 1})  # retrieved samples replayed per step
     subsample: int = field(default=50, metadata={"min": 1})  # candidates scored per step (C in the paper)
-    exclude_current: bool = False  # official code: candidates exclude the current experience (needs boundaries)
 
     def validate(self):
         if self.subsample < self.replay_batch_size:
@@ -68,31 +67,12 @@ class MIRConfig(ERConfig):
 class MIR(ER):
     """ER with maximally interfered retrieval: replay the candidates whose loss a virtual step raises most."""
 
-    task_free = True  # the boundary index is read only by exclude_current, which needs visible boundaries
-
-    def setup(self):
-        if self.cfg.exclude_current and self.info.boundaries != "visible":
-            raise ConfigError(f"strategy 'mir': exclude_current=true needs experience boundaries, got "
-                              f"scenario.boundaries={self.info.boundaries!r} (valid: visible; or set "
-                              f"exclude_current=false)")
-        super().setup()
-        self.exp_index = 0  # the current experience (saved: extra_state)
-
-    def before_experience(self, exp):
-        self.exp_index = int(exp.index)
+    honours_exclude_current = True  # the candidates come from ER's draw
 
     def candidates(self) -> dict:
-        """Up to ``subsample`` distinct buffer samples drawn uniformly (current experience excluded if asked)."""
-        if len(self.buffer) == 0:
-            return {}
-        if not self.cfg.exclude_current:
-            return self.buffer.sample(self.cfg.subsample, replace=False)
-        items = self.buffer.items()
-        keep = (items["e"] != self.exp_index).nonzero().squeeze(1)
-        if len(keep) == 0:
-            return {}
-        pick = keep[torch.randperm(len(keep), device=keep.device)[: self.cfg.subsample]]
-        return {k: v[pick] for k, v in items.items()}
+        """Up to ``subsample`` distinct buffer samples drawn uniformly (only past experiences' with
+        ``exclude_current``: ER's draw)."""
+        return self.draw(self.cfg.subsample, replace=False)
 
     def retrieve(self) -> dict:
         """The ``replay_batch_size`` candidates with the largest loss increase under the virtual step along
@@ -118,16 +98,3 @@ class MIR(ER):
         self.optimizer.step()
         self.after_step(x, y, t)
         return loss.detach()
-
-    def after_step(self, x, y, t=None):
-        if self.cfg.exclude_current:
-            self.buffer.add(x=x, y=y, e=torch.full_like(y, self.exp_index))
-        else:
-            self.buffer.add(x=x, y=y)
-
-    def extra_state(self):
-        return {**super().extra_state(), "exp_index": self.exp_index}
-
-    def load_extra_state(self, state):
-        super().load_extra_state(state)
-        self.exp_index = int(state.get("exp_index", 0))

@@ -185,7 +185,7 @@ def test_checkpoint_loads_with_weights_only_and_holds_declared_state_once(tmp_pa
         checkpoint.save = orig
     ck = keep["ck"]
     assert "attrs" not in ck  # no attribute heuristic: the buffer is saved once, in the strategy's state
-    assert set(ck["strategy"]["extra"]) == {"buffer"}
+    assert set(ck["strategy"]["extra"]) == {"buffer", "exp_index"} and isinstance(ck["strategy"]["extra"]["exp_index"], int)
 
 
 def test_not_plain_state_is_an_error_naming_it(tmp_path):

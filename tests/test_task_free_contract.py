@@ -146,6 +146,35 @@ def test_a_strategy_with_boundary_hooks_must_declare_it_is_task_free(tmp_path):
     assert Leaky.boundary_hooks() == ["after_experience"] and Strategy.boundary_hooks() == []
 
 
+def test_a_task_free_declaration_covers_only_the_hooks_of_the_class_that_makes_it():
+    """A subclass of a declared task-free strategy that overrides a boundary hook again must declare again;
+    one that overrides nothing, or another hook kind, inherits the declaration (ER declares it for its
+    exclude_current bookkeeping; ER-ACE inherits it)."""
+    from strategies.er import ER
+    from strategies.er_ace import ERACE
+
+    class Again(Spy):
+        def after_experience(self, exp):
+            self.classes = list(exp.classes)
+
+    class Plain(Spy):
+        def loss(self, x, y, t=None):
+            return super().loss(x, y, t)
+
+    class Declared(Again):
+        task_free = True
+
+    class Refused(Spy):
+        task_free = False
+
+    class Below(Refused):
+        pass
+
+    assert Spy.runs_task_free() and Plain.runs_task_free() and Declared.runs_task_free()
+    assert not Again.runs_task_free() and not Refused.runs_task_free() and not Below.runs_task_free()
+    assert ER.runs_task_free() and ERACE.runs_task_free()
+
+
 @pytest.mark.parametrize("name,field,fix", [("pec", "lr_decay", "strategy.lr_decay=false"),
                                             ("agem", "memory", "strategy.memory=reservoir"),
                                             ("center-loss", "freeze", "strategy.freeze=false")])

@@ -393,7 +393,8 @@ ID_IMPLICIT = {"threads": 1, CODE_KEY: None}
 #: section fields hashed only when they differ from these values (fields added after runs were made)
 ID_IMPLICIT_FIELDS = {"protocol": {"eval_amp": False},  # fields added later, at their defaults: the run ids stay
                       "strategy": {"prompt_lr": None, "head_tau": None, "mask_unseen": True,  # as they were
-                                   "cutmix_prob": 0.0, "cutmix_alpha": 1.0, "fit_clip": None},
+                                   "cutmix_prob": 0.0, "cutmix_alpha": 1.0, "fit_clip": None,
+                                   "exclude_current": False},
                       "scenario": {"mean": None, "std": None}}
 
 

@@ -147,12 +147,22 @@ class Strategy:
     #: ``after_experience`` at the evaluation points, but with a ``HiddenBoundary`` (its index only); a strategy
     #: that overrides a boundary hook and learns nothing from it declares ``task_free = True``.  The engine
     #: refuses every other strategy on a task-free stream (a ConfigError naming ``scenario.boundaries``).
+    #: A declaration covers the hooks of the class that makes it: a subclass that overrides a boundary hook
+    #: again is not task-free unless it declares so itself (as with ``graph_safe``).
     task_free: bool | None = None
 
     @classmethod
     def runs_task_free(cls) -> bool:
-        """``task_free`` if declared, else whether the class leaves every boundary hook to the base."""
-        return bool(cls.task_free) if cls.task_free is not None else not cls.boundary_hooks()
+        """The nearest class in the MRO that declares ``task_free`` or overrides a boundary hook decides: its
+        declaration, else false (it overrides a hook undeclared); true when no class below Strategy does either."""
+        for k in cls.__mro__:
+            if k is Strategy:
+                break
+            if k.__dict__.get("task_free") is not None:
+                return bool(k.__dict__["task_free"])
+            if any(h in k.__dict__ for h in BOUNDARY_HOOKS):
+                return False
+        return True
 
     @classmethod
     def boundary_hooks(cls) -> list[str]:

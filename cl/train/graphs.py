@@ -45,9 +45,10 @@ WARMUP = 3
 
 
 def is_graph_safe(strategy: Strategy) -> bool:
-    """The strategy's declared ``graph_safe``, and an augmentation (if any) that is graph-safe too."""
+    """The strategy's declared ``graph_safe`` (its class's, or the instance's where a setting such as ER's
+    ``exclude_current`` turns it off), and an augmentation (if any) that is graph-safe too."""
     aug = getattr(strategy, "augment", None)  # None on a strategy built without __init__ (tests)
-    return bool(type(strategy).graph_safe) and (aug is None or getattr(aug, "graph_safe", False))
+    return bool(strategy.graph_safe) and (aug is None or getattr(aug, "graph_safe", False))
 
 
 def _capture_autocast():
