@@ -36,9 +36,14 @@ experience in every kind of stream). Between two retrainings the model does not 
 (test-then-train) accuracy and the anytime evaluations (``protocol.eval_every``) use the model of the last
 retraining (the untrained initial model before the first), since retraining for every prediction would cost
 ``fit_epochs`` epochs per stream batch. Report GDumb's final accuracy, not its online accuracy.
+
+The stream optimiser's settings (``strategy.lr``, ``optimizer``, ``momentum``, ``weight_decay``) are not used;
+set away from their defaults (a sweep's base for every strategy, say), they draw a one-line warning naming
+them and the retraining fields that apply.
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +56,14 @@ from cl.models.buffers import ClassBalancedBuffer
 
 
 RETRAIN = ("every", "last")
+
+
+def unused_optimiser_fields(c) -> list[str]:
+    """The stream optimiser's fields (``lr``, ``optimizer``, ``momentum``, ``weight_decay``) set away from their
+    defaults: GDumb never uses them (a sweep's base may set them for every strategy, so this warns, not errs)."""
+    base = StrategyConfig()
+    return [f"{k}={getattr(c, k)!r}" for k in ("lr", "optimizer", "momentum", "weight_decay")
+            if getattr(c, k) != getattr(base, k)]
 
 
 @dataclass
@@ -87,6 +100,11 @@ class GDumb(Strategy):
                               f"{tuple(self.info.input_shape)} (not C x H x W): set cutmix_prob=0")
         if c.retrain not in RETRAIN:
             raise unknown("strategy.retrain", c.retrain, RETRAIN)
+        unused = unused_optimiser_fields(c)
+        if unused:
+            warnings.warn(f"gdumb: strategy.{', strategy.'.join(unused)} not used: GDumb takes no step on the stream "
+                          f"and retrains with its own SGD (strategy.max_lr, min_lr, fit_momentum, fit_weight_decay)",
+                          RuntimeWarning, stacklevel=2)
         self.buffer = ClassBalancedBuffer(c.buffer_size, self.device)
         self.init_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()
                            if not k.endswith("seen")}

@@ -47,3 +47,18 @@ def test_samples_offered_per_experience(protocol, boundaries, offered):
     s.train_step(e.train_x[4:], e.train_y[4:])  # the one sample left of the first pass is offered too
     s.train_step(e.train_x[:4], e.train_y[:4])  # a second pass
     assert len(s.buffer.items()["y"]) == (5 if offered else 9)
+
+
+def test_unused_stream_optimiser_settings_draw_a_warning_naming_them():
+    """GDumb takes no step on the stream: an lr / optimiser set for it (a sweep's base) is named in one
+    warning with the retraining fields that apply; at the defaults nothing is said."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build("gdumb", buffer_size=4, fit_epochs=0)
+    with pytest.warns(RuntimeWarning, match=r"gdumb: strategy.lr=0.05, strategy.momentum=0.9 not used: .*"
+                                            r"strategy.max_lr, min_lr, fit_momentum, fit_weight_decay"):
+        build("gdumb", buffer_size=4, fit_epochs=0, lr=0.05, momentum=0.9)
+    with pytest.warns(RuntimeWarning, match=r"strategy.optimizer='adam', strategy.weight_decay=0.001 not used"):
+        build("gdumb", buffer_size=4, fit_epochs=0, optimizer="adam", weight_decay=1e-3)
