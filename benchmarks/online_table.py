@@ -5,7 +5,8 @@
 Columns: final average accuracy, average forgetting, online (test-then-train) accuracy, A_auc (the anytime
 accuracy averaged over the evaluation points, ``protocol.eval_every``), anytime forgetting, training samples/s
 and the real-time cost ratio against the reference strategy at the same memory (its training samples/s over
-this row's: Ghunaim et al.'s C, from the runs' own timings, so it is only as steady as the machine was while
+this row's; a row without memory, such as LwF's, against the reference's memory with the most seeds: Ghunaim
+et al.'s C, from the runs' own timings, so it is only as steady as the machine was while
 they ran; benchmarks/online.py measures the step cost in one process).  Finished runs only; the seeds are
 listed.  Numbers are read from each run's ``result.json`` through the report's reader (cl/sweeps/report.py).
 """
@@ -56,6 +57,9 @@ def markdown(rows: dict, ref: str = "er") -> str:
         cells = [str(name), str(m) if m is not None else "–", ",".join(str(s) for s in sorted(d["seeds"]))]
         cells += [fmt(d[k], scale, 1 if scale != 1.0 else 0) for k, _, scale in COLUMNS]
         base = rows.get((ref, m)) or {}
+        if m is None and not base:  # no memory (finetune, LwF): against the reference's best-seeded memory
+            refs = [d2 for (n2, _), d2 in rows.items() if n2 == ref]
+            base = max(refs, key=lambda d2: len(d2["seeds"])) if refs else {}
         sps, ref_sps = d["train_samples_per_s"], base.get("train_samples_per_s") if base else None
         ratio = (cell_stats(ref_sps)[0] / cell_stats(sps)[0]) if sps and ref_sps else None
         cells.append(f"{ratio:.2f}" if ratio else "–")

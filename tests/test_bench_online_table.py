@@ -26,6 +26,7 @@ def test_rows_mean_sd_and_cost_ratio(tmp_path, capsys):
     _run(tmp_path, "mir", 500, 0, 0.40, 10.0)
     _run(tmp_path, "mir", 500, 1, 0.90, 99.0, status="failed")  # not counted
     _run(tmp_path, "mir", 200, 0, 0.35, 25.0)  # no ER at 200: no ratio
+    _run(tmp_path, "lwf", None, 0, 0.15, 100.0)  # no memory: against ER at its best-seeded memory (500)
     assert online_table.main([str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
     er = next(x for x in out if x.startswith("| er | 500 |"))
@@ -33,5 +34,6 @@ def test_rows_mean_sd_and_cost_ratio(tmp_path, capsys):
     mir = next(x for x in out if x.startswith("| mir | 500 |"))
     assert "| 0 | 40.0 |" in mir and mir.endswith("| 10 | 5.00 |"), mir  # ER's mean 50 samples/s over 10
     assert next(x for x in out if x.startswith("| mir | 200 |")).endswith("| 25 | – |")
+    assert next(x for x in out if x.startswith("| lwf | – |")).endswith("| 100 | 0.50 |")
     assert online_table.main([str(tmp_path / "nope")]) == 2
     assert "no results folder" in capsys.readouterr().err
