@@ -452,11 +452,15 @@ def test_ctrl_c_is_interrupted_and_resumable(tmp_path, capsys):
     sweep.write_text(f"base:\n  scenario: {json.dumps(SCEN)}\n  backbone: {{name: mlp, hidden: 32}}\n"
                      "grid:\n  strategy: [er, finetune]\n")
     out = tmp_path / "o"
+    own = "before_experience" in cls.__dict__
     cls.before_experience = boom
     try:
         rc = cli(["sweep", str(sweep), "--no-wandb", "-o", str(out), "-j", "0"])
     finally:
-        cls.before_experience = orig
+        if own:
+            cls.before_experience = orig
+        else:
+            del cls.before_experience
     err = capsys.readouterr().err
     assert rc == 130 and "Traceback" not in err and err.strip().count("\n") == 0 and "interrupted" in err
     (d,) = [p for p in out.iterdir() if p.name.startswith("er-")]

@@ -30,8 +30,9 @@ def _interrupt_at(strategy_name, index):
             raise KeyboardInterrupt
         return orig(self, exp)
 
+    own = "before_experience" in cls.__dict__
     cls.before_experience = boom
-    return lambda: setattr(cls, "before_experience", orig)
+    return (lambda: setattr(cls, "before_experience", orig)) if own else (lambda: delattr(cls, "before_experience"))
 
 
 @pytest.mark.parametrize("strategy,protocol", [

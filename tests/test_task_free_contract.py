@@ -174,6 +174,12 @@ def test_a_task_free_declaration_covers_only_the_hooks_of_the_class_that_makes_i
     assert not Again.runs_task_free() and not Refused.runs_task_free() and not Below.runs_task_free()
     assert ER.runs_task_free() and ERACE.runs_task_free()
 
+    class Patched(ERACE):  # a hook set to the function it inherits (a test's patch, undone) overrides nothing
+        pass
+
+    Patched.before_experience = ER.before_experience
+    assert Patched.runs_task_free()
+
 
 @pytest.mark.parametrize("name,field,fix", [("pec", "lr_decay", "strategy.lr_decay=false"),
                                             ("agem", "memory", "strategy.memory=reservoir"),

@@ -155,13 +155,16 @@ class Strategy:
     def runs_task_free(cls) -> bool:
         """The nearest class in the MRO that declares ``task_free`` or overrides a boundary hook decides: its
         declaration, else false (it overrides a hook undeclared); true when no class below Strategy does either."""
-        for k in cls.__mro__:
+        mro = cls.__mro__
+        for i, k in enumerate(mro):
             if k is Strategy:
                 break
             if k.__dict__.get("task_free") is not None:
                 return bool(k.__dict__["task_free"])
-            if any(h in k.__dict__ for h in BOUNDARY_HOOKS):
-                return False
+            for h in BOUNDARY_HOOKS:  # a hook set to the very function it inherits (a patch undone) is no override
+                inherited = next((b.__dict__[h] for b in mro[i + 1:] if h in b.__dict__), None)
+                if h in k.__dict__ and k.__dict__[h] is not inherited:
+                    return False
         return True
 
     @classmethod
