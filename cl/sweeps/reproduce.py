@@ -440,9 +440,9 @@ def _states(e: Entry, records: Path | None = None, runs=None) -> list[str]:
 
     runs = e.sweep.runs if runs is None else runs
     sts = [run_status(e.out, r.id) for r in runs]
-    if records is not None and any(s != "finished" for s in sts):
-        have = archived(e, records)
-        sts = ["finished" if s != "finished" and r.id in have else s for r, s in zip(runs, sts)]
+    if records is not None:  # only the runs not finished in the results folder have their records read
+        have = archived(e, records, [r.id for r, s in zip(runs, sts) if s != "finished"])
+        sts = ["finished" if r.id in have else s for r, s in zip(runs, sts)]
     return sts
 
 

@@ -96,16 +96,16 @@ def archive(e, root: Path, side: dict | None = None) -> int:
     return n
 
 
-def archived(e, root: Path | None) -> set[str]:
-    """The run ids of ``e``'s sweep with a valid archived record under ``root`` (read only: nothing is
-    restored), so that ``cl reproduce list`` and the budget of ``cl reproduce run`` count them as run."""
+def archived(e, root: Path | None, ids) -> set[str]:
+    """Those of the run ids ``ids`` (of ``e``'s sweep) with a valid archived record under ``root`` (read only:
+    nothing is restored), so that ``cl reproduce list`` and the budget of ``cl reproduce run`` count them as run."""
     if root is None or not _folder(root, e).is_dir():
         return set()
     out = set()
-    for spec in e.sweep.runs:
-        path = _folder(root, e) / f"{spec.id}.json"
-        if path.exists() and record_problem(_read(path), spec.id) is None:
-            out.add(spec.id)
+    for rid in ids:
+        path = _folder(root, e) / f"{rid}.json"
+        if path.exists() and record_problem(_read(path), rid) is None:
+            out.add(rid)
     return out
 
 
