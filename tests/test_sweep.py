@@ -229,3 +229,39 @@ def test_quickstart_file_is_valid():
 def test_paper_configs_validate(path):
     sw = load_sweep(str(ROOT / path))
     assert sw.runs and sw.paper and "paper" in sw.tags
+
+
+def test_records_keep_a_sweeps_finished_runs_across_a_fresh_results_folder(tmp_path, capsys):
+    """`cl sweep --records DIR` copies every finished run to DIR/<name>/; a fresh results folder (a new clone)
+    gets them back, skips them and runs only the rest; an edited record is refused and its run recomputed."""
+    from cl.cli import main
+
+    f = write(tmp_path, f"name: recs\n{BASE}\ngrid: {{strategy: [er], scenario: [gaussian], seed: [0, 1]}}\n"
+                        f"strategies: {{er: {{buffer_size: 20}}}}\n")
+    sw = load_sweep(f)
+    ids = [r.id for r in sw.runs]
+    recs = tmp_path / "records"
+    o1, o2, o3 = (str(tmp_path / n) for n in ("o1", "o2", "o3"))
+    assert main(["sweep", f, "-j", "0", "-o", o1, "--only", "seed=0", "--records", str(recs), "--no-report"]) == 0
+    assert "records: 1 record(s) written or updated" in capsys.readouterr().out
+    assert sorted(p.stem for p in (recs / "recs").glob("*.json")) == [ids[0]]
+    first = json.loads((Path(o1) / ids[0] / "result.json").read_text())
+    # a fresh results folder: the dry run counts the record (and writes nothing), the real run restores it
+    assert main(["sweep", f, "-o", o2, "--records", str(recs), "--dry-run"]) == 0
+    assert "records: 1 of the 2 runs not finished" in capsys.readouterr().out
+    assert not Path(o2).exists()
+    assert main(["sweep", f, "-j", "0", "-o", o2, "--records", str(recs), "--no-report"]) == 0
+    text = capsys.readouterr().out
+    assert "1 finished run(s) put back" in text and "1 already finished, 1 to run" in text, text
+    assert json.loads((Path(o2) / ids[0] / "result.json").read_text())["R"] == first["R"]
+    assert sorted(p.stem for p in (recs / "recs").glob("*.json")) == sorted(ids)  # the new run archived too
+    # an edited number is refused with a warning; that run is run again, the other still put back
+    p = recs / "recs" / f"{ids[1]}.json"
+    rec = json.loads(p.read_text())
+    rec["metrics"]["avg_acc"] = 0.99
+    p.write_text(json.dumps(rec))
+    assert main(["sweep", f, "-j", "0", "-o", o3, "--records", str(recs), "--no-report"]) == 0
+    cap = capsys.readouterr()
+    assert "is not used" in cap.err and "avg_acc" in cap.err and "Traceback" not in cap.err
+    assert "1 finished run(s) put back" in cap.out and "1 already finished, 1 to run" in cap.out
+    assert json.loads(p.read_text())["metrics"]["avg_acc"] != 0.99  # rewritten from the recomputed run

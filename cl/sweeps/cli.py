@@ -1,6 +1,7 @@
 """``cl sweep FILE``: expand a sweep file, run what is unfinished, print the report."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from cl.sweeps.runner import run_sweep
 from cl.sweeps.spec import load_sweep, select_runs
@@ -33,6 +34,10 @@ def add_cli(sub) -> None:
                    help="run only the runs whose KEY (strategy, seed, strategy.buffer_size, ...) is one of the values; "
                         "repeat to combine (all must match); the report still lists the whole sweep")
     p.add_argument("--no-report", action="store_true", help="do not write/print the report at the end")
+    p.add_argument("--records", metavar="DIR",
+                   help="committed result records: runs with a valid record in DIR/<sweep name>/ and no result in "
+                        "the results folder get it back (and are skipped); the finished runs are copied there "
+                        "after the sweep (a few KB each, to commit)")
     p.set_defaults(func=cmd_sweep)
 
 
@@ -45,8 +50,12 @@ def cmd_sweep(args) -> int:
         sweep = load_sweep(args.file, overrides + [f"threads={sweep.executor['threads']}"], args.out, args.plugin)
     only = select_runs(sweep, args.only) if args.only else None
     if args.dry_run:
+        if args.records:
+            _print_records(sweep, args.records)
         print_dry_run(sweep, only=only)
         return 0
+    if args.records:
+        _restore(sweep, args.records)
     from cl.sweeps.executors import make_executor
 
     ex = dict(sweep.executor)
@@ -58,8 +67,12 @@ def cmd_sweep(args) -> int:
     kind = ex.pop("kind", "local")
     plugins = [str(Path(p).resolve()) if Path(p).is_file() else p for p in args.plugin] + list(sweep.plugins)
     executor = make_executor(kind, plugins=plugins, **ex)
-    summary = run_sweep(sweep, executor, retry_failed=not args.skip_failed, log=lambda s: print(s, flush=True),
-                        only=only)
+    try:
+        summary = run_sweep(sweep, executor, retry_failed=not args.skip_failed, log=lambda s: print(s, flush=True),
+                            only=only)
+    finally:  # an interrupted sweep still copies the runs it finished
+        if args.records:
+            _archive(sweep, args.records)
     if sweep.report and not args.no_report:
         from cl.sweeps.report import make_report
         from cl.sweeps.status import write_manifest
@@ -70,3 +83,45 @@ def cmd_sweep(args) -> int:
         print(rep["markdown_main"])
         print(f"report: {rep['path']}" if rep.get("path") else "report: not written (see the warning above)")
     return 1 if summary["failed"] else 0
+
+
+def _records_of(sweep):
+    """The sweep as the records module's entry (its runs, results folder and name)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(sweep=sweep, out=sweep.out, name=sweep.name)
+
+
+def _print_records(sweep, root) -> None:
+    from cl.sweeps.reproduce_records import archived
+    from cl.sweeps.status import run_status
+
+    ids = [r.id for r in sweep.runs if run_status(sweep.out, r.id) != "finished"]
+    have = archived(_records_of(sweep), Path(root), ids)
+    print(f"records: {len(have)} of the {len(ids)} runs not finished in {sweep.out} have a valid record in "
+          f"{Path(root) / sweep.name} (a real run puts them back and skips them)")
+
+
+def _restore(sweep, root) -> None:
+    from cl.sweeps.reproduce_records import restore
+
+    try:
+        got = restore(_records_of(sweep), Path(root))
+    except OSError as err:
+        print(f"warning: cannot put the records of {Path(root) / sweep.name} back into {sweep.out}: "
+              f"{err.strerror or err}", file=sys.stderr)
+        return
+    if got:
+        print(f"records: {len(got)} finished run(s) put back from {Path(root) / sweep.name}", flush=True)
+
+
+def _archive(sweep, root) -> None:
+    from cl.sweeps.reproduce_records import archive
+
+    try:
+        n = archive(_records_of(sweep), Path(root))
+    except OSError as err:
+        print(f"warning: cannot copy the finished runs to {Path(root) / sweep.name}: {err.strerror or err}",
+              file=sys.stderr)
+        return
+    print(f"records: {n} record(s) written or updated in {Path(root) / sweep.name}", flush=True)

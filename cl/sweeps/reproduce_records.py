@@ -6,7 +6,9 @@ copies the record of each finished run (its ``result.json``, with the commit, ho
 file under ``reproduce``) to ``<entries folder>/records/<sweep name>/<run id>.json``, a file small enough to
 commit (a few KB), and ``cl reproduce run`` / ``report`` put the records back into the results folder of any
 run that has no finished result there: the sweep then skips that run instead of recomputing it, and the board
-and the run reports count it.  ``cl reproduce archive`` copies runs finished by a plain ``cl sweep``.
+and the run reports count it.  ``cl reproduce archive`` copies runs finished by a plain ``cl sweep``.  Any sweep
+keeps the same evidence with ``cl sweep FILE --records DIR`` (records in ``DIR/<sweep name>/``: put back before
+the sweep runs, written after it; the entry is then the sweep itself, with no side file).
 
 A record is trusted only as far as it can be checked: it must parse as JSON (never code), be finished, carry
 its accuracy matrix, name the run, and its ``config`` must hash to that run id (``cl.core.config.run_id``),
