@@ -126,6 +126,9 @@ MODULES: dict[str, Module] = {
     "settings": Module("cl/data/settings.py", ["tests/test_mutation_settings.py", "tests/test_settings.py", "tests/test_scenarios.py"]),
     # -- strategies
     "er": Module("strategies/er.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py",
+                                      "tests/test_er_exclude_current.py",
+                                      "tests/test_task_free_contract.py::test_a_task_free_declaration_covers_only_"
+                                      "the_hooks_of_the_class_that_makes_it",
                                       "tests/test_engine.py::test_er_replays_only_after_the_first_step"]),
     "er_ace": Module("strategies/er_ace.py", ["tests/test_mutation_strategies.py", "tests/test_strategies_er_family.py"]),
     "uer": Module("strategies/uer.py", ["tests/test_mutation_strategies.py::test_uer_defaults_and_cosine_temperature",
@@ -727,6 +730,18 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "process still runs, with flush=False)"),
         (r"core/ReplaceTrueWithFalse$", "(run_dir / other).unlink(missing_ok=True)", "",
          "the FileNotFoundError of a missing stale file is an OSError, caught around each unlink: nothing changes"),
+    ],
+    "er": [
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'if self.cfg.exclude_current and self.info.boundaries != "visible":',
+         "<", 'every other valid boundary mode ("hidden", "blurry", "gradual") sorts before "visible": != and < agree '
+         "on every value the scenario config accepts"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(self.buffer) == 0:", "<=",
+         "a length is never negative: == 0 and <= 0 agree"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(keep) == 0:", "<=",
+         "a length is never negative: == 0 and <= 0 agree"),
+        (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'keep = (items["e"] != self.exp_index).nonzero().squeeze(1)', "<",
+         "experience indices only grow along a stream (the stored samples' e is at most the current index), so "
+         "'not the current experience' and 'an earlier experience' select the same samples"),
     ],
     "er_ace": [
         (r"core/RemoveDecorator$", "@dataclass", "",

@@ -86,3 +86,17 @@ def test_the_experience_index_is_saved_and_an_older_checkpoint_reads_as_zero():
     assert t.exp_index == 3
     t.load_extra_state({"buffer": st["buffer"]})
     assert t.exp_index == 0
+
+
+def test_an_empty_buffer_gives_no_replay_and_a_single_past_sample_is_replayed():
+    """Before any sample is stored the draw is empty (the loss is the incoming batch's CE alone); once the
+    buffer holds one sample of a past experience, that one sample is the replay batch."""
+    s = er(exclude_current=True, buffer_size=5, replay_batch_size=3)
+    s.before_experience(exp(0))
+    x, y = torch.stack([E2]), torch.tensor([1])
+    assert s.draw(3) == {} and float(s.loss(x, y)) == pytest.approx(math.log(2))
+    s.after_step(torch.stack([7 * E1]), torch.tensor([0]))
+    s.before_experience(exp(1))
+    d = s.draw(3)
+    assert d["x"][:, 0].tolist() == [7.0] and d["y"].tolist() == [0] and d["e"].tolist() == [0]
+    assert float(s.loss(x, y)) == pytest.approx(2 * math.log(2))
