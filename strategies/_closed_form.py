@@ -19,6 +19,6 @@ def current_task_ce(strategy, x, y) -> torch.Tensor:
     """Local cross-entropy over the current task's classes (``strategy.current``, a bool mask): the augmented
     batch (text: padding trimmed) through the backbone and the unmasked head (SLCA's and InfLoRA's step)."""
     model = strategy.model
-    x = strategy.augment(x) if strategy.augment is not None else trim_padding(x)
+    x = trim_padding(strategy.augmented(x))
     logits = model.head.raw(model.backbone(x)).float().masked_fill(~strategy.current, float("-inf"))
     return F.cross_entropy(logits, y)

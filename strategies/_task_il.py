@@ -32,7 +32,7 @@ class TaskILStrategy(Strategy):
         raise NotImplementedError
 
     def loss(self, x, y, t=None):
-        x = self.augment(x) if self.augment is not None else x
+        x = self.augmented(x)
         return F.cross_entropy(restrict(self.logits(x, task_index(t)).float(), self.task_mask), y)
 
     def predict(self, x, t=None):

@@ -98,7 +98,7 @@ class EpisodicMemory(Strategy):
             self.mem_t = torch.cat([self.mem_t, tid])
 
     def memory_loss(self, x, y):
-        x = self.augment(x) if self.augment is not None else x
+        x = self.augmented(x)
         return F.cross_entropy(self.model(x).float(), y)
 
     def extra_state(self):

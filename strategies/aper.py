@@ -227,7 +227,7 @@ class APER(SessionMixin, Strategy):
     def loss(self, x, y, t=None):
         if self.model.petl is not None:  # frozen backbone: BatchNorm statistics must not drift
             freeze_batchnorm(self.model.backbone)
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
+        x = trim_padding(self.augmented(x))
         logits = self.model.tune_logits(self.model.adapted(x)).masked_fill(~self.current, float("-inf"))
         return F.cross_entropy(logits, y)
 

@@ -101,7 +101,7 @@ class BiC(DistillBase):
         return bias_correct(z, torch.tensor(cls, dtype=torch.long, device=z.device) if cls else None, a, b)
 
     def loss(self, x, y, t=None):
-        xa = self._aug(x)
+        xa = self.augmented(x)
         logits = self.model(xa).float()
         ce = F.cross_entropy(logits, y)
         if not (self.teacher and self.old_classes):

@@ -56,7 +56,7 @@ class CenterLoss(ER):
         self._snap = {n: p.detach().clone() for n, p in self.model.head.named_parameters()}
 
     def _terms(self, x, y):
-        x = self.augment(x) if self.augment is not None else x
+        x = self.augmented(x)
         h = self.model.features(x)
         return F.cross_entropy(self.model.head(h).float(), y), h.float()
 

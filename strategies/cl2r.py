@@ -136,7 +136,7 @@ class CL2R(Strategy):
         idx = torch.randperm(len(self.mem_y), device=self.mem_y.device)[:k]
         mx = self.preprocess(self.mem_x[idx])
         both = torch.cat([mx, x])
-        both = self.augment(both) if self.augment is not None else both
+        both = self.augmented(both)
         feats = self.model.features(both)
         ce = F.cross_entropy((feats @ self.model.simplex.t()).float(), torch.cat([self.mem_y[idx], y]))
         new, old = F.normalize(feats[:k].float(), dim=1), F.normalize(self._old_features(both[:k]).float(), dim=1)

@@ -177,7 +177,7 @@ class CodaPrompt(Strategy):
         self.optimizer = self.make_optimizer()  # only task t's components and the head move
 
     def loss(self, x, y, t=None):
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
+        x = trim_padding(self.augmented(x))
         logits, ortho = self.model(x, train=True, ortho=bool(self.cfg.ortho_coef))
         if self.cfg.class_mask:
             logits = logits.masked_fill(~self.current, float("-inf"))

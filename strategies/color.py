@@ -168,7 +168,7 @@ class TaskKeyedExperts(Strategy):
         return super().train_step(x, y, t)
 
     def loss(self, x, y, t=None):
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
+        x = trim_padding(self.augmented(x))
         return F.cross_entropy(self._forward_task(self.task, x), y)
 
     # -- keys and prediction ----------------------------------------------------------------------
@@ -342,7 +342,7 @@ class FinetuneLoRA(Strategy):
 
     def loss(self, x, y, t=None):
         freeze_batchnorm(self.model.backbone)
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
+        x = trim_padding(self.augmented(x))
         return F.cross_entropy(self.model(x).float(), y)
 
     def make_optimizer(self):

@@ -69,18 +69,15 @@ class DER(Strategy):
         """The logits the cross-entropy terms see: every output, or only the classes seen so far."""
         return raw if self.cfg.ce_classes == "all" else mask_logits(self.model, raw)
 
-    def aug(self, x):
-        return self.augment(x) if self.augment is not None else x
-
     def replay_loss(self, t=None):
         """``alpha * MSE`` between the current unmasked logits of a replay batch and the stored ones."""
         mem = self.buffer.sample(self.cfg.replay_batch_size)
         if not mem:
             return None
-        return self.cfg.alpha * F.mse_loss(self.model.raw_logits(self.aug(mem["x"])).float(), mem["logits"])
+        return self.cfg.alpha * F.mse_loss(self.model.raw_logits(self.augmented(mem["x"])).float(), mem["logits"])
 
     def loss(self, x, y, t=None):
-        raw = self.model.raw_logits(self.aug(x)).float()
+        raw = self.model.raw_logits(self.augmented(x)).float()
         loss = F.cross_entropy(self.ce_logits(raw), y)
         extra = self.replay_loss(t)
         if extra is not None:

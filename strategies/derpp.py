@@ -30,5 +30,5 @@ class DERPP(DER):
         if mse is None:
             return None
         mem = self.buffer.sample(self.cfg.replay_batch_size)
-        ce = F.cross_entropy(self.ce_logits(self.model.raw_logits(self.aug(mem["x"])).float()), mem["y"])
+        ce = F.cross_entropy(self.ce_logits(self.model.raw_logits(self.augmented(mem["x"])).float()), mem["y"])
         return mse + self.cfg.beta * ce

@@ -171,7 +171,7 @@ class DualPrompt(Strategy):
         self.optimizer = self.make_optimizer()  # only G, E_t, k_t and the head move during task t
 
     def loss(self, x, y, t=None):
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
+        x = trim_padding(self.augmented(x))
         q = self.model.query(x)
         logits = self.model(x, task=self.task)
         if self.cfg.class_mask:

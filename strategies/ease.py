@@ -214,7 +214,7 @@ class EASE(SessionMixin, Strategy):
 
     def loss(self, x, y, t=None):
         freeze_batchnorm(self.model.backbone)
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
+        x = trim_padding(self.augmented(x))
         h = self.model.subspace(x, self.session)
         logits = self.model.sigma * cosine_logits(h, self.model.proxy)
         return F.cross_entropy(logits.masked_fill(~self.current, float("-inf")), y)

@@ -80,7 +80,7 @@ class ER(Strategy):
         if not self.cfg.single_forward:
             return super().loss(x, y, t) + super().loss(mem["x"], mem["y"], t)
         both = torch.cat([x, mem["x"]])
-        logits = self.model(self.augment(both) if self.augment is not None else both).float()
+        logits = self.model(self.augmented(both)).float()
         b = len(y)
         return F.cross_entropy(logits[:b], y) + F.cross_entropy(logits[b:], mem["y"])
 

@@ -44,7 +44,7 @@ class ERACE(ER):
         self.seen = torch.zeros(self.info.n_classes, dtype=torch.bool, device=self.device)
 
     def incoming_loss(self, x, y):
-        x = self.augment(x) if self.augment is not None else x
+        x = self.augmented(x)
         logits = (self._all_class_logits(x) if self.cfg.future_classes else self.model(x)).float()
         present = torch.zeros_like(self.seen)
         present[y] = True

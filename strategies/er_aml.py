@@ -65,9 +65,6 @@ class ERAML(ER):
             return False
         return self.info.boundaries != "visible" or self.exp_index > 0
 
-    def aug(self, x):
-        return self.augment(x) if self.augment is not None else x
-
     def pos_neg(self, x, y):
         """Positive and negative indices into [buffer; incoming] per incoming sample, and validity."""
         items = self.buffer.items()
@@ -87,15 +84,15 @@ class ERAML(ER):
 
     def loss(self, x, y, t=None):
         if not self.aml_phase():
-            return F.cross_entropy(self.model(self.aug(x)).float(), y)
+            return F.cross_entropy(self.model(self.augmented(x)).float(), y)
         bx, by, pi, ni, ok = self.pos_neg(x, y)
         loss = torch.zeros((), device=y.device)
         if bool(ok.any()):
-            h = normalize(self.model.features(self.aug(x)).float())[ok]
-            hc = normalize(self.model.features(self.aug(torch.cat([bx[pi], bx[ni]]))).float())
+            h = normalize(self.model.features(self.augmented(x)).float())[ok]
+            hc = normalize(self.model.features(self.augmented(torch.cat([bx[pi], bx[ni]]))).float())
             v = len(ok)
             hc = torch.cat([hc[:v][ok], hc[v:][ok]])
             yc = torch.cat([by[pi][ok], by[ni][ok]])
             loss = aml_loss(h, hc, y[ok], yc, self.cfg.temperature, self.cfg.base_temperature)
         mem = self.buffer.sample(self.cfg.replay_batch_size)
-        return loss + F.cross_entropy(self.model(self.aug(mem["x"])).float(), mem["y"])
+        return loss + F.cross_entropy(self.model(self.augmented(mem["x"])).float(), mem["y"])

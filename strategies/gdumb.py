@@ -147,7 +147,7 @@ class GDumb(Strategy):
             for i in range(0, n, c.fit_batch_size):
                 idx = perm[i:i + c.fit_batch_size]
                 x = mem["x"][idx]
-                x = self.augment(x) if self.augment is not None else x
+                x = self.augmented(x)
                 y = mem["y"][idx]
                 opt.zero_grad(set_to_none=True)
                 if c.cutmix_prob > 0 and float(torch.rand(())) < c.cutmix_prob:

@@ -132,7 +132,7 @@ class HAT(TaskILStrategy):
         if t > 0:
             freeze_batchnorm(self.model)
         self.optimizer.zero_grad(set_to_none=True)
-        x = self.augment(x) if self.augment is not None else x
+        x = self.augmented(x)
         gates = self.model.gates(t, s)
         ce = nn.functional.cross_entropy(restrict(self.model(x, gates).float(), self.task_mask), y)
         loss = ce + cfg.c * self.regulariser(gates)

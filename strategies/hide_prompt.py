@@ -226,7 +226,7 @@ class HiDePrompt(Strategy):
         return F.cross_entropy(sim, torch.arange(len(M), device=M.device))
 
     def loss(self, x, y, t=None):
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
+        x = trim_padding(self.augmented(x))
         m = self.model
         f = m.instructed(x, self.task, train=True)
         logits = m.head(f)

@@ -55,7 +55,7 @@ class ICaRL(DistillBase):
             torch.cat([exp.train_y, self.memory.y.to(exp.train_y.device)])
 
     def loss(self, x, y, t=None):
-        xa = self._aug(x)
+        xa = self.augmented(x)
         logits = self.model(xa)
         teacher = self.teacher(xa) if self.teacher and self.old_classes else None
         return icarl_bce(logits, y, teacher, self.seen_idx(), self.old_idx() if teacher is not None else self.seen_idx()[:0])

@@ -243,7 +243,7 @@ class L2P(Strategy):
         return by_length(self.model, x)
 
     def loss(self, x, y, t=None):
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
+        x = trim_padding(self.augmented(x))
         logits = self.model(x)
         if self.cfg.class_mask:
             logits = logits.masked_fill(~self.current, float("-inf"))

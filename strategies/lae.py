@@ -138,7 +138,7 @@ class LAE(Strategy):
 
     def loss(self, x, y, t=None):
         freeze_batchnorm(self.model.backbone)
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
+        x = trim_padding(self.augmented(x))
         logits = self.model.head.raw(self.model.backbone(x)).float().masked_fill(~self.current, float("-inf"))
         return F.cross_entropy(logits, y)  # local CE over the current task's classes
 

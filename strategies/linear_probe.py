@@ -66,6 +66,6 @@ class LinearProbe(Strategy):
     def loss(self, x, y, t=None):
         if not self.cfg.class_mask:
             return super().loss(x, y, t)
-        x = self.augment(x) if self.augment is not None else x
+        x = self.augmented(x)
         logits = self.model(x).float().masked_fill(~self.current, float("-inf"))
         return F.cross_entropy(logits, y)

@@ -125,7 +125,7 @@ class LUCIR(DistillBase):
         return torch.cat([exp.train_x, self.memory.x]), torch.cat([exp.train_y, self.memory.y])
 
     def loss(self, x, y, t=None):
-        xa = self._aug(x)
+        xa = self.augmented(x)
         h = self.model.features(xa)
         cos = self.model.head.cosine(h)
         logits = self.model.head.mask(self.model.head.sigma * cos).float()

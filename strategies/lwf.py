@@ -49,9 +49,6 @@ class DistillBase(Strategy):
         self.teacher = FrozenCopy()
         self.old_classes: list[int] = []
 
-    def _aug(self, x):
-        return self.augment(x) if self.augment is not None else x
-
     def before_experience(self, exp):
         self.seen_classes = sorted(set(self.old_classes) | {int(c) for c in exp.classes})
         self._seen_idx = None
@@ -91,7 +88,7 @@ class LwF(DistillBase):
         super().setup()
 
     def loss(self, x, y, t=None):
-        xa = self._aug(x)
+        xa = self.augmented(x)
         logits = self.model(xa).float()
         loss = F.cross_entropy(logits, y)
         if self.teacher and self.old_classes:

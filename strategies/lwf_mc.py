@@ -39,7 +39,7 @@ def icarl_bce(logits, y, teacher_logits, seen_idx, old_idx):
 @register("lwf-mc", LwFMCConfig, "LwF.MC: iCaRL's sigmoid distillation without exemplars")
 class LwFMC(DistillBase):
     def loss(self, x, y, t=None):
-        xa = self._aug(x)
+        xa = self.augmented(x)
         logits = self.model(xa)
         seen = self.seen_idx()
         teacher = self.teacher(xa) if self.teacher and self.old_classes else None

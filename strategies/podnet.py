@@ -257,7 +257,7 @@ class PODNet(LUCIR):
                     w[c] = (cent[torch.arange(k) % len(cent)] * norm).to(w.dtype)
 
     def loss(self, x, y, t=None):
-        xa = self._aug(x)
+        xa = self.augmented(x)
         head = self.model.head
         distil = bool(self.teacher and self.old_classes and len(self._new_idx))
         with stage_outputs(self.model.backbone, self._stages) if distil else contextlib.nullcontext([]) as maps:

@@ -151,7 +151,7 @@ class PRD(Strategy):
 
     def _views(self, x, y):
         x = trim_padding(x)
-        xs = [self.augment(x) if self.augment is not None else x for _ in range(max(1, self.cfg.views))]
+        xs = [self.augmented(x) for _ in range(max(1, self.cfg.views))]
         return torch.cat(xs), y.repeat(len(xs))
 
     def loss(self, x, y, t=None):

@@ -182,7 +182,7 @@ class RanPAC(Strategy):
 
     def loss(self, x, y, t=None):  # Phase 1: CE of the temporary linear head on the tuned backbone
         freeze_batchnorm(self.model.backbone)
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
+        x = trim_padding(self.augmented(x))
         return F.cross_entropy(self.model.probe(self.model.backbone(x)).float(), y)
 
     def features(self, x):

@@ -105,7 +105,7 @@ class RMN(TaskILStrategy):
         if self.task > 0:
             freeze_batchnorm(self.model.net)
         self.optimizer.zero_grad(set_to_none=True)
-        x = self.augment(x) if self.augment is not None else x
+        x = self.augmented(x)
         logits = self.model(x, self.task, self.cfg.threshold, ste=True)
         ce = nn.functional.cross_entropy(restrict(logits.float(), self.task_mask), y)
         loss = ce + self.cfg.sparsity * sum(s.abs().sum() for s in self.model.scores[self.task])

@@ -201,7 +201,7 @@ class SSIAT(Strategy):
 
     def loss(self, x, y, t=None):
         freeze_batchnorm(self.model.backbone)  # frozen backbone: BN statistics must not drift
-        x = self.augment(x) if self.augment is not None else trim_padding(x)
+        x = trim_padding(self.augmented(x))
         logits = self.model.logits(self.model.features(x)).masked_fill(~self.current, float("-inf"))
         return F.cross_entropy(logits, y)  # local CE over the current session's classes
 

@@ -46,7 +46,7 @@ class UER(ER):
         return head.mask(cosine_logits(h.float(), head.weight.float()) / self.cfg.tau)
 
     def incoming_loss(self, x, y):
-        x = self.augment(x) if self.augment is not None else x
+        x = self.augmented(x)
         return F.cross_entropy(self.cosine_logits(self.model.features(x)), y)
 
     def loss(self, x, y, t=None):

@@ -105,9 +105,6 @@ class XDER(Strategy):
         self.pending = ClassBalancedBuffer(self.cfg.buffer_size, self.device)
         self.to_offer = 0
 
-    def aug(self, x):
-        return self.augment(x) if self.augment is not None else x
-
     def before_experience(self, exp):
         self.cur = exp.index
         self.class_task[torch.as_tensor(exp.classes, dtype=torch.long, device=self.device)] = exp.index  # [] too
@@ -121,17 +118,17 @@ class XDER(Strategy):
 
     def loss(self, x, y, t=None):
         c = self.cfg
-        raw = self.model.raw_logits(self.aug(x)).float()
+        raw = self.model.raw_logits(self.augmented(x)).float()
         present, past = self.class_task == self.cur, self.past()
         loss = F.cross_entropy(raw.masked_fill(~present, float("-inf")), y)
         bad, good = [raw[:, self.class_task < 0]], [raw.masked_fill(~present, float("-inf"))]
         if self.mem is not None:
             n = len(self.mem["y"])
             i1 = torch.randint(n, (c.replay_batch_size,), device=self.device)
-            out1 = self.model.raw_logits(self.aug(self.mem["x"][i1])).float()
+            out1 = self.model.raw_logits(self.augmented(self.mem["x"][i1])).float()
             loss = loss + c.alpha * F.mse_loss(out1, self.mem["logits"][i1])
             i2 = torch.randint(n, (c.replay_batch_size,), device=self.device)
-            out2 = self.model.raw_logits(self.aug(self.mem["x"][i2])).float()
+            out2 = self.model.raw_logits(self.augmented(self.mem["x"][i2])).float()
             loss = loss + c.beta * F.cross_entropy(out2.masked_fill(~past, float("-inf")), self.mem["y"][i2])
             idx, outs = torch.cat([i1, i2]), torch.cat([out1, out2])
             uniq, inv = torch.unique(idx, return_inverse=True)  # each slot once (its first draw)

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cl.core.strategy import Strategy
 from cl.models.heads import IncrementalLinear
 from strategies._closed_form import current_task_ce, inert_optimizer
 
@@ -38,7 +39,9 @@ class _Tokens(nn.Module):
 
 
 def _strategy(backbone, head, current, augment=None):
-    return SimpleNamespace(model=SimpleNamespace(backbone=backbone, head=head), current=current, augment=augment)
+    s = SimpleNamespace(model=SimpleNamespace(backbone=backbone, head=head), current=current, augment=augment)
+    s.augmented = lambda x: Strategy.augmented(s, x)  # the real method, on this stand-in
+    return s
 
 
 def test_current_task_ce_is_local_to_the_current_classes_of_the_unmasked_head():
