@@ -22,10 +22,13 @@ Task-free variant, ``memory=reservoir``: the online-CL form of Mai et al.'s code
 online-continual-learning ``agents/agem.py``, the A-GEM rows of the SCR/ASER online tables): one reservoir
 buffer (``cl.models.buffers.ReservoirBuffer``) updated with every incoming batch after the step, the
 reference batch drawn from it without replacement (their ``random`` retrieval; their ``eps_mem_batch`` is
-10). No boundary is used, so it runs with ``scenario.boundaries`` hidden, blurry or gradual. Deviation from
-that code: it projects only once the first task is over (``task_seen > 0``), a boundary; here the
-projection starts as soon as the buffer holds a sample (so the reference batch may hold samples of the
-current task).
+10). No boundary is used, so it runs with ``scenario.boundaries`` hidden, blurry or gradual. That code
+projects only once the first task is over (``if self.task_seen > 0``, a boundary): ``project_from=
+second_experience`` does the same (it needs visible boundaries; a ConfigError otherwise). The default
+``project_from=first_step`` is task-free and projects as soon as the buffer holds a sample (so the reference
+batch may hold samples of the current task): the deviation from that code that the task-free form needs.
+The episodic memory holds past experiences only, so it never projects before the second experience
+(``project_from=first_step`` with it is a ConfigError).
 """
 from __future__ import annotations
 
@@ -49,11 +52,14 @@ class EpisodicConfig(StrategyConfig):
 
 
 MEMORIES = ("episodic", "reservoir")
+PROJECT_FROM = ("first_step", "second_experience")
 
 
 @dataclass
 class AGEMConfig(EpisodicConfig):
     memory: str = "episodic"  # episodic: per experience, past experiences only (paper) | reservoir: task-free (Mai et al.)
+    project_from: str | None = None  # first_step | second_experience; None: the memory's own (reservoir:
+    #                                  first_step, episodic: second_experience). Mai et al.'s code: second_experience
 
 
 class EpisodicMemory(Strategy):
@@ -126,8 +132,18 @@ class AGEM(EpisodicMemory):
     def setup(self):
         if self.cfg.memory not in MEMORIES:
             raise unknown("strategy.memory", self.cfg.memory, MEMORIES)
+        if self.cfg.project_from is not None and self.cfg.project_from not in PROJECT_FROM:
+            raise unknown("strategy.project_from", self.cfg.project_from, PROJECT_FROM)
+        self.exp_index = 0
         if self.cfg.memory == "episodic":
+            if self.cfg.project_from == "first_step":
+                raise ConfigError("strategy.project_from=first_step needs strategy.memory=reservoir (the episodic "
+                                  "memory holds past experiences only, so it projects from the second experience); "
+                                  "valid: strategy.project_from=second_experience, or leave it unset")
             return super().setup()
+        if self.cfg.project_from == "second_experience":
+            require_boundaries(self, "project_from=second_experience waits for the end of the first experience",
+                               ", or strategy.project_from=first_step")
         if self.cfg.buffer_size < 0 or self.cfg.replay_batch_size < 1:
             raise ConfigError(f"strategy.buffer_size must be >= 0 and strategy.replay_batch_size >= 1, got "
                               f"{self.cfg.buffer_size} and {self.cfg.replay_batch_size}")
@@ -140,6 +156,7 @@ class AGEM(EpisodicMemory):
     def before_experience(self, exp):
         if not self.reservoir:
             super().before_experience(exp)
+        self.exp_index = int(exp.index)
 
     def after_experience(self, exp):
         if not self.reservoir:
@@ -154,7 +171,7 @@ class AGEM(EpisodicMemory):
     def reference_batch(self):
         """A memory batch for the reference gradient, or None while the memory is empty."""
         if self.reservoir:
-            if len(self.buffer) == 0:
+            if len(self.buffer) == 0 or (self.cfg.project_from == "second_experience" and self.exp_index == 0):
                 return None
             mem = self.buffer.sample(self.cfg.replay_batch_size, replace=False)
             return mem["x"], mem["y"]
@@ -173,10 +190,12 @@ class AGEM(EpisodicMemory):
         set_flat_grad(params, agem_project(g, g_ref))
 
     def extra_state(self):
-        return {"buffer": self.buffer.state_dict()} if self.reservoir else super().extra_state()
+        return {"buffer": self.buffer.state_dict(), "exp_index": self.exp_index} if self.reservoir \
+            else super().extra_state()
 
     def load_extra_state(self, state):
         if self.reservoir:
             self.buffer.load_state_dict(state["buffer"])
+            self.exp_index = int(state.get("exp_index", 0))  # a checkpoint from before the index was saved: 0
         else:
             super().load_extra_state(state)
