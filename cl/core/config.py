@@ -394,7 +394,7 @@ ID_IMPLICIT = {"threads": 1, CODE_KEY: None}
 ID_IMPLICIT_FIELDS = {"protocol": {"eval_amp": False},  # fields added later, at their defaults: the run ids stay
                       "strategy": {"prompt_lr": None, "head_tau": None, "mask_unseen": True,  # as they were
                                    "cutmix_prob": 0.0, "cutmix_alpha": 1.0, "fit_clip": None,
-                                   "exclude_current": False},
+                                   "exclude_current": False, "project_from": None},
                       "scenario": {"mean": None, "std": None}}
 
 
