@@ -98,7 +98,8 @@ IMPLICIT_CASES = [("protocol", "eval_amp", "er", True), ("strategy", "prompt_lr"
                   ("scenario", "mean", "er", [0.5] * 3), ("scenario", "std", "er", [2.0] * 3),
                   ("strategy", "head_tau", "er", 0.1), ("strategy", "mask_unseen", "er", False),
                   ("strategy", "cutmix_prob", "gdumb", 0.5), ("strategy", "cutmix_alpha", "gdumb", 2.0),
-                  ("strategy", "fit_clip", "gdumb", 10.0), ("strategy", "exclude_current", "er", True)]
+                  ("strategy", "fit_clip", "gdumb", 10.0), ("strategy", "exclude_current", "er", True),
+                  ("strategy", "project_from", "agem", "second_experience")]
 
 
 def test_every_implicit_field_is_covered():
