@@ -134,7 +134,6 @@ class AGEM(EpisodicMemory):
             raise unknown("strategy.memory", self.cfg.memory, MEMORIES)
         if self.cfg.project_from is not None and self.cfg.project_from not in PROJECT_FROM:
             raise unknown("strategy.project_from", self.cfg.project_from, PROJECT_FROM)
-        self.exp_index = 0
         if self.cfg.memory == "episodic":
             if self.cfg.project_from == "first_step":
                 raise ConfigError("strategy.project_from=first_step needs strategy.memory=reservoir (the episodic "
@@ -148,15 +147,17 @@ class AGEM(EpisodicMemory):
             raise ConfigError(f"strategy.buffer_size must be >= 0 and strategy.replay_batch_size >= 1, got "
                               f"{self.cfg.buffer_size} and {self.cfg.replay_batch_size}")
         self.buffer = ReservoirBuffer(self.cfg.buffer_size, self.device)
+        self.exp_index = 0  # the current experience (EpisodicMemory keeps its own in the episodic mode)
 
     @property
     def reservoir(self) -> bool:
         return self.cfg.memory == "reservoir"
 
     def before_experience(self, exp):
-        if not self.reservoir:
+        if self.reservoir:
+            self.exp_index = int(exp.index)
+        else:
             super().before_experience(exp)
-        self.exp_index = int(exp.index)
 
     def after_experience(self, exp):
         if not self.reservoir:

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from cl.core.config import run_id
+from cl.core.config import load_yaml
+from cl.sweeps.reproduce_records import record_problem
 from cl.sweeps.spec import load_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,12 +22,10 @@ RECORD_DIRS = sorted(d for base in (ROOT / "runs" / "records", ROOT / "runs" / "
 
 
 def _sweeps_by_name() -> dict:
-    import yaml
-
     out = {}
     for f in SWEEP_FILES:
-        doc = yaml.safe_load(f.read_text())
-        if not isinstance(doc, dict) or "grid" not in doc:  # a single run's config (`cl run FILE`), not a sweep
+        raw = load_yaml(str(f))
+        if "grid" not in raw and "base" not in raw:  # a single run's config (`cl run FILE`), as test_run_files
             continue
         sw = load_sweep(str(f))
         out.setdefault(sw.name, []).append(sw)
@@ -49,8 +48,8 @@ def test_each_record_is_a_run_of_its_sweep_today(folder, sweeps):
     assert folder.name in sweeps, f"{folder}: no sweep file in runs/ is named {folder.name!r}"
     ids = {r.id for sw in sweeps[folder.name] for r in sw.runs}
     for rec in sorted(folder.glob("*.json")):
-        d = json.loads(rec.read_text())
-        assert run_id(d["config"]) == rec.stem, f"{rec}: its config hashes to another id"
+        why = record_problem(json.loads(rec.read_text()), rec.stem)  # the board's own check of a record
+        assert why is None, f"{rec.relative_to(ROOT)}: {why}"
         assert rec.stem in ids, (f"{rec.relative_to(ROOT)} is no run of sweep {folder.name!r} any more: a config "
                                  f"field added without an entry in ID_IMPLICIT_FIELDS, or a changed sweep file "
                                  f"(move superseded records to {folder.name}/superseded/)")
