@@ -27,7 +27,9 @@ Choices the paper leaves open / deviations:
   augmentation. Hue jitter (0.1 in kornia's ColorJitter) is not implemented (``cl.data.augment``).
 * NCM over the *current* encoder: the means are recomputed from the whole buffer when the model has trained
   since the last computation (every predicting call of the online protocol after a step: one forward pass
-  over the buffer). ``ncm_every=k`` recomputes at most every k steps (cheaper online accuracy; not the paper).
+  over the buffer). ``ncm_every=k`` recomputes at most every k steps (cheaper online accuracy; not the paper);
+  a boundary always recomputes them, so the accuracy matrix R (final accuracy, forgetting) is the current
+  encoder's whatever k; anytime evaluations between boundaries may use means up to k - 1 steps old.
   A seen class with no sample in the buffer scores 0 (the code draws a random mean).
 * ``mem_iters`` (iterations per incoming batch) is fixed at 1, the paper's setting.
 """
@@ -107,6 +109,7 @@ class SCR(ContrastiveReplay):
         return loss.detach()
 
     def after_experience(self, exp):
+        self.means_at = -1  # the boundary's evaluation (row i of R) uses the current encoder, whatever ncm_every
         bs = self.cfg.replay_batch_size
         if not self.cfg.review_trick or self.info.boundaries != "visible" or len(self.buffer) < bs:
             return

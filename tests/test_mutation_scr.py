@@ -232,3 +232,25 @@ def test_means_are_computed_without_autograd():
     s.model.features = spy
     s.refresh_means()
     assert modes == [False]  # no graph is built over the buffer's forward pass
+
+
+@pytest.mark.parametrize("review_trick", [True, False])
+def test_a_boundary_recomputes_the_means_whatever_ncm_every(review_trick):
+    """With ncm_every = k > 1 the online predictions may use means up to k - 1 steps old, but the evaluation
+    after a boundary (row i of R: final accuracy) must use the current encoder: a step taken since the last
+    computation is seen."""
+    torch.manual_seed(0)
+    s = scr(buffer_size=20, replay_batch_size=4, ncm_every=1000, review_trick=review_trick)
+    s.buffer.add(x=torch.randn(8, 3), y=torch.arange(8) % 3)
+    q = torch.randn(5, 3)
+    s.predict(q)
+    assert s.means_at == 0
+    s.train_step(torch.randn(4, 3), torch.arange(4) % 3)
+    s.predict(q)
+    assert s.means_at == 0  # stale by design between boundaries (ncm_every = 1000)
+    s.after_experience(None)
+    got = s.predict(q)
+    assert s.means_at == s.steps and s.steps >= 1
+    fresh = copy.deepcopy(s)
+    fresh.refresh_means()
+    assert torch.allclose(got, fresh.model.head(fresh.model.features(q)))
