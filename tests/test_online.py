@@ -447,3 +447,22 @@ def test_graph_capture_bookkeeping_matches_eager(tmp_path, monkeypatch):
     for k in ("online_acc_curve", "online_acc_window_curve", "anytime", "anytime_matrix"):
         assert a["online"][k] == b["online"][k], k
     assert a["metrics"]["online_acc"] == b["metrics"]["online_acc"] and a["R"] == b["R"]
+
+
+@pytest.mark.parametrize("strategy", ["er-ace", "scr"])
+def test_anytime_evaluation_leaves_the_training_trajectory_unchanged(tmp_path, strategy):
+    """Anytime evaluation is evaluation only: with a BatchNorm backbone and a strategy that draws from the
+    global RNG (replay draws; SCR's views and NCM), evaluating every 30 samples gives bit-identical final
+    accuracies and online predictions to not evaluating at all, so runs that differ in ``eval_every`` alone
+    (an entry's sweep and the common sweep) are comparable."""
+    def once(every, name):
+        raw = tiny({"name": strategy, "buffer_size": 40}, scenario={"name": "split-digits"},
+                   backbone={"name": "resnet18r", "nf": 4},
+                   protocol={"name": "online", "batch_size": BS, "eval_every": every})
+        return run(raw, tmp_path, name)
+
+    a, b = once(0, "plain"), once(30, "anytime")
+    assert b["online"]["anytime"] and not a["online"]["anytime"]
+    assert a["R"] == b["R"]
+    assert a["metrics"]["online_acc"] == b["metrics"]["online_acc"]
+    assert a["online"]["online_acc_curve"] == b["online"]["online_acc_curve"]
