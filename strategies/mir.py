@@ -25,9 +25,14 @@ Choices the paper leaves open, and deviations:
   ``exclude_current=true`` does that (it needs visible experience boundaries: a ConfigError otherwise).
 * The virtual step is plain SGD at ``lr`` along the incoming gradient (both codes), whatever the optimiser
   (momentum, Adam) does with the real step.
-* Scoring forward passes run in the model's current (training) mode, as in both codes, but on copies of its
-  buffers: the authors' pre-update pass also moves the live model's BatchNorm running statistics with the
-  candidate batch; here it does not.
+* Scoring forward passes run in the model's current (training) mode, as in both codes. The pre-update pass
+  runs on the live model, so it moves the BatchNorm running statistics with the candidate batch, as both
+  codes' ``model(bx)`` / ``model.forward(sub_x)`` do (``score_moves_bn``, default true): the statistics the
+  model is evaluated with then see ``subsample`` buffer samples a step beside the incoming and retrieved
+  batches. The post-update pass runs on copies of the buffers (the codes' deep-copied model).
+  ``score_moves_bn=false`` scores on copies only (the platform's behaviour before 2026-12-04; its runs have
+  other run ids). Train-mode BatchNorm normalises with the batch's own statistics, so the scores are the
+  same either way; only the running statistics used at test time differ.
 * Candidates are scored on their stored (non-augmented) inputs; the incoming batch and the retrieved
   samples go through the run's on-device augmentation, if any, for the actual step (the authors' code
   has no augmentation).
@@ -41,11 +46,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import torch
 import torch.nn.functional as F
 
 from cl.core.registry import ConfigError
 from cl.core.strategy import register
-from cl.models.retrieval import loss_increase, virtual_step
+from cl.models.retrieval import loss_increase, per_sample_ce, virtual_step
 from strategies.er import ER, ERConfig
 
 
@@ -54,6 +60,7 @@ class MIRConfig(ERConfig):
     buffer_size: int = 500  # TOTAL samples; MIR's paper: 20 / 50 / 100 per class = 200 / 500 / 1000 on CIFAR-10
     replay_batch_size: int = field(default=10, metadata={"min": 1})  # retrieved samples replayed per step
     subsample: int = field(default=50, metadata={"min": 1})  # candidates scored per step (C in the paper)
+    score_moves_bn: bool = True  # the pre-update scoring pass moves the live BatchNorm running stats (both codes)
 
     def validate(self):
         if self.subsample < self.replay_batch_size:
@@ -79,7 +86,13 @@ class MIR(ER):
         cand = self.candidates()
         if not cand:
             return {}
-        scores = loss_increase(self.model, cand["x"], cand["y"], virtual_step(self.model, self.cfg.lr))
+        after = virtual_step(self.model, self.cfg.lr)
+        if self.cfg.score_moves_bn:  # the codes' live pre-update pass: BatchNorm running stats move
+            with torch.no_grad():
+                pre = F.cross_entropy(self.model(cand["x"]).float(), cand["y"], reduction="none")
+            scores = per_sample_ce(self.model, cand["x"], cand["y"], after) - pre
+        else:
+            scores = loss_increase(self.model, cand["x"], cand["y"], after)
         top = scores.topk(min(self.cfg.replay_batch_size, len(scores))).indices
         return {"x": cand["x"][top], "y": cand["y"][top], "index_in_candidates": top, "scores": scores}
 

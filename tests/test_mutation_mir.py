@@ -24,6 +24,7 @@ def mir(**kw):
 def test_defaults_are_the_papers_and_mir_is_task_free():
     c = MIRConfig()
     assert (c.buffer_size, c.replay_batch_size, c.subsample, c.exclude_current) == (500, 10, 50, False)
+    assert c.score_moves_bn  # both codes' live pre-update scoring pass
     assert MIR.task_free and MIR.runs_task_free()
 
 

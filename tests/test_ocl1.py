@@ -2,6 +2,7 @@
 constructed cases: MIR retrieves the samples a virtual step hurts most, GSS admits the gradient-diverse
 sample into a full buffer, ASER's scores are KNN-Shapley values (checked against an exhaustive permutation
 average), RAR repeats augmented steps; bad values are ConfigErrors naming the field."""
+import copy
 import itertools
 import math
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from cl.core.config import resolve
 from cl.core.registry import ConfigError, scenarios, strategies
@@ -77,10 +79,13 @@ def test_mir_retrieves_the_samples_whose_loss_rises_most_under_the_virtual_step(
     assert sc[1] > sc[0] > 0 and abs(sc[2]) < 1e-7 and sc[3] < 0 and abs(sc[4]) < 1e-7
 
 
-def test_mir_step_replays_the_retrieved_samples_and_keeps_batchnorm_stats():
+@pytest.mark.parametrize("moves", [True, False])
+def test_mir_step_replays_the_retrieved_samples_and_moves_batchnorm_stats_as_the_codes(moves):
+    """Both authors' codes score the candidates before the virtual step with the live model in training mode,
+    which moves its BatchNorm running statistics (score_moves_bn, the default); false scores on copies."""
     head = IncrementalLinear(2, 2)
     model = Model(nn.BatchNorm1d(2), head)
-    s = build("mir", model=model, buffer_size=20, subsample=8, replay_batch_size=3)
+    s = build("mir", model=model, buffer_size=20, subsample=8, replay_batch_size=3, score_moves_bn=moves)
     s.buffer.add(x=torch.randn(12, 2), y=torch.randint(0, 2, (12,)))
     s.model.observe(torch.tensor([0, 1]))
     seen = []
@@ -90,11 +95,35 @@ def test_mir_step_replays_the_retrieved_samples_and_keeps_batchnorm_stats():
     h = model.backbone.register_forward_pre_hook(lambda m, a: fed.append(a[0].clone()))
     s.train_step(torch.randn(4, 2), torch.tensor([0, 1, 0, 1]))
     h.remove()
-    # forwards through the live model: the incoming batch, then the 3 retrieved samples (scoring uses copies)
-    # forwards: the incoming batch, the 8 candidates before and after the virtual step (functional calls
-    # on copies of the buffers), then the 3 retrieved samples
+    # forwards: the incoming batch, the 8 candidates before and after the virtual step, then the 3 retrieved
+    # samples; the pass after the virtual step always runs on copies of the buffers (the codes' deep copy)
     assert [len(f) for f in fed] == [4, 8, 8, 3] and torch.equal(fed[-1], seen[0]["x"])
-    assert int(model.backbone.num_batches_tracked) == 2  # only the two real passes moved the running stats
+    assert int(model.backbone.num_batches_tracked) == (3 if moves else 2)
+
+
+def test_mir_scores_do_not_depend_on_score_moves_bn_and_the_moved_stats_are_the_candidates():
+    """Training-mode BatchNorm normalises with the batch's statistics, so the scores are the same whether the
+    pre-update pass moves the running statistics or not; when it does, they move exactly as one direct
+    training-mode forward of the candidates (here the whole buffer: subsample = buffer length)."""
+    out = {}
+    for moves in (True, False):
+        torch.manual_seed(1)
+        model = Model(nn.BatchNorm1d(2), IncrementalLinear(2, 2))
+        s = build("mir", model=model, buffer_size=20, subsample=8, replay_batch_size=3, score_moves_bn=moves)
+        s.model.observe(torch.tensor([0, 1]))
+        buf_x = torch.randn(8, 2) * 3 + 1
+        s.buffer.add(x=buf_x, y=torch.randint(0, 2, (8,)))
+        F.cross_entropy(model(torch.randn(4, 2)), torch.tensor([0, 1, 0, 1])).backward()
+        ref = copy.deepcopy(model.backbone)  # the running stats just before the retrieval
+        r = s.retrieve()
+        out[moves] = (r["scores"].sort().values, model.backbone.running_mean.clone(), ref, buf_x)
+    assert torch.allclose(out[True][0], out[False][0], atol=1e-6)
+    assert torch.equal(out[False][1], out[False][2].running_mean)  # copies only: untouched
+    bn_ref, buf_x = out[True][2], out[True][3]
+    assert not torch.allclose(out[True][1], bn_ref.running_mean)  # the candidates moved them
+    with torch.no_grad():
+        bn_ref.train()(buf_x)
+    assert torch.allclose(out[True][1], bn_ref.running_mean, atol=1e-6)
 
 
 def test_mir_exclude_current_needs_boundaries_and_excludes_the_current_experience():
