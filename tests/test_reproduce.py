@@ -394,3 +394,19 @@ def test_published_spread_kinds_are_shown_and_converted_to_a_standard_deviation(
     rows = {r["row"]: r for r in board_rows(load_entries(d, tmp_path / "res"))}
     assert rows["er20"]["published"] == "50 ± 1 (se, n=10)" and rows["er20"]["ref_sd"] == pytest.approx(10 ** 0.5)
     assert rows["er40"]["published"] == "60 (spread not printed) (n=n/s)"
+
+
+def test_board_hardware_names_every_cpu_model_its_runs_used():
+    """The same seed and software give bit-identical runs on one CPU model but not across models (AMD EPYC and
+    Intel Xeon differ from the first steps on: benchmarks/results/reproduce-cpu.md), so a cell whose seeds ran
+    on two machines says so."""
+    from cl.sweeps.reproduce_board import _provenance
+
+    recs = [{"device": "cpu", "threads": 1, "cpu": "AMD EPYC", "date": "2026-12-03T10:00:00Z", "commit": "a"},
+            {"device": "cpu", "threads": 1, "cpu": "Intel Xeon", "date": "2026-12-04T10:00:00Z", "commit": "b"},
+            {"device": "cpu", "threads": 1, "cpu": "Intel Xeon", "date": "2026-12-04T11:00:00Z", "commit": "b",
+             "_side": {"cpu": "Intel Xeon", "commit": "c", "date": "2026-12-04T12:00:00Z"}}]
+    p = _provenance(recs)
+    assert p["hardware"] == "cpu, 1 thread(s), AMD EPYC; cpu, 1 thread(s), Intel Xeon"
+    assert p["commit"] == "a; b; c" and p["date"] == "2026-12-03 to 2026-12-04"
+    assert _provenance([{"device": "cuda", "threads": 1, "cpu": "AMD EPYC", "date": "2026-12-04"}])["hardware"] == "cuda, 1 thread(s)"

@@ -58,7 +58,7 @@ def _provenance(records) -> dict:
         side = r.get("_side") or {}
         commits.append(side.get("commit") or r.get("commit") or f"not recorded (cl-platform {(r.get('versions') or {}).get('cl-platform', '?')})")
         dev = str(r.get("device") or "?")
-        cpu = side.get("cpu")
+        cpu = side.get("cpu") or r.get("cpu")  # the result record names its CPU model too
         hw.append(f"{dev}, {r.get('threads', '?')} thread(s)" + (f", {cpu}" if cpu and dev.startswith("cpu") else ""))
         dates.append(side.get("date", "")[:10] or str(r.get("date") or "")[:10] or time.strftime("%Y-%m-%d", time.gmtime(r["_mtime"])))
     uniq = lambda xs: "; ".join(dict.fromkeys(xs))  # noqa: E731
