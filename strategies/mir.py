@@ -46,12 +46,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 import torch.nn.functional as F
 
 from cl.core.registry import ConfigError
 from cl.core.strategy import register
-from cl.models.retrieval import loss_increase, per_sample_ce, virtual_step
+from cl.models.retrieval import loss_increase, virtual_step
 from strategies.er import ER, ERConfig
 
 
@@ -86,13 +85,8 @@ class MIR(ER):
         cand = self.candidates()
         if not cand:
             return {}
-        after = virtual_step(self.model, self.cfg.lr)
-        if self.cfg.score_moves_bn:  # the codes' live pre-update pass: BatchNorm running stats move
-            with torch.no_grad():
-                pre = F.cross_entropy(self.model(cand["x"]).float(), cand["y"], reduction="none")
-            scores = per_sample_ce(self.model, cand["x"], cand["y"], after) - pre
-        else:
-            scores = loss_increase(self.model, cand["x"], cand["y"], after)
+        scores = loss_increase(self.model, cand["x"], cand["y"], virtual_step(self.model, self.cfg.lr),
+                               pre_moves_buffers=self.cfg.score_moves_bn)
         top = scores.topk(min(self.cfg.replay_batch_size, len(scores))).indices
         return {"x": cand["x"][top], "y": cand["y"][top], "index_in_candidates": top, "scores": scores}
 

@@ -18,7 +18,7 @@ from cl.core.streams import Experience, Scenario
 from cl.core.strategy import RunInfo
 from cl.models.heads import IncrementalLinear
 from cl.models.model import Model
-from cl.models.retrieval import class_balanced_index, knn_shapley, loss_increase, virtual_step
+from cl.models.retrieval import class_balanced_index, knn_shapley, loss_increase, per_sample_ce, virtual_step
 from cl.train.engine import Run
 from conftest import tiny
 
@@ -124,6 +124,8 @@ def test_mir_scores_do_not_depend_on_score_moves_bn_and_the_moved_stats_are_the_
     with torch.no_grad():
         bn_ref.train()(buf_x)
     assert torch.allclose(out[True][1], bn_ref.running_mean, atol=1e-6)
+    with pytest.raises(ValueError, match="copy_buffers=False"):
+        per_sample_ce(model, buf_x, torch.zeros(8, dtype=torch.long), params={}, copy_buffers=False)
 
 
 def test_mir_exclude_current_needs_boundaries_and_excludes_the_current_experience():

@@ -40,16 +40,32 @@ def virtual_step(model: nn.Module, lr: float) -> dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def per_sample_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict | None = None) -> torch.Tensor:
-    """Cross-entropy of every sample under ``params`` (default: the model's own), the model's buffers copied."""
-    ps = params if params is not None else {n: p.detach() for n, p in model.named_parameters()}
-    bufs = {n: b.clone() for n, b in model.named_buffers()}
-    logits = functional_call(model, (ps, bufs), (x,))
+def per_sample_ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params: dict | None = None,
+                  copy_buffers: bool = True) -> torch.Tensor:
+    """Cross-entropy of every sample under ``params`` (default: the model's own), the model's buffers copied.
+    ``copy_buffers=False`` (the model's own parameters only) is a plain forward of the live model: in training
+    mode its BatchNorm running statistics move."""
+    if not copy_buffers:
+        if params is not None:
+            raise ValueError("per_sample_ce: copy_buffers=False runs the live model, so params must be None")
+        logits = model(x)
+    else:
+        ps = params if params is not None else {n: p.detach() for n, p in model.named_parameters()}
+        bufs = {n: b.clone() for n, b in model.named_buffers()}
+        logits = functional_call(model, (ps, bufs), (x,))
     return F.cross_entropy(logits.float(), y, reduction="none")
 
 
-def loss_increase(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params_after: dict) -> torch.Tensor:
-    """Per-sample loss under ``params_after`` minus the loss under the current parameters (MIR's score)."""
+def loss_increase(model: nn.Module, x: torch.Tensor, y: torch.Tensor, params_after: dict,
+                  pre_moves_buffers: bool = False) -> torch.Tensor:
+    """Per-sample loss under ``params_after`` minus the loss under the current parameters (MIR's score).
+    The pass under ``params_after`` runs on copies of the buffers (the codes' deep-copied model);
+    ``pre_moves_buffers`` runs the pass under the current parameters on the live model, whose BatchNorm
+    running statistics then move with ``x`` (both MIR codes' ``model(bx)``), and first, as in the codes (the
+    order matters only for a model that draws random numbers in its forward pass, such as dropout)."""
+    if pre_moves_buffers:
+        pre = per_sample_ce(model, x, y, copy_buffers=False)
+        return per_sample_ce(model, x, y, params_after) - pre
     return per_sample_ce(model, x, y, params_after) - per_sample_ce(model, x, y)
 
 
