@@ -7,18 +7,13 @@ that a committed sweep runs with ``mask_unseen: false`` is set up here with its 
 tiny image scenario."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from cl.core.config import load_yaml, resolve
 from cl.sweeps.spec import load_sweep
 from cl.train.engine import Run
 from conftest import tiny
-
-ROOT = Path(__file__).resolve().parents[1]
-SWEEP_FILES = [*(ROOT / "runs").glob("*.yaml"), *(ROOT / "runs" / "paper").glob("*.yaml"),
-               *(ROOT / "runs" / "reproduce" / "sweeps").glob("*.yaml")]
+from test_records_match_sweeps import ROOT, SWEEP_FILES
 
 
 def _unmasked_sections() -> dict:
