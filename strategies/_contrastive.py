@@ -53,7 +53,7 @@ class ContrastiveReplay(Strategy):
         check_choice("view_augment", self.cfg.view_augment, VIEW_KINDS)
         self.buffer = ReservoirBuffer(self.cfg.buffer_size, self.device)
         mean, std = getattr(self.model, "_view_stats", (None, None))
-        self.views = ViewAugment(self.cfg.view_augment, mean, std)
+        self.views = ViewAugment(self.cfg.view_augment, mean, std, getattr(self.cfg, "view_jitter", "plain"))
 
     def make_optimizer(self):
         beta2 = getattr(self.cfg, "adam_beta2", None)  # the authors' beta2, for AdamW too (not torch's 0.999)

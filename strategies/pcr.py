@@ -18,8 +18,10 @@ Defaults (authors' ``general_main.py``): SGD lr 0.1, replay batch 10 (``eps_mem_
 Choices the paper leaves open / deviations:
 * While the buffer is empty (the first step) the authors' loss is ``0 * CE`` (no update); here too.
 * All four parts go through the network in one forward pass per source (replay, incoming), as the code.
-* The augmentation is SCR's recipe without hue jitter (``view_augment=scr``); the scenario's own
-  augmentation is not applied. The code augments on the CPU per sample with torchvision; here on the device.
+* The augmentation is SCR's recipe (``view_augment=scr``) with torchvision's colour jitter, hue 0.1 and a
+  random order per sample, as the code's ``transforms_aug`` (``view_jitter=torchvision``, ``cl.data.colour``);
+  the scenario's own augmentation is not applied. The code augments PIL uint8 images on the CPU per sample
+  (rounding after each step); here float batches on the device.
 * The head's temperature and the loss temperature are one field (``temperature``); the code has two that are
   both 0.09 (``cosLinear.scale`` is fixed).
 """
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 import torch
 
 from cl.core.strategy import StrategyConfig, register
-from cl.models.contrastive import VIEW_KINDS, proxy_contrastive_loss, two_views
+from cl.models.contrastive import VIEW_JITTERS, VIEW_KINDS, proxy_contrastive_loss, two_views
 from cl.models.heads import CosineHead
 from cl.models.model import Model
 from strategies._contrastive import (
@@ -47,9 +49,11 @@ class PCRConfig(StrategyConfig):
     replay_batch_size: int = 10  # eps_mem_batch
     temperature: float = 0.09  # pcr_temp and cosLinear's scale
     view_augment: str = "scr"  # scr | ocm | none
+    view_jitter: str = "torchvision"  # how scr's colour jitter is computed: kornia | torchvision | plain
 
     def validate(self):
         check_choice("view_augment", self.view_augment, VIEW_KINDS)
+        check_choice("view_jitter", self.view_jitter, VIEW_JITTERS)
         check_positive(self, "temperature", "replay_batch_size")
 
 

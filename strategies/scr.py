@@ -24,7 +24,10 @@ Choices the paper leaves open / deviations:
 * The two views go through the network in two forward passes (as the code: BatchNorm normalises each view
   with its own batch statistics).
 * The scenario's own augmentation (``scenario.augment``) is not applied: the method's views are its
-  augmentation. Hue jitter (0.1 in kornia's ColorJitter) is not implemented (``cl.data.augment``).
+  augmentation. The colour jitter is computed as kornia 0.4.1's ``ColorJitter(0.4, 0.4, 0.4, 0.1)`` that the
+  code calls (``view_jitter=kornia``, ``cl.data.colour``: additive brightness, multiplicative contrast, HSV
+  saturation and hue, one random order per batch); the crop resamples with ``grid_sample`` (reflection at the
+  border), where kornia crops and resizes.
 * NCM over the *current* encoder: the means are recomputed from the whole buffer when the model has trained
   since the last computation (every predicting call of the online protocol after a step: one forward pass
   over the buffer). ``ncm_every=k`` recomputes at most every k steps (cheaper online accuracy; not the paper);
@@ -41,6 +44,7 @@ import torch
 
 from cl.core.strategy import StrategyConfig, register
 from cl.models.contrastive import (
+    VIEW_JITTERS,
     VIEW_KINDS,
     ContrastiveModel,
     ProjectionHead,
@@ -63,6 +67,7 @@ class SCRConfig(StrategyConfig):
     projection: str = "mlp"  # mlp | linear
     proj_dim: int = 128
     view_augment: str = "scr"  # scr | ocm | none
+    view_jitter: str = "kornia"  # how scr's colour jitter is computed: kornia | torchvision | plain
     review_trick: bool = True  # one buffer pass at each visible boundary, gradients / 10
     ncm_every: int = 1  # recompute the NCM means at most every k training steps (1: always current)
     eval_chunk: int = 256  # buffer samples per forward pass when computing the means
@@ -70,6 +75,7 @@ class SCRConfig(StrategyConfig):
     def validate(self):
         check_choice("projection", self.projection, ProjectionHead.KINDS)
         check_choice("view_augment", self.view_augment, VIEW_KINDS)
+        check_choice("view_jitter", self.view_jitter, VIEW_JITTERS)
         check_positive(self, "temperature", "replay_batch_size", "proj_dim", "ncm_every", "eval_chunk")
 
 

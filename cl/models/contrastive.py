@@ -38,9 +38,12 @@ from cl.data.augment import (
     random_grayscale,
     random_resized_crop,
 )
+from cl.data.colour import JITTERS
+from cl.data.colour import jitter as library_jitter
 from cl.models.model import Model
 
 VIEW_KINDS = ("scr", "ocm", "none")
+VIEW_JITTERS = JITTERS + ("plain",)
 
 
 # -- losses -------------------------------------------------------------------------------------------
@@ -203,15 +206,21 @@ class ContrastiveModel(Model):
 class ViewAugment:
     """A method's own augmentation of normalised image batches (per-sample random parameters, on device).
 
-    ``scr``: SCR/PCR's kornia/torchvision recipe: random resized crop (scale 0.2-1), horizontal flip, colour
-    jitter (0.4, 0.4, 0.4; no hue) with probability 0.8, grayscale with probability 0.2 (``augment=pcr``).
+    ``scr``: SCR/PCR's recipe: random resized crop (scale 0.2-1), horizontal flip, colour jitter
+    (0.4, 0.4, 0.4, hue 0.1) with probability 0.8, grayscale with probability 0.2. ``jitter`` says how the
+    colour jitter is computed: ``kornia`` (SCR's code, kornia 0.4.1), ``torchvision`` (PCR's code; see
+    :mod:`cl.data.colour`) or ``plain`` (this platform's recipe before 2026-12-04: torchvision's brightness,
+    contrast and saturation in that fixed order, no hue; ``augment=pcr``).
     ``ocm``: OCM/OnPro's ``simclr_aug``: horizontal flip, grayscale with probability 0.25, random resized crop
     (scale 0.3-1). Non-image batches are returned unchanged."""
 
-    def __init__(self, kind: str, mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+    def __init__(self, kind: str, mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 jitter: str = "plain"):
         if kind not in VIEW_KINDS:
             raise unknown("view augmentation", kind, VIEW_KINDS)
-        self.kind = kind
+        if jitter not in VIEW_JITTERS:
+            raise unknown("view jitter", jitter, VIEW_JITTERS)
+        self.kind, self.jitter = kind, jitter
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
@@ -226,7 +235,10 @@ class ViewAugment:
         if self.kind == "scr":
             y = random_resized_crop(y, scale=(0.2, 1.0))
             y = random_flip(y)
-            y = colour_jitter(y, 0.4, 0.4, 0.4, p=0.8)
+            if self.jitter == "plain":
+                y = colour_jitter(y, 0.4, 0.4, 0.4, p=0.8)
+            else:
+                y = library_jitter(y, self.jitter, 0.4, 0.4, 0.4, 0.1, p=0.8)
             y = random_grayscale(y, 0.2)
         else:
             y = random_flip(y)
