@@ -17,7 +17,11 @@ Source: RaptorMai/online-continual-learning ``agents/scr.py`` (the step), ``util
 Defaults (authors' code): SGD lr 0.1, no momentum, no weight decay; replay batch 100 (``eps_mem_batch``);
 temperature 0.07 (the README's command; the CVPR config files say 0.1); projection ``mlp`` to 128.
 ``review_trick`` (on in the CVPR configs): at each visible boundary one pass over the buffer in batches of
-``replay_batch_size`` with the same loss and the gradients divided by 10.
+``replay_batch_size`` with the same loss and the gradients divided by 10. In the code (``agents/base.py::
+after_train``) each review batch first goes through ``model.forward`` once more in training mode and the
+output is discarded before the two views are computed: no gradient, but BatchNorm's running statistics
+(which the eval-mode NCM readout uses) move once more per batch. ``review_extra_forward`` (default true, as
+the code) makes that pass (the encoder only: the projection head has no BatchNorm).
 
 Choices the paper leaves open / deviations:
 * The buffer is empty at the first step: the authors skip the step (no update); so does this (loss 0).
@@ -69,6 +73,7 @@ class SCRConfig(StrategyConfig):
     view_augment: str = "scr"  # scr | ocm | none
     view_jitter: str = "kornia"  # how scr's colour jitter is computed: kornia | torchvision | plain
     review_trick: bool = True  # one buffer pass at each visible boundary, gradients / 10
+    review_extra_forward: bool = True  # the code's unused training-mode forward of each review batch (BN stats)
     ncm_every: int = 1  # recompute the NCM means at most every k training steps (1: always current)
     eval_chunk: int = 256  # buffer samples per forward pass when computing the means
 
@@ -125,6 +130,9 @@ class SCR(ContrastiveReplay):
         order = torch.randperm(len(self.buffer), device=self.device)
         for s in range(0, len(order) - bs + 1, bs):  # drop_last, as the authors' loader
             idx = order[s:s + bs]
+            if self.cfg.review_extra_forward:  # the code's discarded forward: moves BatchNorm's running stats only
+                with torch.no_grad():
+                    self.model.features(items["x"][idx])
             self.optimizer.zero_grad(set_to_none=True)
             self.contrastive_loss(items["x"][idx], items["y"][idx]).backward()
             for p in self.model.parameters():

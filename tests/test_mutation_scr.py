@@ -254,3 +254,34 @@ def test_a_boundary_recomputes_the_means_whatever_ncm_every(review_trick):
     fresh = copy.deepcopy(s)
     fresh.refresh_means()
     assert torch.allclose(got, fresh.model.head(fresh.model.features(q)))
+
+
+class BNIdent(Ident):
+    """Ident after a BatchNorm layer: its running statistics count the training-mode forwards."""
+
+    def __init__(self, d):
+        super().__init__(d)
+        self.bn = torch.nn.BatchNorm1d(d)
+
+    def forward(self, x):
+        return self.bn(x.flatten(1))
+
+
+@pytest.mark.parametrize("extra", [True, False])
+def test_review_extra_forward_moves_batchnorm_once_more_per_batch_and_leaves_the_step_alone(extra):
+    assert SCRConfig().review_extra_forward is True  # the code's behaviour is the default
+    runs = {}
+    for flag in (extra, not extra):
+        torch.manual_seed(0)
+        s = make(SCR, SCRConfig(buffer_size=20, replay_batch_size=4, view_augment="none", review_extra_forward=flag),
+                 BNIdent(3), 3, (3,))
+        s.buffer.add(x=torch.randn(8, 3) * 3 + 1, y=torch.arange(8) % 3)
+        torch.manual_seed(1)
+        s.after_experience(None)
+        runs[flag] = s
+    s, other = runs[extra], runs[not extra]
+    # 2 review batches x (2 views, + 1 discarded pass with the flag)
+    assert int(s.model.backbone.bn.num_batches_tracked) == 2 * (3 if extra else 2)
+    assert not torch.allclose(s.model.backbone.bn.running_mean, other.model.backbone.bn.running_mean)
+    for p, q in zip(s.model.parameters(), other.model.parameters()):  # no gradient from the discarded pass
+        assert torch.allclose(p, q, atol=1e-7)
