@@ -92,6 +92,7 @@ MODULES: dict[str, Module] = {
     "buffers": Module("cl/models/buffers.py", ["tests/test_mutation_buffers.py", "tests/test_buffers.py"]),
     "heads": Module("cl/models/heads.py", ["tests/test_mutation_heads.py"]),
     "prototypes": Module("cl/models/prototypes.py", ["tests/test_mutation_heads.py"]),
+    "colour": Module("cl/data/colour.py", ["tests/test_colour.py"]),  # SCR / PCR's colour jitter
     # -- the run lifecycle and both loops (not measured yet: see docs/testing.md)
     "engine": Module("cl/train/engine.py", ENGINE_TESTS,
                      functions=["Run.train_experience", "Run.evaluated", "Run.evaluate", "Run.checkpoint",
@@ -457,6 +458,34 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
          "clamp_max_(size",
          "accepted: a guard against u * size rounding up to size; torch.rand gives u < 1 and u * size < size "
          "in float32, so the clamp never acts on CPU or CUDA with the built-in generator"),
+    ],
+    "colour": [
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "s = torch.where(v > eps, c / v.clamp_min(eps)", "",
+         "v >= 0: v == eps has measure zero, and at v = 0 both branches give c / eps = 0"),
+        (r"core/ReplaceComparisonOperator_Gt_(GtE|NotEq)$", "h = torch.where(c > eps, h / 6,", "",
+         "c >= 0: c == eps has measure zero, and at c = 0 every branch's numerator is 0"),
+        (r"core/ReplaceBinaryOperator_Mod_(Add|Sub)$", "h = torch.stack([((g - b) / cs) % 6,", "",
+         "a shift by 6 before h / 6 is a whole turn, which the final % 1.0 removes"),
+        (r"core/NumberReplacer$", ".gather(1, arg[:, None])[:, 0]", "[:, -1]",
+         "the gathered dimension has size 1: index -1 is index 0"),
+        (r"core/(NumberReplacer|ReplaceBinaryOperator_Mod_(Div|Mul))$", "h = torch.where(c > eps, h / 6, torch.zeros_like(h)) % 1.0",
+         "", "h / 6 is in [0, 1) already; the % 1.0 only guards a rounding to exactly 1.0, the same hue for "
+             "hsv_to_rgb (periodic in the hue)"),
+        (r"core/NumberReplacer$", "s = (hsv[:, 1] * f.view(-1, 1, 1)).clamp(0, 1)", "clamp( -1, 1)",
+         "s >= 0 and f >= 0: the lower bound never binds"),
+        (r"core/NumberReplacer$", "lambda y: (y * c.view(-1, 1, 1, 1)).clamp(0, 1),", "clamp( -1, 1)",
+         "y in [0, 1] and c >= 0: the lower bound never binds"),
+        (r"core/NumberReplacer$", "g = gray(y) if y.shape[1] == 3 else y.mean(1, keepdim=True)", "y.mean( 2, keepdim=True)",
+         "the next line averages over (1, 2, 3): a mean over H first is the same overall mean"),
+        (r"core/ReplaceComparisonOperator_Eq_(LtE|Lt|GtE|Gt)$", 'if library == "kornia"', 'library<="kornia"',
+         "the library is validated to be kornia or torchvision, and 'torchvision' <= 'kornia' is False: same branch"),
+        (r"core/ReplaceComparisonOperator_Eq_(LtE|Lt|GtE|Gt)$", '(kornia_steps if library == "kornia" else', 'library<="kornia"',
+         "the library is validated to be kornia or torchvision, and 'torchvision' <= 'kornia' is False: same branch"),
+        (r"core/ReplaceComparisonOperator_Eq_LtE$", "if y.shape[1] == 3 else", "y.shape[1]<=3",
+         "images have 1 or 3 channels (4+ fails the comparison either way), and for one channel the gray weights sum "
+         "to 1: gray(y) = y, so the blend is the same"),
+        (r"core/ReplaceComparisonOperator_Lt_LtE$", "apply = (torch.rand(n, device=dev) < p)", "",
+         "a uniform draw equal to p has measure zero"),
     ],
     "prototypes": [
         (r"core/NumberReplacer$", "self.counts.index_add_(0, y,", "index_add_( -1,",

@@ -116,3 +116,30 @@ def test_view_jitter_is_a_checked_config_field_with_each_codes_default():
         torch.manual_seed(5)
         outs[j] = v(x)
     assert not torch.allclose(outs["kornia"], outs["plain"]) and not torch.allclose(outs["torchvision"], outs["plain"])
+
+
+def test_factor_ranges_are_the_codes_and_clip_at_zero():
+    b, c, s, h = colour._factors(20000, "cpu", torch.float32, 0.4, 0.4, 0.4, 0.1)
+    for f in (b, c, s):
+        assert 0.6 <= float(f.min()) < 0.61 and 1.39 < float(f.max()) <= 1.4
+    assert -0.1 <= float(h.min()) < -0.099 and 0.099 < float(h.max()) <= 0.1
+    b, c, s, _ = colour._factors(20000, "cpu", torch.float32, 1.5, 1.5, 1.5, 0.0)
+    for f in (b, c, s):  # max(0, 1 - 1.5): no negative factor
+        assert 0.0 <= float(f.min()) < 0.01 and 2.49 < float(f.max()) <= 2.5
+    import inspect
+    d = {k: v.default for k, v in inspect.signature(jitter).parameters.items() if k not in ("x", "library")}
+    assert d == {"brightness": 0.4, "contrast": 0.4, "saturation": 0.4, "hue": 0.1, "p": 0.8}
+
+
+@pytest.mark.parametrize("library", ["kornia", "torchvision"])
+@pytest.mark.parametrize("channels", [1, 4])
+def test_non_rgb_images_skip_the_colour_steps(library, channels):
+    g = torch.Generator().manual_seed(4)
+    x = torch.rand(6, channels, 5, 5, generator=g) * 0.5 + 0.25
+    f = factors(6, g)
+    steps = (kornia_steps if library == "kornia" else torchvision_steps)(*f)
+    assert torch.equal(steps[2](x), x) and torch.equal(steps[3](x), x)  # saturation and hue: unchanged
+    if library == "torchvision" and channels == 1:  # contrast against the mean of the image, as torchvision
+        ref = torch.stack([TF.adjust_contrast(x[i], f[1][i].item()) for i in range(6)])
+        assert torch.allclose(steps[1](x), ref, atol=1e-5)
+    assert jitter(x, library, p=1.0).shape == x.shape

@@ -37,6 +37,7 @@ def rgb_to_hsv(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
 
 
 def hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`rgb_to_hsv`; periodic in the hue (any real number of turns)."""
     h, s, v = hsv.unbind(1)
     k = (torch.tensor([5.0, 3.0, 1.0], device=hsv.device, dtype=hsv.dtype).view(1, 3, 1, 1)
          + h[:, None] * 6) % 6
@@ -53,8 +54,7 @@ def shift_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     if x.shape[1] != 3:
         return x
     hsv = rgb_to_hsv(x)
-    h = (hsv[:, 0] + turns.view(-1, 1, 1)) % 1.0
-    return hsv_to_rgb(torch.stack([h, hsv[:, 1], hsv[:, 2]], 1))
+    return hsv_to_rgb(torch.stack([hsv[:, 0] + turns.view(-1, 1, 1), hsv[:, 1], hsv[:, 2]], 1))
 
 
 def scale_hsv_saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
