@@ -573,6 +573,8 @@ EQUIVALENT: dict[str, list[tuple[str, str, str, str]]] = {
         (r"core/ReplaceComparisonOperator_Eq_LtE$", "if len(self.buffer) == 0: in SCR.predict", "", "a length is never negative"),
         (r"core/ReplaceComparisonOperator_NotEq_Lt$", 'self.info.boundaries != "visible"', "",
          "boundaries is visible, hidden, blurry or gradual, and every other value sorts before 'visible'"),
+        (r"core/(NumberReplacer|ReplaceUnaryOperator_USub_Invert)$", "self.means_at = -1  # the boundary's", "",
+         "predict reads only means_at < 0 (recompute now): -2 and ~1 = -2 are negative too"),
         (r"core/ReplaceTrueWithFalse$", "self.optimizer.zero_grad(set_to_none=True)", "", _ALL_GRADS),
     ],
     "pcr": [
