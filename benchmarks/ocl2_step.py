@@ -72,7 +72,7 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def main():
+def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
@@ -81,7 +81,7 @@ def main():
     ap.add_argument("--warm", type=int, default=12)
     ap.add_argument("--nf", type=int, default=20)
     ap.add_argument("--only", default="", help="comma-separated runner names to keep (e.g. er,scr)")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
     torch.manual_seed(0)
@@ -92,8 +92,8 @@ def main():
         g = torch.Generator().manual_seed(1)
         for x, y in batches(list(range(10)), a.warm, device, g):
             s.train_step(x, y)
-        s.after_experience(None)
-        s.before_experience(None)
+        s.after_experience(SimpleNamespace(index=0))  # the strategies read only the experience's index
+        s.before_experience(SimpleNamespace(index=1))
         built.append((name, over, s))
     best = {i: float("inf") for i in range(len(built))}
     for r in range(a.rounds):
@@ -114,10 +114,13 @@ def main():
     print(f"# best of {a.rounds} rounds x {a.steps} steps (warm-up {a.warm} steps + one boundary)")
     print("| runner | ms / step | samples/s | x ER |")
     print("|---|---:|---:|---:|")
+    rows = []
     for i, (name, over, _) in enumerate(built):
         label = name + (" " + " ".join(f"{k}={v}" for k, v in over.items()) if over else "")
         ratio = f"{best[i] / er:.1f}" if er else "-"
         print(f"| {label} | {1000 * best[i]:.0f} | {10 / best[i]:.1f} | {ratio} |")
+        rows.append((label, best[i]))
+    return rows
 
 
 if __name__ == "__main__":
